@@ -46,8 +46,7 @@ def method_overrides(method: str, a: argparse.Namespace) -> list[str]:
     small = {
         "pt_iql": ["algo.transformer.embed_dim=64", "algo.transformer.n_heads=2",
                    f"algo.transformer.max_epochs={a.reward_epochs}"],
-        "cpl": ["algo.hidden=256", "algo.batch_size=16", f"algo.bc_steps={a.steps // 5}",
-                "algo.bc_coeff=0.5"],
+        "cpl": ["algo.hidden=256", "algo.batch_size=16", f"algo.bc_steps={a.steps // 5}"],
         "oppo": ["algo.encoder_embed=64", "algo.encoder_layers=1", "algo.encoder_heads=2",
                  "algo.policy_embed=64", "algo.policy_layers=1", "algo.context=10",
                  "algo.batch_size=16", "algo.dataset_segments=16"],
