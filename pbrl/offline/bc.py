@@ -8,6 +8,7 @@ medium-expert) and roughly match on single-policy data (medium). CORL settings: 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from pbrl.offline.common import (
     TransitionSampler,
 )
 from pbrl.offline.nets import mlp
+
+if TYPE_CHECKING:
+    from pbrl.offline.runner import OfflineContext
 
 
 @dataclass
@@ -61,10 +65,7 @@ class BC(OfflineTrainer):
         return PolicyAgent(self.actor, self.norm, self.device)
 
 
-def build(ctx: object) -> BC:
-    from pbrl.offline.runner import OfflineContext
-
-    assert isinstance(ctx, OfflineContext)
+def build(ctx: OfflineContext) -> BC:
     cfg = ctx.algo_config(BCConfig)
     norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
     sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards=None)

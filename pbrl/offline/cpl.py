@@ -17,6 +17,7 @@ policy on the data, as in the paper's code. Paper (Meta-World): α 0.1, λ 0.5, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from pbrl.offline.common import (
     TransitionSampler,
 )
 from pbrl.offline.nets import GaussianPolicy
+
+if TYPE_CHECKING:
+    from pbrl.offline.runner import OfflineContext
 
 
 @dataclass
@@ -118,10 +122,7 @@ class CPL(OfflineTrainer):
         return PolicyAgent(self.policy.act, self.norm, self.device)
 
 
-def build(ctx: object) -> CPL:
-    from pbrl.offline.runner import OfflineContext
-
-    assert isinstance(ctx, OfflineContext)
+def build(ctx: OfflineContext) -> CPL:
     cfg = ctx.algo_config(CPLConfig)
     norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
     sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards=np.zeros(len(ctx.data)))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ from pbrl.offline.common import (
     soft_update,
 )
 from pbrl.offline.nets import DecisionTransformer, TwinQ, init_weights
+
+if TYPE_CHECKING:
+    from pbrl.offline.runner import OfflineContext
 
 
 @dataclass
@@ -232,10 +236,7 @@ class QGuidedAgent:
         return action
 
 
-def build(ctx: object) -> DTR:
-    from pbrl.offline.runner import OfflineContext
-
-    assert isinstance(ctx, OfflineContext)
+def build(ctx: OfflineContext) -> DTR:
     cfg = ctx.algo_config(DTRConfig)
     ensemble = ctx.reward_ensemble()
     members = np.concatenate([  # [E, N], in chunks

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from pbrl.offline.common import (
     soft_update,
 )
 from pbrl.offline.nets import GaussianPolicy, TwinQ, mlp
+
+if TYPE_CHECKING:
+    from pbrl.offline.runner import OfflineContext
 
 
 @dataclass
@@ -156,10 +160,7 @@ class IQLTrainer(IQL):
         return PolicyAgent(self.actor.act, self.norm, self.device)
 
 
-def build(ctx: object) -> IQLTrainer:
-    from pbrl.offline.runner import OfflineContext
-
-    assert isinstance(ctx, OfflineContext)
+def build(ctx: OfflineContext) -> IQLTrainer:
     cfg = ctx.algo_config(IQLConfig)
     if cfg.reward_source == "true_reward":
         rewards = ctx.true_rewards()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
 from pbrl.offline.common import Agent, Batch, ObsNormalizer, OfflineTrainer
 from pbrl.offline.nets import DecisionTransformer, attention_mask, init_weights, transformer
+
+if TYPE_CHECKING:
+    from pbrl.offline.runner import OfflineContext
 
 
 @dataclass
@@ -260,10 +264,7 @@ class ContextAgent:
         return pred
 
 
-def build(ctx: object) -> OPPO:
-    from pbrl.offline.runner import OfflineContext
-
-    assert isinstance(ctx, OfflineContext)
+def build(ctx: OfflineContext) -> OPPO:
     cfg = ctx.algo_config(OPPOConfig)
     norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
     source = SegmentSource(ctx.require_prefs(), ctx.data, norm, ctx.device)
