@@ -66,8 +66,11 @@ def evaluate(
             if isinstance(env.action_space, gym.spaces.Box):
                 act = np.clip(act, env.action_space.low, env.action_space.high)
             if reward_fn is not None:
-                learned += float(reward_fn(np.asarray(obs, np.float32)[None],
-                                           np.asarray(act, np.float32)[None])[0])
+                learned += float(
+                    reward_fn(np.asarray(obs, np.float32)[None], np.asarray(act, np.float32)[None])[
+                        0
+                    ]
+                )
             obs, r, terminated, truncated, _ = env.step(act)
             ret, length, done = ret + float(r), length + 1, terminated or truncated
         if ep == 0 and data is not None:
@@ -80,8 +83,9 @@ def evaluate(
     if video_path is not None and qpos:
         from pbrl.video import StateRenderer, write_video
 
-        with StateRenderer(env_id, width=video_size[0], height=video_size[1],
-                           **(env_kwargs or {})) as renderer:
+        with StateRenderer(
+            env_id, width=video_size[0], height=video_size[1], **(env_kwargs or {})
+        ) as renderer:
             frames = renderer.render_sequence(np.stack(qpos), np.stack(qvel))
             result.video = str(write_video(frames, video_path, fps=renderer.fps))
     return result

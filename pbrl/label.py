@@ -32,56 +32,106 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pbrl.label",
-                                description="Label pairs of clips in a browser (pbrl's human teacher).")
+    p = argparse.ArgumentParser(
+        prog="python -m pbrl.label",
+        description="Label pairs of clips in a browser (pbrl's human teacher).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="serve the labeling page for a store")
-    s.add_argument("--store", required=True,
-                   help="label store (SQLite file; created empty if missing)")
+    s.add_argument(
+        "--store", required=True, help="label store (SQLite file; created empty if missing)"
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--token", default=os.environ.get("PBRL_LABEL_TOKEN"),
-                   help="require this secret on every request (default: $PBRL_LABEL_TOKEN); "
-                        "needed to bind a non-loopback address")
-    s.add_argument("--cache", default=None, help="folder for rendered clips (default <store>_clips)")
-    s.add_argument("--codec", choices=("h264", "vp9"), default="h264",
-                   help="clip format: h264 (MP4) or vp9 (WebM)")
+    s.add_argument(
+        "--token",
+        default=os.environ.get("PBRL_LABEL_TOKEN"),
+        help="require this secret on every request (default: $PBRL_LABEL_TOKEN); "
+        "needed to bind a non-loopback address",
+    )
+    s.add_argument(
+        "--cache", default=None, help="folder for rendered clips (default <store>_clips)"
+    )
+    s.add_argument(
+        "--codec",
+        choices=("h264", "vp9"),
+        default="h264",
+        help="clip format: h264 (MP4) or vp9 (WebM)",
+    )
     s.add_argument("--size", type=_positive, default=256, help="clip width and height in pixels")
-    s.add_argument("--prerender", type=int, default=8,
-                   help="pairs rendered ahead of the queue while people label (0: only on demand)")
-    s.add_argument("--lease-s", type=float, default=300.0,
-                   help="seconds a shown pair is reserved for its annotator")
+    s.add_argument(
+        "--prerender",
+        type=int,
+        default=8,
+        help="pairs rendered ahead of the queue while people label (0: only on demand)",
+    )
+    s.add_argument(
+        "--lease-s",
+        type=float,
+        default=300.0,
+        help="seconds a shown pair is reserved for its annotator",
+    )
     s.add_argument("--task", default=None, help="task description shown on the page")
     s.add_argument("--log-level", default="info")
 
     q = sub.add_parser("queries", help="add pairs to label to a store (creates it)")
     q.add_argument("--store", required=True)
     src = q.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-run", metavar="RUN_DIR",
-                     help="a pbrl.train run directory: pairs sampled from its trajectory pool")
-    src.add_argument("--from-queries", metavar="FILE",
-                     help="a pbrl preference dataset .npz (its labels are ignored)")
-    src.add_argument("--from-env", metavar="ENV_ID",
-                     help="random-policy rollouts of a MuJoCo env (to try the page)")
-    src.add_argument("--from-dataset", metavar="DATASET", help="offline dataset (not yet available)")
+    src.add_argument(
+        "--from-run",
+        metavar="RUN_DIR",
+        help="a pbrl.train run directory: pairs sampled from its trajectory pool",
+    )
+    src.add_argument(
+        "--from-queries",
+        metavar="FILE",
+        help="a pbrl preference dataset .npz (its labels are ignored)",
+    )
+    src.add_argument(
+        "--from-env",
+        metavar="ENV_ID",
+        help="random-policy rollouts of a MuJoCo env (to try the page)",
+    )
+    src.add_argument(
+        "--from-dataset", metavar="DATASET", help="offline dataset (not yet available)"
+    )
     q.add_argument("--num", type=_positive, default=None, help="number of pairs")
-    q.add_argument("--segment-length", type=_positive, default=None,
-                   help="steps per clip (default: the run's feedback.segment_length; 50 for --from-env)")
+    q.add_argument(
+        "--segment-length",
+        type=_positive,
+        default=None,
+        help="steps per clip (default: the run's feedback.segment_length; 50 for --from-env)",
+    )
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--answers-per-query", type=_positive, default=1,
-                   help="annotators asked per pair (several: aggregated on export)")
+    q.add_argument(
+        "--answers-per-query",
+        type=_positive,
+        default=1,
+        help="annotators asked per pair (several: aggregated on export)",
+    )
     q.add_argument("--task", default=None, help="task description shown on the page")
 
     e = sub.add_parser("export", help="write the answers as a pbrl preference dataset (.npz)")
     e.add_argument("--store", required=True)
     e.add_argument("--out", required=True)
-    e.add_argument("--aggregate", choices=AGGREGATES, default="majority",
-                   help="one label per pair (majority, first) or one row per answer (per-annotator)")
-    e.add_argument("--only-answered", action="store_true",
-                   help="leave out pairs that still wait for some of their answers")
-    e.add_argument("--source", action="append", default=None,
-                   help="only pairs added under this source (a run name; repeatable)")
+    e.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default="majority",
+        help="one label per pair (majority, first) or one row per answer (per-annotator)",
+    )
+    e.add_argument(
+        "--only-answered",
+        action="store_true",
+        help="leave out pairs that still wait for some of their answers",
+    )
+    e.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        help="only pairs added under this source (a run name; repeatable)",
+    )
 
     t = sub.add_parser("stats", help="progress and agreement between annotators")
     t.add_argument("--store", required=True)
@@ -95,26 +145,47 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     check_bind(args.host, args.token)
     if not Path(args.store).exists():  # a trainer with teacher=human fills it at its first round
-        print(f"pbrl.label: {args.store} does not exist yet: created it empty; pairs appear on "
-              "the page when a teacher=human run or `pbrl.label queries` adds them", flush=True)
+        print(
+            f"pbrl.label: {args.store} does not exist yet: created it empty; pairs appear on "
+            "the page when a teacher=human run or `pbrl.label queries` adds them",
+            flush=True,
+        )
     LabelStore(args.store)
-    print(f"pbrl.label: serving {Path(args.store).resolve()} on http://{args.host}:{args.port}/"
-          + ("?token=..." if args.token else ""), flush=True)
-    serve(args.store, host=args.host, port=args.port, token=args.token, log_level=args.log_level,
-          cache_dir=args.cache, codec=args.codec, width=args.size, height=args.size,
-          prerender=args.prerender, lease_s=args.lease_s, task=args.task)
+    print(
+        f"pbrl.label: serving {Path(args.store).resolve()} on http://{args.host}:{args.port}/"
+        + ("?token=..." if args.token else ""),
+        flush=True,
+    )
+    serve(
+        args.store,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        log_level=args.log_level,
+        cache_dir=args.cache,
+        codec=args.codec,
+        width=args.size,
+        height=args.size,
+        prerender=args.prerender,
+        lease_s=args.lease_s,
+        task=args.task,
+    )
 
 
 def cmd_queries(args: argparse.Namespace) -> None:
     from pbrl.gui import sources
 
     if args.from_dataset:
-        raise CliError("--from-dataset is not yet available: offline datasets arrive later. "
-                       "Use --from-queries FILE (a pbrl preference dataset .npz) or --from-run RUN_DIR")
+        raise CliError(
+            "--from-dataset is not yet available: offline datasets arrive later. "
+            "Use --from-queries FILE (a pbrl preference dataset .npz) or --from-run RUN_DIR"
+        )
     if args.from_run:
         if args.num is None:
             raise CliError("--from-run needs --num N (how many pairs to sample)")
-        queries, info = sources.queries_from_run(args.from_run, args.num, args.seed, args.segment_length)
+        queries, info = sources.queries_from_run(
+            args.from_run, args.num, args.seed, args.segment_length
+        )
     elif args.from_queries:
         queries, info = sources.queries_from_file(args.from_queries)
         if args.num is not None:
@@ -122,16 +193,24 @@ def cmd_queries(args: argparse.Namespace) -> None:
     else:
         if args.num is None:
             raise CliError("--from-env needs --num N (how many pairs to make)")
-        queries, info = sources.queries_from_env(args.from_env, args.num, args.segment_length or 50,
-                                                 args.seed)
+        queries, info = sources.queries_from_env(
+            args.from_env, args.num, args.segment_length or 50, args.seed
+        )
     store = LabelStore(args.store)
-    ids = store.add_queries(queries, source=info["run"], batch="cli", needed=args.answers_per_query,
-                            env_kwargs=info["env_kwargs"])
+    ids = store.add_queries(
+        queries,
+        source=info["run"],
+        batch="cli",
+        needed=args.answers_per_query,
+        env_kwargs=info["env_kwargs"],
+    )
     if args.task:
         store.set_meta(task=args.task)
     counts = store.counts()
-    print(f"pbrl.label: added {len(ids)} pairs of {info['env_id']} ({queries.first.length} steps each) "
-          f"to {store.path}; {counts['pending']} pending of {counts['total']}")
+    print(
+        f"pbrl.label: added {len(ids)} pairs of {info['env_id']} ({queries.first.length} steps each) "
+        f"to {store.path}; {counts['pending']} pending of {counts['total']}"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -144,8 +223,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     stats_path = out.with_name(out.stem + ".stats.json")
     stats_path.write_text(json.dumps(stats, indent=2))
     n_skip = int(sum(1 for x in data.labels if x != x))
-    print(f"pbrl.label: wrote {len(data)} labels ({args.aggregate}; {n_skip} skipped) to {out}; "
-          f"agreement and per-annotator stats in {stats_path}")
+    print(
+        f"pbrl.label: wrote {len(data)} labels ({args.aggregate}; {n_skip} skipped) to {out}; "
+        f"agreement and per-annotator stats in {stats_path}"
+    )
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -158,14 +239,20 @@ def cmd_stats(args: argparse.Namespace) -> None:
     def pct(r: dict[str, Any]) -> str:
         return "-" if r["agreement"] is None else f"{100 * r['agreement']:.0f}% (n={r['n']})"
 
-    print(f"{p['answered']} of {p['total']} pairs answered, {p['pending']} pending "
-          f"({p['leased']} shown right now), {p['answers']} answers")
-    print(f"between annotators: {pct(stats['inter_annotator'])}; "
-          f"{stats['aggregate']} label vs oracle: {pct(stats['aggregated_vs_oracle'])}")
+    print(
+        f"{p['answered']} of {p['total']} pairs answered, {p['pending']} pending "
+        f"({p['leased']} shown right now), {p['answers']} answers"
+    )
+    print(
+        f"between annotators: {pct(stats['inter_annotator'])}; "
+        f"{stats['aggregate']} label vs oracle: {pct(stats['aggregated_vs_oracle'])}"
+    )
     for name, a in stats["annotators"].items():
-        print(f"  {name}: {a['answers']} answers (left {a['left']}, right {a['right']}, "
-              f"equal {a['equal']}, skip {a['skip']}), vs oracle {pct(a['oracle'])}, "
-              f"vs others {pct(a['others'])}")
+        print(
+            f"  {name}: {a['answers']} answers (left {a['left']}, right {a['right']}, "
+            f"equal {a['equal']}, skip {a['skip']}), vs oracle {pct(a['oracle'])}, "
+            f"vs others {pct(a['others'])}"
+        )
 
 
 COMMANDS = {"serve": cmd_serve, "queries": cmd_queries, "export": cmd_export, "stats": cmd_stats}

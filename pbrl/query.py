@@ -39,14 +39,21 @@ class QuerySelector:
         if self.large_batch < 1:
             raise ValueError(f"query.large_batch={self.large_batch} must be >= 1")
 
-    def __call__(self, sample: Callable[[int], Queries], n: int, model: RewardEnsemble | None,
-                 rng: np.random.Generator) -> Queries:
+    def __call__(
+        self,
+        sample: Callable[[int], Queries],
+        n: int,
+        model: RewardEnsemble | None,
+        rng: np.random.Generator,
+    ) -> Queries:
         """Pick ``n`` queries from candidates drawn by ``sample(k)``."""
         if self.method == "uniform" or model is None:
             return sample(n)
         candidates = sample(n * self.large_batch)
         probs = model.preference_probs(candidates.first, candidates.second)
-        score = disagreement_scores(probs) if self.method == "disagreement" else entropy_scores(probs)
+        score = (
+            disagreement_scores(probs) if self.method == "disagreement" else entropy_scores(probs)
+        )
         # Random tie-breaking: a fresh model gives many equal scores.
         order = np.lexsort((rng.random(len(score)), -score))
         return candidates[order[:n]]

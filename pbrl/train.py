@@ -43,17 +43,24 @@ def validate(cfg: DictConfig) -> None:
 
     env_id = cfg.env.id
     if env_id not in gym.registry:
-        mujoco_ids = sorted(k for k, v in gym.registry.items()
-                            if "mujoco" in str(v.entry_point) and k.endswith("-v5"))
-        raise ConfigError(f"unknown env id {env_id!r} (env.id): registered MuJoCo choices: "
-                          f"{', '.join(mujoco_ids)}; or use env=<{'|'.join(choices('env'))}>")
+        mujoco_ids = sorted(
+            k
+            for k, v in gym.registry.items()
+            if "mujoco" in str(v.entry_point) and k.endswith("-v5")
+        )
+        raise ConfigError(
+            f"unknown env id {env_id!r} (env.id): registered MuJoCo choices: "
+            f"{', '.join(mujoco_ids)}; or use env=<{'|'.join(choices('env'))}>"
+        )
     from pbrl.sim import BATCHED_ENV_IDS, SIMS
 
     if cfg.sim not in SIMS:
         raise ConfigError(f"unknown sim {cfg.sim!r}: choose one of {', '.join(SIMS)}")
     if cfg.sim != "gymnasium" and env_id not in BATCHED_ENV_IDS:
-        raise ConfigError(f"sim={cfg.sim} does not implement {env_id!r}: choose one of "
-                          f"{', '.join(BATCHED_ENV_IDS)}, or sim=gymnasium")
+        raise ConfigError(
+            f"sim={cfg.sim} does not implement {env_id!r}: choose one of "
+            f"{', '.join(BATCHED_ENV_IDS)}, or sim=gymnasium"
+        )
     if cfg.total_timesteps <= 0:
         raise ConfigError(f"total_timesteps={cfg.total_timesteps} must be positive")
     if cfg.max_feedback < 0:
@@ -76,11 +83,16 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     run_dir = Path(cfg.resume).expanduser().resolve()
     saved = run_dir / "config.yaml"
     if not saved.exists():
-        raise ConfigError(f"resume={cfg.resume}: no config.yaml there; pass the run directory "
-                          "of an earlier pbrl.train run (it holds config.yaml and checkpoint/)")
+        raise ConfigError(
+            f"resume={cfg.resume}: no config.yaml there; pass the run directory "
+            "of an earlier pbrl.train run (it holds config.yaml and checkpoint/)"
+        )
     base = OmegaConf.load(saved)
-    overrides = [o for o in HydraConfig.get().overrides.task
-                 if not o.lstrip("+").startswith(("resume=", "exp="))]
+    overrides = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.lstrip("+").startswith(("resume=", "exp="))
+    ]
     base.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     base.resume = None
     return base, run_dir  # type: ignore[return-value]
@@ -106,9 +118,11 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
 
         summary = run_online(cfg, run_dir)
     log.info("summary: %s", run_dir / "summary.json")
-    print(f"eval_true_return_mean={summary['eval_true_return_mean']:.1f} "
-          f"(random {summary['random_true_return_mean']:.1f}), labels={summary['num_labels']}, "
-          f"run dir: {run_dir}")
+    print(
+        f"eval_true_return_mean={summary['eval_true_return_mean']:.1f} "
+        f"(random {summary['random_true_return_mean']:.1f}), labels={summary['num_labels']}, "
+        f"run dir: {run_dir}"
+    )
     return summary
 
 

@@ -29,29 +29,60 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("iql_oracle", "bc", "iql", "pt_iql", "cpl", "oppo", "dtr")
-LABELS = {"iql_oracle": "IQL (true reward, oracle)", "bc": "BC", "iql": "MLP-ensemble reward + IQL",
-          "pt_iql": "Preference Transformer + IQL", "cpl": "CPL", "oppo": "OPPO", "dtr": "DTR"}
+LABELS = {
+    "iql_oracle": "IQL (true reward, oracle)",
+    "bc": "BC",
+    "iql": "MLP-ensemble reward + IQL",
+    "pt_iql": "Preference Transformer + IQL",
+    "cpl": "CPL",
+    "oppo": "OPPO",
+    "dtr": "DTR",
+}
 
 
 def common_overrides(a: argparse.Namespace) -> list[str]:
-    return [f"total_timesteps={a.steps}", f"max_feedback={a.queries}",
-            f"feedback.segment_length={a.segment_length}", f"dataset.tie_threshold={a.tie_threshold}",
-            f"eval.n_episodes={a.eval_episodes}", "eval.every=0", f"checkpoint_every={a.steps}",
-            "eval.test_queries=500", "video.enabled=false", "progress_bar=false",
-            f"reward.max_epochs={a.reward_epochs}"]
+    return [
+        f"total_timesteps={a.steps}",
+        f"max_feedback={a.queries}",
+        f"feedback.segment_length={a.segment_length}",
+        f"dataset.tie_threshold={a.tie_threshold}",
+        f"eval.n_episodes={a.eval_episodes}",
+        "eval.every=0",
+        f"checkpoint_every={a.steps}",
+        "eval.test_queries=500",
+        "video.enabled=false",
+        "progress_bar=false",
+        f"reward.max_epochs={a.reward_epochs}",
+    ]
 
 
 def method_overrides(method: str, a: argparse.Namespace) -> list[str]:
     """Smaller transformers than the papers' (CPU budget); the MLP methods keep theirs."""
     small = {
-        "pt_iql": ["algo.transformer.embed_dim=64", "algo.transformer.n_heads=2",
-                   f"algo.transformer.max_epochs={a.reward_epochs}"],
+        "pt_iql": [
+            "algo.transformer.embed_dim=64",
+            "algo.transformer.n_heads=2",
+            f"algo.transformer.max_epochs={a.reward_epochs}",
+        ],
         "cpl": ["algo.hidden=256", "algo.batch_size=16", f"algo.bc_steps={a.steps // 5}"],
-        "oppo": ["algo.encoder_embed=64", "algo.encoder_layers=1", "algo.encoder_heads=2",
-                 "algo.policy_embed=64", "algo.policy_layers=1", "algo.context=10",
-                 "algo.batch_size=16", "algo.dataset_segments=16"],
-        "dtr": ["algo.embed_dim=64", "algo.n_layers=1", "algo.n_heads=1", "algo.context=10",
-                "algo.batch_size=32", "algo.critic_layers=2"],
+        "oppo": [
+            "algo.encoder_embed=64",
+            "algo.encoder_layers=1",
+            "algo.encoder_heads=2",
+            "algo.policy_embed=64",
+            "algo.policy_layers=1",
+            "algo.context=10",
+            "algo.batch_size=16",
+            "algo.dataset_segments=16",
+        ],
+        "dtr": [
+            "algo.embed_dim=64",
+            "algo.n_layers=1",
+            "algo.n_heads=1",
+            "algo.context=10",
+            "algo.batch_size=32",
+            "algo.critic_layers=2",
+        ],
     }
     return small.get(method, [])
 
@@ -69,10 +100,21 @@ def run_one(method: str, dataset: str, seed: int, a: argparse.Namespace, out: Pa
         if (src / "checkpoint" / "reward_model.pt").exists():
             (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
             shutil.copy(src / "preferences.npz", run_dir / "preferences.npz")
-            shutil.copy(src / "checkpoint" / "reward_model.pt", run_dir / "checkpoint" / "reward_model.pt")
-    cmd = [sys.executable, "-m", "pbrl.train", f"+exp=offline_{method}_hopper", f"env={robot(dataset)}",
-           f"dataset={dataset}", f"seed={seed}", f"hydra.run.dir={run_dir}",
-           *common_overrides(a), *method_overrides(method, a)]
+            shutil.copy(
+                src / "checkpoint" / "reward_model.pt", run_dir / "checkpoint" / "reward_model.pt"
+            )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pbrl.train",
+        f"+exp=offline_{method}_hopper",
+        f"env={robot(dataset)}",
+        f"dataset={dataset}",
+        f"seed={seed}",
+        f"hydra.run.dir={run_dir}",
+        *common_overrides(a),
+        *method_overrides(method, a),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -80,9 +122,14 @@ def run_one(method: str, dataset: str, seed: int, a: argparse.Namespace, out: Pa
         log.write(" ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    status = "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode}, see {run_dir / 'log.txt'})"
-    print(f"{time.strftime('%H:%M:%S')} {dataset:24s} {method:10s} seed {seed}: {status} "
-          f"in {time.time() - t0:.0f} s", flush=True)
+    status = (
+        "ok" if proc.returncode == 0 else f"FAILED ({proc.returncode}, see {run_dir / 'log.txt'})"
+    )
+    print(
+        f"{time.strftime('%H:%M:%S')} {dataset:24s} {method:10s} seed {seed}: {status} "
+        f"in {time.time() - t0:.0f} s",
+        flush=True,
+    )
     return run_dir
 
 
@@ -90,7 +137,9 @@ def collect(out: Path, datasets: list[str], methods: list[str]) -> dict[str, Any
     rows: dict[str, Any] = {}
     for d in datasets:
         for m in methods:
-            runs = [json.loads(p.read_text()) for p in sorted((out / d / m).glob("seed*/summary.json"))]
+            runs = [
+                json.loads(p.read_text()) for p in sorted((out / d / m).glob("seed*/summary.json"))
+            ]
             if runs:
                 rows[f"{d}/{m}"] = runs
     return rows
@@ -111,11 +160,22 @@ def table(out: Path, datasets: list[str], methods: list[str]) -> str:
     for d in datasets:
         any_run = next((r[0] for k, r in rows.items() if k.startswith(d + "/")), None)
         if any_run:
-            lines.append(f"| {d} | {any_run['dataset_id']} | {any_run['dataset_transitions']} | "
-                         f"{any_run['dataset_ref_min_score']:.1f} | {any_run['dataset_ref_max_score']:.1f} |")
-    for key, title in (("eval_normalized_score_mean", "normalized score vs the dataset's own random/expert returns"),
-                       ("eval_d4rl_normalized_score_mean", "normalized score vs D4RL's reference returns")):
-        lines += ["", f"**{title}** (mean ± std over seeds of each seed's mean over evaluation episodes)", ""]
+            lines.append(
+                f"| {d} | {any_run['dataset_id']} | {any_run['dataset_transitions']} | "
+                f"{any_run['dataset_ref_min_score']:.1f} | {any_run['dataset_ref_max_score']:.1f} |"
+            )
+    for key, title in (
+        (
+            "eval_normalized_score_mean",
+            "normalized score vs the dataset's own random/expert returns",
+        ),
+        ("eval_d4rl_normalized_score_mean", "normalized score vs D4RL's reference returns"),
+    ):
+        lines += [
+            "",
+            f"**{title}** (mean ± std over seeds of each seed's mean over evaluation episodes)",
+            "",
+        ]
         lines.append("| method | " + " | ".join(datasets) + " | average | wall time / run |")
         lines.append("|---|" + "---|" * (len(datasets) + 2))
         for m in methods:
@@ -132,28 +192,43 @@ def table(out: Path, datasets: list[str], methods: list[str]) -> str:
             lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + f" | {avg} | {wall} |")
     acc = []
     for m in methods:
-        vals = [r["reward_model_test_accuracy"] for d in datasets for r in rows.get(f"{d}/{m}", [])
-                if r.get("reward_model_test_accuracy") is not None]
+        vals = [
+            r["reward_model_test_accuracy"]
+            for d in datasets
+            for r in rows.get(f"{d}/{m}", [])
+            if r.get("reward_model_test_accuracy") is not None
+        ]
         if vals:
             acc.append(f"{LABELS.get(m, m)}: {np.mean(vals):.3f}")
     if acc:
-        lines += ["", "Reward-model accuracy on 500 held-out oracle-labeled pairs: " + "; ".join(acc)]
+        lines += [
+            "",
+            "Reward-model accuracy on 500 held-out oracle-labeled pairs: " + "; ".join(acc),
+        ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--datasets", nargs="+",
-                   default=["hopper_medium_replay", "walker2d_medium_replay", "hopper_medium_expert"],
-                   help="conf/dataset names")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["hopper_medium_replay", "walker2d_medium_replay", "hopper_medium_expert"],
+        help="conf/dataset names",
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=5_000, help="gradient steps per run")
     p.add_argument("--queries", type=int, default=500, help="scripted queries per run")
     p.add_argument("--segment-length", type=int, default=50)
-    p.add_argument("--tie-threshold", type=float, default=2.5,
-                   help="Uni-RLHF's 10 for 200 steps, scaled to the segment length")
+    p.add_argument(
+        "--tie-threshold",
+        type=float,
+        default=2.5,
+        help="Uni-RLHF's 10 for 200 steps, scaled to the segment length",
+    )
     p.add_argument("--reward-epochs", type=int, default=30, help="cap on reward-model epochs")
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")

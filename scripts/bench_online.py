@@ -29,9 +29,14 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
     unsup = min(9000, steps // 10)
     rounds = 10
     every = max(1000, (steps - unsup) // (rounds + 1))
-    pebble = ["algo=pebble", f"max_feedback={labels}", f"algo.unsupervised_steps={unsup}",
-              f"feedback.every={every}", f"feedback.batch_size={max(1, labels // rounds)}",
-              f"feedback.first_at={unsup}"]
+    pebble = [
+        "algo=pebble",
+        f"max_feedback={labels}",
+        f"algo.unsupervised_steps={unsup}",
+        f"feedback.every={every}",
+        f"feedback.batch_size={max(1, labels // rounds)}",
+        f"feedback.first_at={unsup}",
+    ]
     return {
         "SAC-true": ["algo=sac", "max_feedback=0"],
         "PEBBLE-oracle": [*pebble, "teacher=oracle"],
@@ -44,10 +49,22 @@ def run(name: str, overrides: list[str], out: Path, seed: int, env_id: str, step
     summary = run_dir / "summary.json"
     if summary.exists():  # resumable benchmark: finished runs are reused
         return json.loads(summary.read_text())
-    cmd = [sys.executable, "-m", "pbrl.train", "+exp=pebble_halfcheetah", f"env.id={env_id}",
-           f"seed={seed}", f"total_timesteps={steps}", f"hydra.run.dir={run_dir}",
-           "progress_bar=false", "video.queries_per_round=0", "eval.n_episodes=5",
-           f"checkpoint_every={10 * steps}", f"algo.kwargs.buffer_size={steps}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pbrl.train",
+        "+exp=pebble_halfcheetah",
+        f"env.id={env_id}",
+        f"seed={seed}",
+        f"total_timesteps={steps}",
+        f"hydra.run.dir={run_dir}",
+        "progress_bar=false",
+        "video.queries_per_round=0",
+        "eval.n_episodes=5",
+        f"checkpoint_every={10 * steps}",
+        f"algo.kwargs.buffer_size={steps}",
+        *overrides,
+    ]
     print(f"[bench] {name} seed {seed}: {' '.join(cmd[2:])}", flush=True)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
@@ -70,34 +87,54 @@ def main() -> None:
             continue
         for seed in args.seeds:
             results.setdefault(name, []).append(
-                run(name, overrides, args.out / f"{args.env}_{args.steps}", seed, args.env,
-                    args.steps))
+                run(
+                    name,
+                    overrides,
+                    args.out / f"{args.env}_{args.steps}",
+                    seed,
+                    args.env,
+                    args.steps,
+                )
+            )
 
     base = results.get("SAC-true")
     base_ret = np.mean([r["eval_true_return_mean"] for r in base]) if base else float("nan")
     all_runs = [r for runs in results.values() for r in runs]
     random_ret = float(np.mean([r["random_true_return_mean"] for r in all_runs]))
     base_time = np.mean([r["wall_time_s"] for r in base]) if base else float("nan")
-    header = ("| variant | seeds | labels | true return | ratio to SAC-true (from random) | wall time s | "
-              "wall-time ratio | peak RSS MB | reward-model test acc |")
-    lines = [f"{args.env}, {args.steps} steps per run; random policy return {random_ret:.1f}", "",
-             header, "|" + "---|" * 9]
+    header = (
+        "| variant | seeds | labels | true return | ratio to SAC-true (from random) | wall time s | "
+        "wall-time ratio | peak RSS MB | reward-model test acc |"
+    )
+    lines = [
+        f"{args.env}, {args.steps} steps per run; random policy return {random_ret:.1f}",
+        "",
+        header,
+        "|" + "---|" * 9,
+    ]
     rows = []
     for name, runs in results.items():
         ret = np.array([r["eval_true_return_mean"] for r in runs])
         wall = np.array([r["wall_time_s"] for r in runs])
         acc = [r["reward_model_test_accuracy"] for r in runs if r["reward_model_test_accuracy"]]
         row = {
-            "variant": name, "seeds": len(runs), "labels": int(np.mean([r["num_labels"] for r in runs])),
-            "return_mean": ret.mean(), "return_std": ret.std(), "return_ratio": (ret.mean() - random_ret) / (base_ret - random_ret),
-            "wall_s": wall.mean(), "wall_ratio": wall.mean() / base_time,
+            "variant": name,
+            "seeds": len(runs),
+            "labels": int(np.mean([r["num_labels"] for r in runs])),
+            "return_mean": ret.mean(),
+            "return_std": ret.std(),
+            "return_ratio": (ret.mean() - random_ret) / (base_ret - random_ret),
+            "wall_s": wall.mean(),
+            "wall_ratio": wall.mean() / base_time,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "test_acc": float(np.mean(acc)) if acc else float("nan"),
         }
         rows.append(row)
-        lines.append(f"| {name} | {row['seeds']} | {row['labels']} | {ret.mean():.1f} ± {ret.std():.1f} | "
-                     f"{row['return_ratio']:.2f} | {row['wall_s']:.0f} | {row['wall_ratio']:.2f} | "
-                     f"{row['peak_rss_mb']:.0f} | {row['test_acc']:.3f} |")
+        lines.append(
+            f"| {name} | {row['seeds']} | {row['labels']} | {ret.mean():.1f} ± {ret.std():.1f} | "
+            f"{row['return_ratio']:.2f} | {row['wall_s']:.0f} | {row['wall_ratio']:.2f} | "
+            f"{row['peak_rss_mb']:.0f} | {row['test_acc']:.3f} |"
+        )
     table = "\n".join(lines)
     print(table)
     out = args.out / f"{args.env}_{args.steps}"

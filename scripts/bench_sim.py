@@ -155,12 +155,17 @@ def main() -> None:
 
     if args.e2e_steps > 0:
         print(f"\nPrefPPO end to end, n_envs={args.e2e_size}, {args.e2e_steps} env steps")
-        sims = [m for m in ("gymnasium", "mujoco_batch", "mujoco_warp")
-                if m in args.methods and (m != "mujoco_warp" or has_warp)]
+        sims = [
+            m
+            for m in ("gymnasium", "mujoco_batch", "mujoco_warp")
+            if m in args.methods and (m != "mujoco_warp" or has_warp)
+        ]
         rates = {m: prefppo_rate(m, args.env, args.e2e_size, args.e2e_steps) for m in sims}
         for m, rate in rates.items():
-            print(f"{label.get(m, m):<26}{rate:>12,.0f} steps/s  "
-                  f"({rate / rates['gymnasium']:.2f}x gymnasium)")
+            print(
+                f"{label.get(m, m):<26}{rate:>12,.0f} steps/s  "
+                f"({rate / rates['gymnasium']:.2f}x gymnasium)"
+            )
 
 
 def prefppo_rate(sim: str, env_id: str, n: int, steps: int) -> float:
@@ -177,12 +182,23 @@ def prefppo_rate(sim: str, env_id: str, n: int, steps: int) -> float:
     obs_dim, act_dim = venv.observation_space.shape[0], venv.action_space.shape[0]
     qpos, qvel = venv.sim_state()
     pool = TrajectoryPool(n, 100_000, obs_dim, act_dim, (), (qpos.shape[1], qvel.shape[1]))
-    env = VecNormalize(PreferenceVecEnv(venv, pool, RewardEnsemble(obs_dim, act_dim)),
-                       norm_obs=False, norm_reward=True)
+    env = VecNormalize(
+        PreferenceVecEnv(venv, pool, RewardEnsemble(obs_dim, act_dim)),
+        norm_obs=False,
+        norm_reward=True,
+    )
     torch.manual_seed(0)
     torch.set_num_threads(1)  # as pbrl.train does (torch_threads=1)
-    model = PPO("MlpPolicy", env, n_steps=max(1, 4096 // n), batch_size=64, n_epochs=10,
-                policy_kwargs={"net_arch": [64, 64]}, device="cpu", seed=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=max(1, 4096 // n),
+        batch_size=64,
+        n_epochs=10,
+        policy_kwargs={"net_arch": [64, 64]},
+        device="cpu",
+        seed=0,
+    )
     start = time.perf_counter()
     model.learn(steps)
     rate = model.num_timesteps / (time.perf_counter() - start)

@@ -39,8 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pbrl.data.offline import Episode, d4rl_reference, minari_root, save_minari  # noqa: E402
 
-ENV_IDS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5",
-           "ant": "Ant-v5"}
+ENV_IDS = {
+    "hopper": "Hopper-v5",
+    "walker2d": "Walker2d-v5",
+    "halfcheetah": "HalfCheetah-v5",
+    "ant": "Ant-v5",
+}
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 
 
@@ -61,7 +65,9 @@ class BuildConfig:
     checkpoint_every: int = arg(5_000, "SAC steps between policy checkpoints (medium candidates)")
     eval_episodes: int = arg(5, "stochastic-policy episodes to score each checkpoint")
     medium_fraction: float = arg(1 / 3, "medium = first checkpoint this far from random to expert")
-    expert_checkpoint: str = arg("final", "expert = the final (D4RL) or the best-scoring checkpoint")
+    expert_checkpoint: str = arg(
+        "final", "expert = the final (D4RL) or the best-scoring checkpoint"
+    )
     # dataset sizes
     size: int = arg(50_000, "transitions per rollout dataset: medium, expert (D4RL: 1M)")
     random_size: int = arg(50_000, "transitions of the random dataset (D4RL: 1M)")
@@ -80,12 +86,27 @@ class BuildConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {},
     # D4RL's sizes; hours of CPU time per robot.
-    "full": {"sac_steps": 1_000_000, "learning_starts": 10_000, "checkpoint_every": 10_000,
-             "size": 1_000_000, "random_size": 1_000_000, "ref_episodes": 100},
+    "full": {
+        "sac_steps": 1_000_000,
+        "learning_starts": 10_000,
+        "checkpoint_every": 10_000,
+        "size": 1_000_000,
+        "random_size": 1_000_000,
+        "ref_episodes": 100,
+    },
     # For tests: seconds.
-    "tiny": {"sac_steps": 400, "learning_starts": 200, "checkpoint_every": 200,
-             "eval_episodes": 1, "size": 400, "random_size": 400, "max_episode_steps": 100,
-             "ref_episodes": 2, "random_ref_episodes": 3, "progress_bar": False},
+    "tiny": {
+        "sac_steps": 400,
+        "learning_starts": 200,
+        "checkpoint_every": 200,
+        "eval_episodes": 1,
+        "size": 400,
+        "random_size": 400,
+        "max_episode_steps": 100,
+        "ref_episodes": 2,
+        "random_ref_episodes": 3,
+        "progress_bar": False,
+    },
 }
 
 
@@ -143,9 +164,17 @@ class EpisodeRecorder(gym.Wrapper):
         term = np.zeros(n, bool)
         trunc = np.zeros(n, bool)
         (term if terminated else trunc)[-1] = True
-        self.episodes.append(Episode(np.stack(self._obs), np.stack(self._act),
-                                     np.asarray(self._rew), term, trunc,
-                                     np.stack(self._qpos), np.stack(self._qvel)))
+        self.episodes.append(
+            Episode(
+                np.stack(self._obs),
+                np.stack(self._act),
+                np.asarray(self._rew),
+                term,
+                trunc,
+                np.stack(self._qpos),
+                np.stack(self._qvel),
+            )
+        )
         self._new()
 
     def steps_until(self, t: int) -> list[Episode]:
@@ -154,9 +183,17 @@ class EpisodeRecorder(gym.Wrapper):
         current = []
         if self._act:  # the episode in progress
             n = len(self._act)
-            current = [Episode(np.stack(self._obs), np.stack(self._act), np.asarray(self._rew),
-                               np.zeros(n, bool), np.eye(n, dtype=bool)[-1],
-                               np.stack(self._qpos), np.stack(self._qvel))]
+            current = [
+                Episode(
+                    np.stack(self._obs),
+                    np.stack(self._act),
+                    np.asarray(self._rew),
+                    np.zeros(n, bool),
+                    np.eye(n, dtype=bool)[-1],
+                    np.stack(self._qpos),
+                    np.stack(self._qvel),
+                )
+            ]
         for ep in self.episodes + current:
             if used + len(ep) <= t:
                 out.append(ep)
@@ -166,15 +203,30 @@ class EpisodeRecorder(gym.Wrapper):
             if k > 0:
                 trunc = np.zeros(k, bool)
                 trunc[-1] = True
-                out.append(Episode(ep.observations[: k + 1], ep.actions[:k], ep.rewards[:k],
-                                   np.zeros(k, bool), trunc, ep.qpos[: k + 1],  # type: ignore[index]
-                                   ep.qvel[: k + 1]))  # type: ignore[index]
+                out.append(
+                    Episode(
+                        ep.observations[: k + 1],
+                        ep.actions[:k],
+                        ep.rewards[:k],
+                        np.zeros(k, bool),
+                        trunc,
+                        ep.qpos[: k + 1],  # type: ignore[index]
+                        ep.qvel[: k + 1],
+                    )
+                )  # type: ignore[index]
             break
         return out
 
 
-def rollout(env_id: str, policy: Any, n_steps: int, seed: int, max_episode_steps: int,
-            desc: str = "", progress: bool = True) -> list[Episode]:
+def rollout(
+    env_id: str,
+    policy: Any,
+    n_steps: int,
+    seed: int,
+    max_episode_steps: int,
+    desc: str = "",
+    progress: bool = True,
+) -> list[Episode]:
     """``n_steps`` transitions of ``policy`` (None = uniform random); the last episode is cut."""
     from tqdm import tqdm
 
@@ -194,7 +246,9 @@ def rollout(env_id: str, policy: Any, n_steps: int, seed: int, max_episode_steps
     return env.episodes
 
 
-def episode_returns(env_id: str, policy: Any, n: int, seed: int, max_episode_steps: int) -> list[float]:
+def episode_returns(
+    env_id: str, policy: Any, n: int, seed: int, max_episode_steps: int
+) -> list[float]:
     env = gym.make(env_id, max_episode_steps=max_episode_steps)
     env.action_space.seed(seed)
     out = []
@@ -202,8 +256,9 @@ def episode_returns(env_id: str, policy: Any, n: int, seed: int, max_episode_ste
         obs, _ = env.reset(seed=seed + i)
         done, ret = False, 0.0
         while not done:
-            obs, r, term, trunc, _ = env.step(env.action_space.sample() if policy is None
-                                              else policy(obs))
+            obs, r, term, trunc, _ = env.step(
+                env.action_space.sample() if policy is None else policy(obs)
+            )
             ret, done = ret + float(r), term or trunc
         out.append(ret)
     env.close()
@@ -219,20 +274,44 @@ def train_sac(cfg: BuildConfig, env_id: str) -> tuple[Any, EpisodeRecorder, list
     from stable_baselines3.common.callbacks import BaseCallback
 
     recorder = EpisodeRecorder(gym.make(env_id, max_episode_steps=cfg.max_episode_steps))
-    model = SAC("MlpPolicy", recorder, seed=cfg.seed, device=cfg.device, verbose=0,
-                learning_starts=cfg.learning_starts, buffer_size=max(cfg.sac_steps, 1))
+    model = SAC(
+        "MlpPolicy",
+        recorder,
+        seed=cfg.seed,
+        device=cfg.device,
+        verbose=0,
+        learning_starts=cfg.learning_starts,
+        buffer_size=max(cfg.sac_steps, 1),
+    )
     checkpoints: list[dict[str, Any]] = []
 
     def score(i: int) -> float:
-        return float(np.mean(episode_returns(env_id, stochastic(model), cfg.eval_episodes,
-                                             cfg.seed + 1000 * (i + 1), cfg.max_episode_steps)))
+        return float(
+            np.mean(
+                episode_returns(
+                    env_id,
+                    stochastic(model),
+                    cfg.eval_episodes,
+                    cfg.seed + 1000 * (i + 1),
+                    cfg.max_episode_steps,
+                )
+            )
+        )
 
     class Checkpoints(BaseCallback):
         def _on_step(self) -> bool:
-            if self.num_timesteps % cfg.checkpoint_every == 0 or self.num_timesteps == cfg.sac_steps:
+            if (
+                self.num_timesteps % cfg.checkpoint_every == 0
+                or self.num_timesteps == cfg.sac_steps
+            ):
                 ret = score(len(checkpoints))
-                checkpoints.append({"step": self.num_timesteps, "return": ret,
-                                    "actor": copy.deepcopy(model.policy.actor.state_dict())})
+                checkpoints.append(
+                    {
+                        "step": self.num_timesteps,
+                        "return": ret,
+                        "actor": copy.deepcopy(model.policy.actor.state_dict()),
+                    }
+                )
                 print(f"[{env_id}] SAC step {self.num_timesteps}: return {ret:.1f}", flush=True)
             return True
 
@@ -247,8 +326,9 @@ def stochastic(model: Any) -> Any:
     return act
 
 
-def choose_medium(checkpoints: list[dict[str, Any]], random_return: float, fraction: float,
-                  expert: float) -> dict[str, Any]:
+def choose_medium(
+    checkpoints: list[dict[str, Any]], random_return: float, fraction: float, expert: float
+) -> dict[str, Any]:
     """The first checkpoint at least ``fraction`` of the way from the random to the expert return."""
     target = random_return + fraction * (expert - random_return)
     for c in checkpoints:
@@ -270,56 +350,106 @@ def build(cfg: BuildConfig) -> dict[str, str]:
     for env_name in cfg.env:
         env_id = ENV_IDS.get(env_name.lower(), env_name)
         if env_id not in gym.registry:
-            raise SystemExit(f"make_dataset: unknown env {env_name!r}: use one of "
-                             f"{', '.join(ENV_IDS)} or a registered gymnasium id")
+            raise SystemExit(
+                f"make_dataset: unknown env {env_name!r}: use one of "
+                f"{', '.join(ENV_IDS)} or a registered gymnasium id"
+            )
         written.update(build_env(cfg, env_id))
     return written
 
 
 def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
     t0 = time.time()
-    rand_ret = float(np.mean(episode_returns(env_id, None, cfg.random_ref_episodes, cfg.seed + 7,
-                                             cfg.max_episode_steps)))
-    info: dict[str, Any] = {"builder": "scripts/make_dataset.py", "behavior": "SB3 SAC",
-                            "config": dataclasses.asdict(cfg), "random_return": rand_ret}
+    rand_ret = float(
+        np.mean(
+            episode_returns(
+                env_id, None, cfg.random_ref_episodes, cfg.seed + 7, cfg.max_episode_steps
+            )
+        )
+    )
+    info: dict[str, Any] = {
+        "builder": "scripts/make_dataset.py",
+        "behavior": "SB3 SAC",
+        "config": dataclasses.asdict(cfg),
+        "random_return": rand_ret,
+    }
     datasets: dict[str, list[Episode]] = {}
     expert_ret = None
     if set(cfg.kinds) - {"random"}:
         model, recorder, ckpts = train_sac(cfg, env_id)
         if cfg.expert_checkpoint not in ("final", "best"):
             raise SystemExit("make_dataset: --expert-checkpoint must be final or best")
-        expert = max(ckpts, key=lambda c: c["return"]) if cfg.expert_checkpoint == "best" else ckpts[-1]
+        expert = (
+            max(ckpts, key=lambda c: c["return"]) if cfg.expert_checkpoint == "best" else ckpts[-1]
+        )
         model.policy.actor.load_state_dict(expert["actor"])
         medium = choose_medium(ckpts, rand_ret, cfg.medium_fraction, expert["return"])
         expert_actor = copy.deepcopy(model.policy.actor.state_dict())
-        expert_ret = float(np.mean(episode_returns(env_id, stochastic(model), cfg.ref_episodes,
-                                                   cfg.seed + 11, cfg.max_episode_steps)))
-        info.update(expert_return=expert_ret, expert_step=expert["step"], medium_step=medium["step"],
-                    medium_checkpoint_return=medium["return"],
-                    checkpoints=[{"step": c["step"], "return": c["return"]} for c in ckpts])
-        print(f"[{env_id}] random {rand_ret:.1f}, expert {expert_ret:.1f}, medium = step "
-              f"{medium['step']} (return {medium['return']:.1f})", flush=True)
+        expert_ret = float(
+            np.mean(
+                episode_returns(
+                    env_id,
+                    stochastic(model),
+                    cfg.ref_episodes,
+                    cfg.seed + 11,
+                    cfg.max_episode_steps,
+                )
+            )
+        )
+        info.update(
+            expert_return=expert_ret,
+            expert_step=expert["step"],
+            medium_step=medium["step"],
+            medium_checkpoint_return=medium["return"],
+            checkpoints=[{"step": c["step"], "return": c["return"]} for c in ckpts],
+        )
+        print(
+            f"[{env_id}] random {rand_ret:.1f}, expert {expert_ret:.1f}, medium = step "
+            f"{medium['step']} (return {medium['return']:.1f})",
+            flush=True,
+        )
         if cfg.policy_dir:
             Path(cfg.policy_dir).mkdir(parents=True, exist_ok=True)
             short = env_id.split("-")[0].lower()
             model.save(Path(cfg.policy_dir) / f"{short}_expert.zip")
         if "expert" in cfg.kinds or "medium-expert" in cfg.kinds:
-            datasets["expert"] = rollout(env_id, stochastic(model), cfg.size, cfg.seed + 101,
-                                         cfg.max_episode_steps, f"{env_id} expert", cfg.progress_bar)
+            datasets["expert"] = rollout(
+                env_id,
+                stochastic(model),
+                cfg.size,
+                cfg.seed + 101,
+                cfg.max_episode_steps,
+                f"{env_id} expert",
+                cfg.progress_bar,
+            )
         if "medium-replay" in cfg.kinds:
             datasets["medium-replay"] = recorder.steps_until(medium["step"])
         if "medium" in cfg.kinds or "medium-expert" in cfg.kinds:
             model.policy.actor.load_state_dict(medium["actor"])
             if cfg.policy_dir:
                 model.save(Path(cfg.policy_dir) / f"{env_id.split('-')[0].lower()}_medium.zip")
-            datasets["medium"] = rollout(env_id, stochastic(model), cfg.size, cfg.seed + 202,
-                                         cfg.max_episode_steps, f"{env_id} medium", cfg.progress_bar)
+            datasets["medium"] = rollout(
+                env_id,
+                stochastic(model),
+                cfg.size,
+                cfg.seed + 202,
+                cfg.max_episode_steps,
+                f"{env_id} medium",
+                cfg.progress_bar,
+            )
             model.policy.actor.load_state_dict(expert_actor)
         if "medium-expert" in cfg.kinds:
             datasets["medium-expert"] = datasets["medium"] + datasets["expert"]
     if "random" in cfg.kinds:
-        datasets["random"] = rollout(env_id, None, cfg.random_size, cfg.seed + 303,
-                                     cfg.max_episode_steps, f"{env_id} random", cfg.progress_bar)
+        datasets["random"] = rollout(
+            env_id,
+            None,
+            cfg.random_size,
+            cfg.seed + 303,
+            cfg.max_episode_steps,
+            f"{env_id} random",
+            cfg.progress_bar,
+        )
 
     written = {}
     d4rl = d4rl_reference(env_id)
@@ -327,37 +457,59 @@ def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
         episodes = datasets[kind]
         did = dataset_id(cfg, env_id, kind)
         rets = [e.ret for e in episodes]
-        meta = {**info, "kind": kind, "episodes": len(episodes),
-                "transitions": int(sum(len(e) for e in episodes)),
-                "terminals": int(sum(e.terminations[-1] for e in episodes)),
-                "episode_return_mean": float(np.mean(rets))}
+        meta = {
+            **info,
+            "kind": kind,
+            "episodes": len(episodes),
+            "transitions": int(sum(len(e) for e in episodes)),
+            "terminals": int(sum(e.terminations[-1] for e in episodes)),
+            "episode_return_mean": float(np.mean(rets)),
+        }
         path = save_minari(
-            did, episodes, env_id, ref_min_score=rand_ret,
+            did,
+            episodes,
+            env_id,
+            ref_min_score=rand_ret,
             ref_max_score=expert_ret if expert_ret is not None else None,
-            metadata=meta, algorithm_name="SB3 SAC" if kind != "random" else "uniform random",
+            metadata=meta,
+            algorithm_name="SB3 SAC" if kind != "random" else "uniform random",
             description=f"D4RL-style {kind} dataset on {env_id} built by pbrl "
-                        f"(scripts/make_dataset.py, SAC {cfg.sac_steps} steps)",
-            overwrite=cfg.overwrite)
+            f"(scripts/make_dataset.py, SAC {cfg.sac_steps} steps)",
+            overwrite=cfg.overwrite,
+        )
         written[did] = str(path)
-        d4 = "" if d4rl is None else f", D4RL-normalized {100 * (np.mean(rets) - d4rl[0]) / (d4rl[1] - d4rl[0]):.1f}"
-        print(f"[{env_id}] wrote {did}: {meta['transitions']} transitions, {len(episodes)} episodes, "
-              f"mean episode return {np.mean(rets):.1f}{d4}", flush=True)
+        d4 = (
+            ""
+            if d4rl is None
+            else f", D4RL-normalized {100 * (np.mean(rets) - d4rl[0]) / (d4rl[1] - d4rl[0]):.1f}"
+        )
+        print(
+            f"[{env_id}] wrote {did}: {meta['transitions']} transitions, {len(episodes)} episodes, "
+            f"mean episode return {np.mean(rets):.1f}{d4}",
+            flush=True,
+        )
     print(f"[{env_id}] done in {time.time() - t0:.0f} s; store: {minari_root()}", flush=True)
     return written
 
 
 def parse_args(argv: list[str] | None = None) -> BuildConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                        help="size preset; explicit options override it")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="small",
+        help="size preset; explicit options override it",
+    )
     for f in dataclasses.fields(BuildConfig):
         name = "--" + f.name.replace("_", "-")
         if f.type in ("list[str]",):
             parser.add_argument(name, nargs="+", default=None, help=f.metadata["help"])
         elif f.type == "bool":
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f.metadata["help"])
+            parser.add_argument(
+                name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"]
+            )
         else:
             caster = {"int": int, "float": float, "str": str}[str(f.type)]
             parser.add_argument(name, type=caster, default=None, help=f.metadata["help"])

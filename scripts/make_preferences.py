@@ -28,14 +28,19 @@ from pbrl.teachers.scripted import oracle_labels  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", required=True, help="Minari dataset id")
     p.add_argument("--out", type=Path, required=True, help="output .npz")
     p.add_argument("--num-queries", type=int, default=2000)
     p.add_argument("--segment-length", type=int, default=200)
-    p.add_argument("--tie-threshold", type=float, default=10.0,
-                   help="label 0.5 when |R1 - R2| <= this (0: off)")
+    p.add_argument(
+        "--tie-threshold",
+        type=float,
+        default=10.0,
+        help="label 0.5 when |R1 - R2| <= this (0: off)",
+    )
     p.add_argument("--beta", type=float, default=math.inf, help="B-Pref rationality (inf: oracle)")
     p.add_argument("--gamma", type=float, default=1.0, help="B-Pref myopia")
     p.add_argument("--eps-mistake", type=float, default=0.0)
@@ -46,17 +51,30 @@ def main(argv: list[str] | None = None) -> Path:
     a = p.parse_args(argv)
     data = load_dataset(a.dataset)
     rng = np.random.default_rng(a.seed)
-    teacher = ScriptedTeacher(beta=a.beta, gamma=a.gamma, eps_mistake=a.eps_mistake,
-                              eps_skip=a.eps_skip, eps_equal=a.eps_equal,
-                              rng=np.random.default_rng(rng.integers(2**63)))
-    prefs = scripted_preferences(data, a.num_queries, a.segment_length, teacher, rng, a.tie_threshold)
+    teacher = ScriptedTeacher(
+        beta=a.beta,
+        gamma=a.gamma,
+        eps_mistake=a.eps_mistake,
+        eps_skip=a.eps_skip,
+        eps_equal=a.eps_equal,
+        rng=np.random.default_rng(rng.integers(2**63)),
+    )
+    prefs = scripted_preferences(
+        data, a.num_queries, a.segment_length, teacher, rng, a.tie_threshold
+    )
     path = prefs.save(a.out)
     labels = prefs.labels
     decided = ~np.isnan(labels)
-    agree = float(np.mean(labels[decided] == oracle_labels(prefs.queries)[decided])) if decided.any() else float("nan")
-    print(f"{path}: {len(prefs)} queries of {a.segment_length} steps from {a.dataset}; "
-          f"ties {np.mean(labels == 0.5):.1%}, skipped {np.mean(~decided):.1%}, "
-          f"agreement with the noise-free oracle {agree:.1%}")
+    agree = (
+        float(np.mean(labels[decided] == oracle_labels(prefs.queries)[decided]))
+        if decided.any()
+        else float("nan")
+    )
+    print(
+        f"{path}: {len(prefs)} queries of {a.segment_length} steps from {a.dataset}; "
+        f"ties {np.mean(labels == 0.5):.1%}, skipped {np.mean(~decided):.1%}, "
+        f"agreement with the noise-free oracle {agree:.1%}"
+    )
     if a.index_csv:
         print(f"index form: {save_preference_index(a.index_csv, prefs, data)}")
     return path

@@ -17,9 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ["run", "exp", "algo", "env_id", "teacher", "seed", "total_timesteps", "num_labels",
-           "eval_true_return_mean", "eval_true_return_std", "random_true_return_mean",
-           "reward_model_test_accuracy", "wall_time_s", "peak_rss_mb"]
+COLUMNS = [
+    "run",
+    "exp",
+    "algo",
+    "env_id",
+    "teacher",
+    "seed",
+    "total_timesteps",
+    "num_labels",
+    "eval_true_return_mean",
+    "eval_true_return_std",
+    "random_true_return_mean",
+    "reward_model_test_accuracy",
+    "wall_time_s",
+    "peak_rss_mb",
+]
 
 
 # The override that moves a run along each x axis: dropped from the grouping key.
@@ -61,8 +74,12 @@ def fmt(v: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--x", default="num_labels", choices=["num_labels", "total_timesteps"],
-                   help="x axis of the plot")
+    p.add_argument(
+        "--x",
+        default="num_labels",
+        choices=["num_labels", "total_timesteps"],
+        help="x axis of the plot",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: the sweep directory)")
     args = p.parse_args(argv)
     if not args.sweep_dir.is_dir():
@@ -79,15 +96,19 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(runs)
 
     groups = group(runs)
-    lines = ["| configuration | seeds | labels | steps | true return (mean ± std) | random | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| configuration | seeds | labels | steps | true return (mean ± std) | random | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for key, rs in groups.items():
         ret = np.array([r["eval_true_return_mean"] for r in rs])
-        lines.append(f"| {key} | {len(rs)} | {np.mean([r['num_labels'] for r in rs]):.0f} | "
-                     f"{np.mean([r['total_timesteps'] for r in rs]):.0f} | "
-                     f"{ret.mean():.1f} ± {ret.std():.1f} | "
-                     f"{np.mean([r['random_true_return_mean'] for r in rs]):.1f} | "
-                     f"{np.mean([r['wall_time_s'] for r in rs]):.0f} |")
+        lines.append(
+            f"| {key} | {len(rs)} | {np.mean([r['num_labels'] for r in rs]):.0f} | "
+            f"{np.mean([r['total_timesteps'] for r in rs]):.0f} | "
+            f"{ret.mean():.1f} ± {ret.std():.1f} | "
+            f"{np.mean([r['random_true_return_mean'] for r in rs]):.1f} | "
+            f"{np.mean([r['wall_time_s'] for r in rs]):.0f} |"
+        )
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in runs]
     table = "\n".join(lines)

@@ -25,8 +25,14 @@ def test_indexing_keeps_batch_and_metadata():
 def test_shape_errors_are_clear():
     s = make_segments(3)
     with pytest.raises(ValueError, match="rows"):
-        Segments(obs=s.obs, act=s.act[:2], true_reward=s.true_reward, mask=s.mask,
-                 final_obs=s.final_obs, terminated=s.terminated)
+        Segments(
+            obs=s.obs,
+            act=s.act[:2],
+            true_reward=s.true_reward,
+            mask=s.mask,
+            final_obs=s.final_obs,
+            terminated=s.terminated,
+        )
 
 
 def test_labels_validated():

@@ -48,8 +48,9 @@ class ScriptedPerson(threading.Thread):
     The oracle's label comes from the store (``queries.oracle``): a stand-in for watching.
     """
 
-    def __init__(self, url: str, store: Path, name: str = "scripted-person",
-                 token: str | None = None) -> None:
+    def __init__(
+        self, url: str, store: Path, name: str = "scripted-person", token: str | None = None
+    ) -> None:
         super().__init__(daemon=True)
         self.url, self.store_path, self.name = url, store, name
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -66,9 +67,15 @@ class ScriptedPerson(threading.Thread):
                     time.sleep(0.05)
                     continue
                 oracle = store.query(lease["query_id"])["oracle"]
-                r = c.post("/api/answer", json={"annotator": self.name, "label": oracle,
-                                                "lease_id": lease["lease_id"],
-                                                "query_id": lease["query_id"]})
+                r = c.post(
+                    "/api/answer",
+                    json={
+                        "annotator": self.name,
+                        "label": oracle,
+                        "lease_id": lease["lease_id"],
+                        "query_id": lease["query_id"],
+                    },
+                )
                 if r.status_code == 200:
                     self.answered.append(lease["query_id"])
                 else:
@@ -106,8 +113,9 @@ def test_submit_then_collect_what_people_answered(served) -> None:  # type: igno
 
 
 def test_a_round_waits_for_min_labels_then_gives_up_with_a_warning(tmp_path: Path) -> None:
-    teacher = HumanTeacher(str(tmp_path / "s.sqlite"), min_labels=2, wait_timeout_s=0.3,
-                           poll_s=0.05)
+    teacher = HumanTeacher(
+        str(tmp_path / "s.sqlite"), min_labels=2, wait_timeout_s=0.3, poll_s=0.05
+    )
     teacher.submit(pair_queries([1.0, 2.0], [0.0, 0.0]))
     t0 = time.time()
     with pytest.warns(RuntimeWarning, match="training continues"):
@@ -120,8 +128,9 @@ def test_a_round_waits_for_min_labels_then_gives_up_with_a_warning(tmp_path: Pat
     assert time.time() - t0 < 0.2
 
     # Someone answers while a round waits: the round returns as soon as min_labels exist.
-    teacher = HumanTeacher(str(tmp_path / "s2.sqlite"), min_labels=2, wait_timeout_s=30,
-                           poll_s=0.05)
+    teacher = HumanTeacher(
+        str(tmp_path / "s2.sqlite"), min_labels=2, wait_timeout_s=30, poll_s=0.05
+    )
     teacher.submit(pair_queries([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
     store = LabelStore(tmp_path / "s2.sqlite")
 
@@ -138,8 +147,13 @@ def test_a_round_waits_for_min_labels_then_gives_up_with_a_warning(tmp_path: Pat
 
 
 def test_wait_for_round_blocks_until_every_query_is_answered(tmp_path: Path) -> None:
-    teacher = HumanTeacher(str(tmp_path / "s.sqlite"), min_labels=0, wait_for_round=True,
-                           wait_timeout_s=30, poll_s=0.05)
+    teacher = HumanTeacher(
+        str(tmp_path / "s.sqlite"),
+        min_labels=0,
+        wait_for_round=True,
+        wait_timeout_s=30,
+        poll_s=0.05,
+    )
     teacher.submit(pair_queries([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
     store = LabelStore(tmp_path / "s.sqlite")
 
@@ -158,11 +172,13 @@ def test_wait_for_round_blocks_until_every_query_is_answered(tmp_path: Path) -> 
 
 
 def test_bad_teacher_settings_fail_when_built(tmp_path: Path) -> None:
-    for kwargs, words in [({"wait_timeout_s": -1}, "wait_timeout_s"),
-                          ({"answers_per_query": 0}, "answers_per_query"),
-                          ({"aggregate": "mean"}, "aggregate"),
-                          ({"serve": True, "host": "0.0.0.0"}, "without a token"),
-                          ({"store": ""}, "store")]:
+    for kwargs, words in [
+        ({"wait_timeout_s": -1}, "wait_timeout_s"),
+        ({"answers_per_query": 0}, "answers_per_query"),
+        ({"aggregate": "mean"}, "aggregate"),
+        ({"serve": True, "host": "0.0.0.0"}, "without a token"),
+        ({"store": ""}, "store"),
+    ]:
         with pytest.raises(TeacherConfigError, match=words):
             HumanTeacher(**{"store": str(tmp_path / "s.sqlite"), **kwargs})  # type: ignore[arg-type]
     assert not (tmp_path / "s.sqlite").exists()  # building a teacher touches no files
@@ -191,8 +207,9 @@ def test_hydra_builds_the_human_teacher_from_config(tmp_path: Path) -> None:
     store = tmp_path / "labels.sqlite"
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         for chosen in (["+exp=quickstart", "teacher=human"], ["+exp=human_quickstart"]):
-            cfg = compose("config", overrides=[*chosen, f"teacher.store={store}",
-                                               "feedback.min_labels=7"])
+            cfg = compose(
+                "config", overrides=[*chosen, f"teacher.store={store}", "feedback.min_labels=7"]
+            )
             validate(cfg)  # builds the teacher once, as pbrl.train does
             teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
             assert isinstance(teacher, HumanTeacher)
@@ -202,26 +219,51 @@ def test_hydra_builds_the_human_teacher_from_config(tmp_path: Path) -> None:
 
 # -- end to end: the page feeds a training run ------------------------------------------------------
 TINY = [
-    "total_timesteps=500", "algo.unsupervised_steps=100", "algo.kwargs.learning_starts=100",
-    "algo.kwargs.batch_size=32", "algo.kwargs.buffer_size=1000",
-    "algo.kwargs.policy_kwargs.net_arch=[32,32]", "feedback.every=100", "feedback.first_at=100",
-    "feedback.batch_size=4", "feedback.segment_length=8", "max_feedback=16",
-    "feedback.min_labels=4", "reward.max_epochs=3", "reward.hidden=32", "reward.n_members=2",
-    "eval.n_episodes=1", "eval.random_episodes=1", "eval.test_queries=8", "video.enabled=false",
-    "progress_bar=false", "checkpoint_every=100000", "teacher.wait_timeout_s=120",
+    "total_timesteps=500",
+    "algo.unsupervised_steps=100",
+    "algo.kwargs.learning_starts=100",
+    "algo.kwargs.batch_size=32",
+    "algo.kwargs.buffer_size=1000",
+    "algo.kwargs.policy_kwargs.net_arch=[32,32]",
+    "feedback.every=100",
+    "feedback.first_at=100",
+    "feedback.batch_size=4",
+    "feedback.segment_length=8",
+    "max_feedback=16",
+    "feedback.min_labels=4",
+    "reward.max_epochs=3",
+    "reward.hidden=32",
+    "reward.n_members=2",
+    "eval.n_episodes=1",
+    "eval.random_episodes=1",
+    "eval.test_queries=8",
+    "video.enabled=false",
+    "progress_bar=false",
+    "checkpoint_every=100000",
+    "teacher.wait_timeout_s=120",
     "teacher.poll_s=0.1",
 ]
 
 
-def run_with_person(tmp_path: Path, overrides: list[str], timeout: int) -> tuple[dict, ScriptedPerson]:
+def run_with_person(
+    tmp_path: Path, overrides: list[str], timeout: int
+) -> tuple[dict, ScriptedPerson]:
     store = tmp_path / "labels.sqlite"
     LabelStore(store)
     with BackgroundServer(store, port=free_port(), prerender=0) as server:
         person = ScriptedPerson(server.url, store)
         person.start()
-        cmd = [sys.executable, "-m", "pbrl.train", "+exp=quickstart", "teacher=human",
-               f"teacher.store={store}", f"hydra.run.dir={tmp_path / 'run'}",
-               f"video.root={tmp_path / 'videos'}", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pbrl.train",
+            "+exp=quickstart",
+            "teacher=human",
+            f"teacher.store={store}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            f"video.root={tmp_path / 'videos'}",
+            *overrides,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
         person.stop.set()
         person.join(10)
@@ -265,11 +307,23 @@ def test_labels_flow_from_the_page_into_training(tmp_path: Path) -> None:
 
 
 LEARN = [  # quickstart, smaller nets and budget: about 5 min on 2 busy cores
-    "env=inverted_pendulum", "feedback.segment_length=20", "total_timesteps=4000", "algo.unsupervised_steps=500", "algo.kwargs.learning_starts=250",
-    "algo.kwargs.policy_kwargs.net_arch=[64,64]", "reward.hidden=64", "feedback.every=500",
-    "feedback.first_at=500", "feedback.batch_size=20", "max_feedback=140", "feedback.min_labels=20",
-    "eval.n_episodes=5", "video.enabled=false", "progress_bar=false",
-    "teacher.wait_timeout_s=600", "teacher.poll_s=0.2",
+    "env=inverted_pendulum",
+    "feedback.segment_length=20",
+    "total_timesteps=4000",
+    "algo.unsupervised_steps=500",
+    "algo.kwargs.learning_starts=250",
+    "algo.kwargs.policy_kwargs.net_arch=[64,64]",
+    "reward.hidden=64",
+    "feedback.every=500",
+    "feedback.first_at=500",
+    "feedback.batch_size=20",
+    "max_feedback=140",
+    "feedback.min_labels=20",
+    "eval.n_episodes=5",
+    "video.enabled=false",
+    "progress_bar=false",
+    "teacher.wait_timeout_s=600",
+    "teacher.poll_s=0.2",
 ]
 
 

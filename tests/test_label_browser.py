@@ -20,14 +20,24 @@ from pbrl.gui.server import BackgroundServer
 from pbrl.gui.store import LabelStore
 from pbrl.video import write_video
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
-                                     "(pip install playwright; never `playwright install`)")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api",
+    reason="playwright is not installed (pip install playwright; never `playwright install`)",
+)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no chromium binary on PATH (apt-get install -y chromium)", allow_module_level=True)
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ENV = "InvertedPendulum-v5"
 N = 7
 REPO = Path(__file__).resolve().parent.parent
@@ -52,14 +62,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def warm_server(tmp_path: Path, n: int = N, env: str = ENV, length: int = 20, size: int = 192,
-                **kwargs: object) -> BackgroundServer:
+def warm_server(
+    tmp_path: Path, n: int = N, env: str = ENV, length: int = 20, size: int = 192, **kwargs: object
+) -> BackgroundServer:
     """A served store whose clips are all rendered before the page opens."""
     store = LabelStore(tmp_path / "labels.sqlite")
     queries, info = sources.queries_from_env(env, n, segment_length=length, seed=0)
     store.add_queries(queries, source="browser-test")
-    server = BackgroundServer(store.path, port=free_port(), prerender=n, width=size, height=size,
-                              **kwargs).start()
+    server = BackgroundServer(
+        store.path, port=free_port(), prerender=n, width=size, height=size, **kwargs
+    ).start()
     clips = server.app.state.clips
     clips.poke()
     deadline = time.time() + 120
@@ -73,7 +85,9 @@ def wait_playing(page: object) -> None:
     """Both clips loaded, with a duration, and their clocks advance (and stay in sync)."""
     page.wait_for_function(  # type: ignore[attr-defined]
         "() => ['left', 'right'].every(id => { const v = document.getElementById(id);"
-        " return v.readyState >= 2 && v.duration > 0 && !v.paused; })", timeout=30000)
+        " return v.readyState >= 2 && v.duration > 0 && !v.paused; })",
+        timeout=30000,
+    )
     t0 = page.evaluate("[left.currentTime, right.currentTime]")  # type: ignore[attr-defined]
     page.wait_for_timeout(400)  # type: ignore[attr-defined]
     t1 = page.evaluate("[left.currentTime, right.currentTime]")  # type: ignore[attr-defined]
@@ -101,12 +115,20 @@ def test_keyboard_labeling_in_chromium(browser: object, tmp_path: Path) -> None:
         assert page.inner_text("#pending") == str(N)
 
         expected = {}
-        for key, label in [("ArrowLeft", 0.0), ("ArrowRight", 1.0), ("ArrowDown", 0.5),
-                           ("=", 0.5), ("s", None)]:
+        for key, label in [
+            ("ArrowLeft", 0.0),
+            ("ArrowRight", 1.0),
+            ("ArrowDown", 0.5),
+            ("=", 0.5),
+            ("s", None),
+        ]:
             shown = page.evaluate("document.body.dataset.query")
             page.keyboard.press(key)
-            page.wait_for_function(f"document.body.dataset.query !== '{shown}' && "
-                                   "document.body.dataset.state === 'ready'", timeout=30000)
+            page.wait_for_function(
+                f"document.body.dataset.query !== '{shown}' && "
+                "document.body.dataset.state === 'ready'",
+                timeout=30000,
+            )
             expected[shown] = label
             assert answers(store) == expected, key  # stored in SQLite, with the right label
             wait_playing(page)  # the next pair plays at once: its clips were cached
@@ -162,7 +184,9 @@ def test_token_page_and_eval_video(browser: object, tmp_path: Path) -> None:
         page.wait_for_function("document.body.dataset.query", timeout=30000)
         wait_playing(page)
         page.wait_for_function("!document.getElementById('eval').hidden", timeout=30000)
-        page.wait_for_function("document.getElementById('evalvideo').readyState >= 1", timeout=30000)
+        page.wait_for_function(
+            "document.getElementById('evalvideo').readyState >= 1", timeout=30000
+        )
         assert "1,000 environment steps" in page.inner_text("#evalinfo")
         shown = page.evaluate("document.body.dataset.query")
         page.keyboard.press("ArrowRight")
@@ -180,8 +204,15 @@ def test_screenshot(browser: object, tmp_path: Path) -> None:
     store = LabelStore(tmp_path / "labels.sqlite")
     from pbrl.video import record_episode
 
-    _, video = record_episode("HalfCheetah-v5", lambda o: np.zeros(6), 0, tmp_path / "eval.mp4",
-                              max_steps=60, width=160, height=160)
+    _, video = record_episode(
+        "HalfCheetah-v5",
+        lambda o: np.zeros(6),
+        0,
+        tmp_path / "eval.mp4",
+        max_steps=60,
+        width=160,
+        height=160,
+    )
     store.set_meta(eval_video=str(video), eval_video_step=20000, eval_video_return=-3.2)
     for name, label in (("bob", "left"), ("carol", "right")):
         lease = store.lease(name)

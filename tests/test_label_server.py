@@ -68,8 +68,15 @@ def test_label_flow_and_progress(client: TestClient, store: LabelStore) -> None:
     assert status["progress"]["pending"] == 3 and status["env_id"] == ENV
     assert "pole" in status["task"]
     first = lease(client)
-    r = client.post("/api/answer", json={"annotator": "alice", "lease_id": first["lease_id"],
-                                         "query_id": first["query_id"], "label": "right"})
+    r = client.post(
+        "/api/answer",
+        json={
+            "annotator": "alice",
+            "lease_id": first["lease_id"],
+            "query_id": first["query_id"],
+            "label": "right",
+        },
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["answer"]["label"] == 1.0
@@ -80,15 +87,27 @@ def test_label_flow_and_progress(client: TestClient, store: LabelStore) -> None:
     assert client.get("/api/stats").json()["progress"]["answers"] == 0
 
 
-def test_bad_requests_get_4xx_and_leave_the_store_alone(client: TestClient, store: LabelStore) -> None:
+def test_bad_requests_get_4xx_and_leave_the_store_alone(
+    client: TestClient, store: LabelStore
+) -> None:
     held = lease(client)
     cases = [
         ({"annotator": "alice", "lease_id": held["lease_id"], "label": 7}, 422, "invalid label"),
-        ({"annotator": "alice", "lease_id": held["lease_id"], "label": "better"}, 422, "invalid label"),
-        ({"annotator": "alice", "lease_id": held["lease_id"], "query_id": "nope", "label": 0}, 404,
-         "unknown query"),
-        ({"annotator": "alice", "lease_id": held["lease_id"], "query_id": "../etc", "label": 0}, 404,
-         "unknown query"),
+        (
+            {"annotator": "alice", "lease_id": held["lease_id"], "label": "better"},
+            422,
+            "invalid label",
+        ),
+        (
+            {"annotator": "alice", "lease_id": held["lease_id"], "query_id": "nope", "label": 0},
+            404,
+            "unknown query",
+        ),
+        (
+            {"annotator": "alice", "lease_id": held["lease_id"], "query_id": "../etc", "label": 0},
+            404,
+            "unknown query",
+        ),
         ({"annotator": "alice", "lease_id": "nope", "label": 0}, 404, "unknown lease"),
         ({"annotator": "bob", "lease_id": held["lease_id"], "label": 0}, 409, "belongs to"),
         ({"annotator": "x" * 65, "lease_id": held["lease_id"], "label": 0}, 422, "annotator"),
@@ -97,7 +116,9 @@ def test_bad_requests_get_4xx_and_leave_the_store_alone(client: TestClient, stor
     for body, status, words in cases:
         r = client.post("/api/answer", json=body)
         assert r.status_code == status and words in r.json()["detail"], (body, r.text)
-    r = client.post("/api/answer", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.post(
+        "/api/answer", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
     assert store.counts()["answers"] == 0
     ok = {"annotator": "alice", "lease_id": held["lease_id"], "label": 0}
@@ -113,17 +134,30 @@ def test_answer_to_an_expired_lease_is_refused(store: LabelStore) -> None:
     with TestClient(create_app(store.path, prerender=0, lease_s=0.2)) as client:
         held = lease(client)
         time.sleep(0.4)
-        r = client.post("/api/answer", json={"annotator": "alice", "lease_id": held["lease_id"],
-                                             "label": "left"})
+        r = client.post(
+            "/api/answer",
+            json={"annotator": "alice", "lease_id": held["lease_id"], "label": "left"},
+        )
         assert r.status_code == 410 and "expired" in r.json()["detail"]
     assert store.counts()["answers"] == 0
 
 
-@pytest.mark.parametrize("path", [
-    "/static/..%2Fstore.py", "/static/../store.py", "/static/index.html", "/static/%2e%2e/server.py",
-    "/clips/..%2F..%2Fetc%2Fpasswd/left", "/clips/no-such-query/left", "/clips/%2e%2e/left",
-    "/eval/latest", "/nope", "/docs", "/openapi.json",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/..%2Fstore.py",
+        "/static/../store.py",
+        "/static/index.html",
+        "/static/%2e%2e/server.py",
+        "/clips/..%2F..%2Fetc%2Fpasswd/left",
+        "/clips/no-such-query/left",
+        "/clips/%2e%2e/left",
+        "/eval/latest",
+        "/nope",
+        "/docs",
+        "/openapi.json",
+    ],
+)
 def test_no_path_escapes(client: TestClient, store: LabelStore, path: str) -> None:
     r = client.get(path)
     assert r.status_code == 404, (path, r.status_code)
@@ -159,8 +193,9 @@ def test_foreign_host_header_is_refused(store: LabelStore) -> None:
         assert c.get("/api/health", headers={"host": "evil.example:8000"}).status_code == 400
 
 
-def test_non_loopback_bind_without_token_is_refused(store: LabelStore,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_non_loopback_bind_without_token_is_refused(
+    store: LabelStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
         label_main(["serve", "--store", str(store.path), "--host", "0.0.0.0"])
     assert exc.value.code == 2
@@ -170,10 +205,23 @@ def test_non_loopback_bind_without_token_is_refused(store: LabelStore,
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, words in [
-        (["queries", "--store", str(tmp_path / "s.sqlite"), "--from-dataset", "x"], "not yet available"),
+        (
+            ["queries", "--store", str(tmp_path / "s.sqlite"), "--from-dataset", "x"],
+            "not yet available",
+        ),
         (["queries", "--store", str(tmp_path / "s.sqlite"), "--from-run", str(tmp_path)], "--num"),
-        (["queries", "--store", str(tmp_path / "s.sqlite"), "--from-run", str(tmp_path), "--num", "3"],
-         "config.yaml"),
+        (
+            [
+                "queries",
+                "--store",
+                str(tmp_path / "s.sqlite"),
+                "--from-run",
+                str(tmp_path),
+                "--num",
+                "3",
+            ],
+            "config.yaml",
+        ),
         (["export", "--store", str(tmp_path / "none.sqlite"), "--out", "x.npz"], "does not exist"),
     ]:
         with pytest.raises(SystemExit) as exc:
@@ -183,7 +231,9 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert err.startswith("pbrl.label: error:") and words in err and "\n" not in err, err
 
 
-def test_eval_video_from_store_metadata(client: TestClient, store: LabelStore, tmp_path: Path) -> None:
+def test_eval_video_from_store_metadata(
+    client: TestClient, store: LabelStore, tmp_path: Path
+) -> None:
     assert client.get("/api/status").json()["eval_video"] is None
     video = write_video(np.zeros((4, 16, 16, 3), np.uint8), tmp_path / "eval.mp4", fps=10)
     store.set_meta(eval_video=str(video), eval_video_step=5000, eval_video_return=12.5)
@@ -210,36 +260,58 @@ def test_clips_render_lazily_and_ahead(tmp_path: Path, env_queries) -> None:  # 
         deadline = time.time() + 60  # the worker renders the rest while nobody asks
         while app.state.clips.rendered < len(env_queries) and time.time() < deadline:
             time.sleep(0.1)
-        answer = c.post("/api/answer", json={"annotator": "alice", "lease_id": held["lease_id"],
-                                             "label": "left"}).json()
+        answer = c.post(
+            "/api/answer",
+            json={"annotator": "alice", "lease_id": held["lease_id"], "label": "left"},
+        ).json()
         assert answer["lease"]["ready"]  # the next pair is cached before it is shown
 
 
-def test_queries_from_run_and_export_cli(tmp_path: Path, env_queries,  # type: ignore[no-untyped-def]
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_queries_from_run_and_export_cli(
+    tmp_path: Path,
+    env_queries,  # type: ignore[no-untyped-def]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from pbrl.data.pool import TrajectoryPool
 
     # A fake run directory: config.yaml and a trajectory pool with simulator state.
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
-    (run / "config.yaml").write_text(f"name: fake\nenv:\n  id: {ENV}\n  kwargs: {{}}\n"
-                                     "feedback:\n  segment_length: 6\n")
+    (run / "config.yaml").write_text(
+        f"name: fake\nenv:\n  id: {ENV}\n  kwargs: {{}}\nfeedback:\n  segment_length: 6\n"
+    )
     segs = env_queries.first
     pool = TrajectoryPool(1, 500, segs.obs.shape[-1], segs.act.shape[-1], (), (2, 2), ENV, "fake")
     queries, _ = sources.queries_from_env(ENV, 2, segment_length=6, seed=1, steps=300)
     rng = np.random.default_rng(0)
     for _ in range(300):
-        pool.add(rng.normal(size=(1, 4)), rng.normal(size=(1, 1)), np.ones(1), rng.normal(size=(1, 4)),
-                 np.zeros(1, bool), np.zeros(1, bool), qpos=rng.normal(size=(1, 2)),
-                 qvel=rng.normal(size=(1, 2)))
+        pool.add(
+            rng.normal(size=(1, 4)),
+            rng.normal(size=(1, 1)),
+            np.ones(1),
+            rng.normal(size=(1, 4)),
+            np.zeros(1, bool),
+            np.zeros(1, bool),
+            qpos=rng.normal(size=(1, 2)),
+            qvel=rng.normal(size=(1, 2)),
+        )
     pool.save(run / "checkpoint" / "pool.npz")
     store = tmp_path / "s.sqlite"
     label_main(["queries", "--from-run", str(run), "--num", "5", "--store", str(store)])
     assert "added 5 pairs of InvertedPendulum-v5 (6 steps each)" in capsys.readouterr().out
     ds = PreferenceDataset(queries, np.array([np.nan, np.nan]))
     ds.save(tmp_path / "unlabeled.npz")
-    label_main(["queries", "--from-queries", str(tmp_path / "unlabeled.npz"), "--store", str(store),
-                "--answers-per-query", "2"])
+    label_main(
+        [
+            "queries",
+            "--from-queries",
+            str(tmp_path / "unlabeled.npz"),
+            "--store",
+            str(store),
+            "--answers-per-query",
+            "2",
+        ]
+    )
     db = LabelStore(store)
     assert db.counts()["total"] == 7
     for who in ("a", "b"):
@@ -267,9 +339,24 @@ def free_port() -> int:
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pbrl.label", "serve", "--store", str(store), "--port", str(port),
-         "--prerender", "0", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pbrl.label",
+            "serve",
+            "--store",
+            str(store),
+            "--port",
+            str(port),
+            "--prerender",
+            "0",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -283,8 +370,9 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("the label server did not start in 60 s")
 
 
-def labeler(url: str, name: str, acked: list, stop: threading.Event,
-            start: threading.Barrier | None = None) -> None:
+def labeler(
+    url: str, name: str, acked: list, stop: threading.Event, start: threading.Barrier | None = None
+) -> None:
     """Answer pairs until none are left (or the server dies); record acknowledged answers."""
     with httpx.Client(base_url=url, timeout=30) as c:
         if start is not None:
@@ -295,13 +383,27 @@ def labeler(url: str, name: str, acked: list, stop: threading.Event,
                 if held is None:
                     return
                 label = ("left", "right", "equal", "skip")[len(acked) % 4]
-                r = c.post("/api/answer", json={"annotator": name, "lease_id": held["lease_id"],
-                                                "query_id": held["query_id"], "label": label})
+                r = c.post(
+                    "/api/answer",
+                    json={
+                        "annotator": name,
+                        "lease_id": held["lease_id"],
+                        "query_id": held["query_id"],
+                        "label": label,
+                    },
+                )
             except httpx.HTTPError:
                 return  # the server is gone: whatever was not acknowledged may be lost
             if r.status_code == 200:
-                acked.append((r.json()["answer"]["id"], held["query_id"], name,
-                              r.json()["answer"]["label"], held["lease_id"]))
+                acked.append(
+                    (
+                        r.json()["answer"]["id"],
+                        held["query_id"],
+                        name,
+                        r.json()["answer"]["label"],
+                        held["lease_id"],
+                    )
+                )
 
 
 def test_server_sigkill_mid_stream_loses_no_acknowledged_answer(tmp_path: Path) -> None:
@@ -336,8 +438,9 @@ def test_server_sigkill_mid_stream_loses_no_acknowledged_answer(tmp_path: Path) 
         assert len({r["query_id"] for r in rows.values()}) == len(rows)  # one answer per pair
         # A client retrying an acknowledged answer after the restart gets a 409, not a duplicate.
         _, query_id, name, _, lease_id = acked[0]
-        r = httpx.post(f"{url}/api/answer", json={"annotator": name, "lease_id": lease_id,
-                                                   "label": "left"})
+        r = httpx.post(
+            f"{url}/api/answer", json={"annotator": name, "lease_id": lease_id, "label": "left"}
+        )
         assert r.status_code == 409
         # Labeling goes on where it stopped: each person first gets back the pair they held.
         more: list = []
@@ -357,9 +460,13 @@ def test_eight_simultaneous_clients_get_distinct_queries(tmp_path: Path) -> None
     try:
         acked: list = []
         start = threading.Barrier(8)
-        threads = [threading.Thread(target=labeler, args=(f"http://127.0.0.1:{port}", f"c{i}",
-                                                          acked, threading.Event(), start))
-                   for i in range(8)]
+        threads = [
+            threading.Thread(
+                target=labeler,
+                args=(f"http://127.0.0.1:{port}", f"c{i}", acked, threading.Event(), start),
+            )
+            for i in range(8)
+        ]
         for t in threads:
             t.start()
         for t in threads:

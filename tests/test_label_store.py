@@ -28,8 +28,9 @@ from pbrl.gui.store import (
 NQ, NV = 3, 2
 
 
-def pair_queries(returns_first: list[float], returns_second: list[float], t: int = 5,
-                 seed: int = 0) -> Queries:
+def pair_queries(
+    returns_first: list[float], returns_second: list[float], t: int = 5, seed: int = 0
+) -> Queries:
     """Queries whose segments have the given true returns (and simulator state)."""
 
     def segs(returns: list[float], offset: int) -> Segments:
@@ -37,12 +38,18 @@ def pair_queries(returns_first: list[float], returns_second: list[float], t: int
         rng = np.random.default_rng(seed + offset)
         reward = np.zeros((n, t), np.float32)
         reward[:, 0] = returns
-        return Segments(obs=rng.normal(size=(n, t, 4)).astype(np.float32),
-                        act=rng.normal(size=(n, t, 1)).astype(np.float32), true_reward=reward,
-                        mask=np.ones((n, t), bool), final_obs=np.zeros((n, 4), np.float32),
-                        terminated=np.zeros(n, bool), qpos=rng.normal(size=(n, t + 1, NQ)),
-                        qvel=rng.normal(size=(n, t + 1, NV)), env_id="InvertedPendulum-v5",
-                        run="test-run")
+        return Segments(
+            obs=rng.normal(size=(n, t, 4)).astype(np.float32),
+            act=rng.normal(size=(n, t, 1)).astype(np.float32),
+            true_reward=reward,
+            mask=np.ones((n, t), bool),
+            final_obs=np.zeros((n, 4), np.float32),
+            terminated=np.zeros(n, bool),
+            qpos=rng.normal(size=(n, t + 1, NQ)),
+            qvel=rng.normal(size=(n, t + 1, NV)),
+            env_id="InvertedPendulum-v5",
+            run="test-run",
+        )
 
     return Queries(segs(returns_first, 0), segs(returns_second, 1))
 
@@ -59,9 +66,21 @@ def fill(store: LabelStore, n: int = 4, **kwargs: object) -> Queries:
 
 
 # -- labels -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("given, expected", [
-    ("left", 0.0), ("right", 1.0), ("equal", 0.5), ("skip", math.nan), (0, 0.0), (1, 1.0),
-    (0.5, 0.5), (None, math.nan), ("RIGHT", 1.0), (float("nan"), math.nan)])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        ("left", 0.0),
+        ("right", 1.0),
+        ("equal", 0.5),
+        ("skip", math.nan),
+        (0, 0.0),
+        (1, 1.0),
+        (0.5, 0.5),
+        (None, math.nan),
+        ("RIGHT", 1.0),
+        (float("nan"), math.nan),
+    ],
+)
 def test_parse_label(given: object, expected: float) -> None:
     got = parse_label(given)
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
@@ -73,16 +92,19 @@ def test_parse_label_rejects(bad: object) -> None:
         parse_label(bad)
 
 
-@pytest.mark.parametrize("labels, majority, first", [
-    ([0.0], 0.0, 0.0),
-    ([0.0, 1.0], 0.5, 0.0),  # left/right tie: equally good
-    ([1.0, 1.0, 0.0], 1.0, 1.0),
-    ([math.nan, 0.0], 0.0, math.nan),  # skips count only when everyone skipped
-    ([math.nan, math.nan], math.nan, math.nan),
-    ([0.5, 0.5, 1.0], 0.5, 0.5),
-    ([0.0, 0.5], 0.5, 0.0),
-    ([], math.nan, math.nan),
-])
+@pytest.mark.parametrize(
+    "labels, majority, first",
+    [
+        ([0.0], 0.0, 0.0),
+        ([0.0, 1.0], 0.5, 0.0),  # left/right tie: equally good
+        ([1.0, 1.0, 0.0], 1.0, 1.0),
+        ([math.nan, 0.0], 0.0, math.nan),  # skips count only when everyone skipped
+        ([math.nan, math.nan], math.nan, math.nan),
+        ([0.5, 0.5, 1.0], 0.5, 0.5),
+        ([0.0, 0.5], 0.5, 0.0),
+        ([], math.nan, math.nan),
+    ],
+)
 def test_aggregate_labels(labels: list[float], majority: float, first: float) -> None:
     for how, want in (("majority", majority), ("first", first)):
         got = aggregate_labels(labels, how)
@@ -92,8 +114,14 @@ def test_aggregate_labels(labels: list[float], majority: float, first: float) ->
 # -- leases and answers ----------------------------------------------------------------------------
 def test_lease_answer_and_collect_round_trip(store: LabelStore) -> None:
     queries = fill(store, 3)
-    assert store.counts() == {"total": 3, "answered": 0, "pending": 3, "leased": 0, "answers": 0,
-                              "mine": 0}
+    assert store.counts() == {
+        "total": 3,
+        "answered": 0,
+        "pending": 3,
+        "leased": 0,
+        "answers": 0,
+        "mine": 0,
+    }
     given = {}
     for label in ("left", "right", "skip"):
         lease = store.lease("alice")
@@ -191,8 +219,9 @@ def test_several_annotators_per_query(store: LabelStore) -> None:
     assert len(set(per.queries.query_id)) == 1
 
 
-def test_export_round_trips_through_the_preference_dataset_format(store: LabelStore,
-                                                                  tmp_path: Path) -> None:
+def test_export_round_trips_through_the_preference_dataset_format(
+    store: LabelStore, tmp_path: Path
+) -> None:
     fill(store, 3)
     for label in ("left", "right", "skip"):
         lease = store.lease("alice")
@@ -311,8 +340,9 @@ def test_sigkill_mid_write_loses_no_committed_answer(tmp_path: Path) -> None:
     path = tmp_path / "labels.sqlite"
     store = LabelStore(path)
     store.add_queries(pair_queries([1.0] * 400, [0.0] * 400), source="s")
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     acked = []
     assert proc.stdout is not None
     for line in proc.stdout:

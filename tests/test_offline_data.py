@@ -25,22 +25,33 @@ from pbrl.teachers import ScriptedTeacher
 OBS, ACT, NQ, NV = 11, 3, 6, 6  # Hopper-v5
 
 
-def episode(rng: np.random.Generator, length: int, terminated: bool, reward: float = 1.0) -> Episode:
+def episode(
+    rng: np.random.Generator, length: int, terminated: bool, reward: float = 1.0
+) -> Episode:
     term, trunc = np.zeros(length, bool), np.zeros(length, bool)
     (term if terminated else trunc)[-1] = True
     qpos = rng.normal(size=(length + 1, NQ))
-    return Episode(np.concatenate([qpos[:, 1:], rng.normal(size=(length + 1, NV))], 1),
-                   rng.uniform(-1, 1, (length, ACT)).astype(np.float32),
-                   np.full(length, reward) + 0.01 * np.arange(length), term, trunc,
-                   qpos, rng.normal(size=(length + 1, NV)))
+    return Episode(
+        np.concatenate([qpos[:, 1:], rng.normal(size=(length + 1, NV))], 1),
+        rng.uniform(-1, 1, (length, ACT)).astype(np.float32),
+        np.full(length, reward) + 0.01 * np.arange(length),
+        term,
+        trunc,
+        qpos,
+        rng.normal(size=(length + 1, NV)),
+    )
 
 
 @pytest.fixture
 def episodes() -> list[Episode]:
     rng = np.random.default_rng(0)
     # a long cut-off episode, a short fall, a short cut-off one, a long fall
-    return [episode(rng, 12, False, 1.0), episode(rng, 3, True, 2.0),
-            episode(rng, 4, False, 3.0), episode(rng, 8, True, 0.5)]
+    return [
+        episode(rng, 12, False, 1.0),
+        episode(rng, 3, True, 2.0),
+        episode(rng, 4, False, 3.0),
+        episode(rng, 8, True, 0.5),
+    ]
 
 
 def test_flat_arrays_keep_episodes_terminals_and_states(episodes: list[Episode]) -> None:
@@ -55,7 +66,9 @@ def test_flat_arrays_keep_episodes_terminals_and_states(episodes: list[Episode])
         np.testing.assert_allclose(back.observations, ep.observations, rtol=1e-6)
     # qpos of transition i is the state before its action
     i = 13  # second step of episode 1
-    np.testing.assert_array_equal(data.qpos[data.state_index(np.array([i]))[0]], episodes[1].qpos[1])
+    np.testing.assert_array_equal(
+        data.qpos[data.state_index(np.array([i]))[0]], episodes[1].qpos[1]
+    )
 
 
 def test_window_starts_stay_in_one_episode(episodes: list[Episode]) -> None:
@@ -81,13 +94,30 @@ def test_window_starts_stay_in_one_episode(episodes: list[Episode]) -> None:
 def test_minari_round_trip(tmp_path, monkeypatch, episodes: list[Episode]) -> None:
     pytest.importorskip("minari", reason="needs the `offline` extra (minari[hdf5])")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    save_minari("pbrl-test/hopper/unit-v0", episodes, "Hopper-v5", ref_min_score=-1.0,
-                ref_max_score=99.0, metadata={"kind": "unit"})
+    save_minari(
+        "pbrl-test/hopper/unit-v0",
+        episodes,
+        "Hopper-v5",
+        ref_min_score=-1.0,
+        ref_max_score=99.0,
+        metadata={"kind": "unit"},
+    )
     data = load_dataset("pbrl-test/hopper/unit-v0")
     flat = OfflineDataset.from_episodes(episodes)
-    for name in ("observations", "actions", "rewards", "next_observations", "terminals",
-                 "timeouts", "episode_starts", "qpos", "qvel"):
-        np.testing.assert_allclose(getattr(data, name), getattr(flat, name), rtol=1e-6, err_msg=name)
+    for name in (
+        "observations",
+        "actions",
+        "rewards",
+        "next_observations",
+        "terminals",
+        "timeouts",
+        "episode_starts",
+        "qpos",
+        "qvel",
+    ):
+        np.testing.assert_allclose(
+            getattr(data, name), getattr(flat, name), rtol=1e-6, err_msg=name
+        )
     assert data.env_id == "Hopper-v5" and data.dataset_id == "pbrl-test/hopper/unit-v0"
     assert (data.ref_min_score, data.ref_max_score) == (-1.0, 99.0)
     assert data.metadata["pbrl"] == {"kind": "unit"}
@@ -109,8 +139,9 @@ def test_reference_scores() -> None:
 
 def test_scripted_preferences_follow_uni_rlhf(episodes: list[Episode]) -> None:
     data = OfflineDataset.from_episodes(episodes, env_id="Hopper-v5", dataset_id="unit")
-    prefs = scripted_preferences(data, 50, 3, ScriptedTeacher(), np.random.default_rng(0),
-                                 tie_threshold=0.5)
+    prefs = scripted_preferences(
+        data, 50, 3, ScriptedTeacher(), np.random.default_rng(0), tie_threshold=0.5
+    )
     q = prefs.queries
     assert len(prefs) == 50 and q.first.length == 3
     r1, r2 = q.first.returns(), q.second.returns()
@@ -137,8 +168,10 @@ def test_label_files_a_user_brings(tmp_path, episodes: list[Episode]) -> None:
     np.testing.assert_array_equal(from_csv.labels, prefs.labels)
     np.testing.assert_array_equal(from_csv.queries.second.obs, prefs.queries.second.obs)
     # JSON rows by episode and step, one skipped
-    rows = [{"episode_1": 0, "step_1": 2, "episode_2": 3, "step_2": 0, "label": 1},
-            {"episode_1": 3, "step_1": 4, "episode_2": 0, "step_2": 8, "label": None}]
+    rows = [
+        {"episode_1": 0, "step_1": 2, "episode_2": 3, "step_2": 0, "label": 1},
+        {"episode_1": 3, "step_1": 4, "episode_2": 0, "step_2": 8, "label": None},
+    ]
     (tmp_path / "labels.json").write_text(json.dumps(rows))
     from_json = load_preferences(tmp_path / "labels.json", data, segment_length=4)
     assert np.isnan(from_json.labels[1]) and from_json.labels[0] == 1.0
@@ -146,14 +179,18 @@ def test_label_files_a_user_brings(tmp_path, episodes: list[Episode]) -> None:
     assert len(from_json.trainable) == 1
 
 
-@pytest.mark.parametrize(("rows", "match"), [
-    ("start_1,start_2,label\n0,19,2\n", "invalid preference label"),
-    ("start_1,start_2,label\n0,16,1\n", "row 0: a 4-step window starting at transition 16"),
-    ("start_1,label\n0,1\n", "missing column"),
-    ("start_1,start_2,label\n0,x,1\n", "row 0: column 'start_2'"),
-])
-def test_malformed_label_files_are_named(tmp_path, episodes: list[Episode], rows: str,
-                                         match: str) -> None:
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ("start_1,start_2,label\n0,19,2\n", "invalid preference label"),
+        ("start_1,start_2,label\n0,16,1\n", "row 0: a 4-step window starting at transition 16"),
+        ("start_1,label\n0,1\n", "missing column"),
+        ("start_1,start_2,label\n0,x,1\n", "row 0: column 'start_2'"),
+    ],
+)
+def test_malformed_label_files_are_named(
+    tmp_path, episodes: list[Episode], rows: str, match: str
+) -> None:
     data = OfflineDataset.from_episodes(episodes, dataset_id="unit")
     path = tmp_path / "bad.csv"
     path.write_text(rows)

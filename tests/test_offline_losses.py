@@ -50,7 +50,9 @@ def test_iql_q_target() -> None:
 def test_iql_awr_loss_weights_and_clip() -> None:
     # weights exp(2 * [0, 1]) = [1, e^2]; loss = -(1 * -1 + e^2 * -2) / 2
     expected = (1.0 + 2.0 * math.exp(2.0)) / 2
-    assert awr_loss(t(-1.0, -2.0), t(0.0, 1.0), 2.0, 100.0).item() == pytest.approx(expected, rel=1e-6)
+    assert awr_loss(t(-1.0, -2.0), t(0.0, 1.0), 2.0, 100.0).item() == pytest.approx(
+        expected, rel=1e-6
+    )
     # exp(3 * 10) is clipped to 100
     assert awr_loss(t(-1.0), t(10.0), 3.0, 100.0).item() == pytest.approx(100.0)
     # the advantage carries no gradient into the value function
@@ -74,8 +76,13 @@ def test_iql_reward_scaling() -> None:
 def test_iql_step_uses_the_target_critics_for_the_value() -> None:
     torch.manual_seed(0)
     algo = IQL(3, 2, IQLConfig(hidden=8), 10, torch.device("cpu"))
-    batch = {"obs": torch.randn(5, 3), "act": torch.rand(5, 2) * 2 - 1, "reward": torch.randn(5),
-             "next_obs": torch.randn(5, 3), "done": torch.zeros(5)}
+    batch = {
+        "obs": torch.randn(5, 3),
+        "act": torch.rand(5, 2) * 2 - 1,
+        "reward": torch.randn(5),
+        "next_obs": torch.randn(5, 3),
+        "done": torch.zeros(5),
+    }
     with torch.no_grad():
         u = algo.qf_target.min(batch["obs"], batch["act"]) - algo.vf(batch["obs"]).squeeze(-1)
     metrics = algo.train(batch)
@@ -112,8 +119,10 @@ def test_oppo_triplet_and_norm_losses() -> None:
     neg = torch.tensor([[0.0, 1.0], [3.0, 4.0]])
     # max(5 - 1 + 1, 0) = 5 and max(1 - 5 + 1, 0) = 0
     assert triplet_loss(anchor, pos, neg, 1.0).item() == pytest.approx(2.5)
-    assert torch.allclose(triplet_loss(anchor, pos, neg, 1.0),
-                          torch.nn.functional.triplet_margin_loss(anchor, pos, neg, margin=1.0, eps=0.0))
+    assert torch.allclose(
+        triplet_loss(anchor, pos, neg, 1.0),
+        torch.nn.functional.triplet_margin_loss(anchor, pos, neg, margin=1.0, eps=0.0),
+    )
     # (|(3, 4)| - 1)^2 = 16, (|(0.6, 0.8)| - 1)^2 = 0
     assert norm_loss(torch.tensor([[3.0, 4.0], [0.6, 0.8]])).item() == pytest.approx(8.0)
 
@@ -154,15 +163,22 @@ def test_dtr_nstep_targets() -> None:
 
 def _segments(obs: np.ndarray, act: np.ndarray, mask: np.ndarray) -> Segments:
     n, length = mask.shape
-    return Segments(obs=obs.astype(np.float32), act=act.astype(np.float32),
-                    true_reward=np.zeros((n, length), np.float32), mask=mask,
-                    final_obs=obs[:, -1].astype(np.float32), terminated=~mask.all(1))
+    return Segments(
+        obs=obs.astype(np.float32),
+        act=act.astype(np.float32),
+        true_reward=np.zeros((n, length), np.float32),
+        mask=mask,
+        final_obs=obs[:, -1].astype(np.float32),
+        terminated=~mask.all(1),
+    )
 
 
 def test_preference_transformer_score_is_attention_weighted_sum() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    pt = PreferenceTransformer(3, 2, PreferenceTransformerConfig(embed_dim=16, n_heads=2, dropout=0.0))
+    pt = PreferenceTransformer(
+        3, 2, PreferenceTransformerConfig(embed_dim=16, n_heads=2, dropout=0.0)
+    )
     pt.eval()
     mask = np.ones((2, 5), bool)
     mask[1, 3:] = False
@@ -190,13 +206,27 @@ def test_preference_transformer_learns_a_simple_preference() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     n, length = 96, 6
-    a = _segments(rng.normal(size=(n, length, 2)), np.zeros((n, length, 1)), np.ones((n, length), bool))
-    b = _segments(rng.normal(size=(n, length, 2)), np.zeros((n, length, 1)), np.ones((n, length), bool))
+    a = _segments(
+        rng.normal(size=(n, length, 2)), np.zeros((n, length, 1)), np.ones((n, length), bool)
+    )
+    b = _segments(
+        rng.normal(size=(n, length, 2)), np.zeros((n, length, 1)), np.ones((n, length), bool)
+    )
     labels = (b.obs[..., 0].sum(1) > a.obs[..., 0].sum(1)).astype(float)  # reward = obs[0]
     data = PreferenceDataset(Queries(a, b), labels)
-    pt = PreferenceTransformer(2, 1, PreferenceTransformerConfig(
-        embed_dim=32, n_heads=2, dropout=0.0, learning_rate=3e-3, warmup_steps=5, batch_size=32,
-        max_epochs=40))
+    pt = PreferenceTransformer(
+        2,
+        1,
+        PreferenceTransformerConfig(
+            embed_dim=32,
+            n_heads=2,
+            dropout=0.0,
+            learning_rate=3e-3,
+            warmup_steps=5,
+            batch_size=32,
+            max_epochs=40,
+        ),
+    )
     metrics = pt.fit(data, rng)
     assert metrics["train_accuracy"] > 0.85
     assert pt.accuracy(data) > 0.85

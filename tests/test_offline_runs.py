@@ -28,25 +28,71 @@ TINY = "pbrl-tiny"
 TINY_ALGO = {
     "iql": ["algo.batch_size=32", "algo.hidden=32"],
     "iql_oracle": ["algo.batch_size=32", "algo.hidden=32"],
-    "pt_iql": ["algo.batch_size=32", "algo.hidden=32", "algo.transformer.embed_dim=16",
-               "algo.transformer.n_heads=2", "algo.transformer.max_epochs=2"],
+    "pt_iql": [
+        "algo.batch_size=32",
+        "algo.hidden=32",
+        "algo.transformer.embed_dim=16",
+        "algo.transformer.n_heads=2",
+        "algo.transformer.max_epochs=2",
+    ],
     "bc": ["algo.batch_size=32", "algo.hidden=32"],
     "cpl": ["algo.batch_size=8", "algo.hidden=32", "algo.bc_steps=4", "algo.bc_coeff=0.5"],
-    "oppo": ["algo.encoder_embed=16", "algo.encoder_layers=1", "algo.encoder_heads=2",
-             "algo.policy_embed=16", "algo.policy_layers=1", "algo.context=5",
-             "algo.batch_size=8", "algo.dataset_segments=8"],
-    "dtr": ["algo.embed_dim=16", "algo.n_layers=1", "algo.n_heads=2", "algo.context=5",
-            "algo.batch_size=8", "algo.ema_start=2", "algo.ema_every=1", "algo.critic_hidden=32"],
+    "oppo": [
+        "algo.encoder_embed=16",
+        "algo.encoder_layers=1",
+        "algo.encoder_heads=2",
+        "algo.policy_embed=16",
+        "algo.policy_layers=1",
+        "algo.context=5",
+        "algo.batch_size=8",
+        "algo.dataset_segments=8",
+    ],
+    "dtr": [
+        "algo.embed_dim=16",
+        "algo.n_layers=1",
+        "algo.n_heads=2",
+        "algo.context=5",
+        "algo.batch_size=8",
+        "algo.ema_start=2",
+        "algo.ema_every=1",
+        "algo.critic_hidden=32",
+    ],
 }
-TINY_RUN = ["dataset=tiny", "++env.kwargs.max_episode_steps=60", "total_timesteps=12",
-            "max_feedback=16", "feedback.segment_length=10", "eval.n_episodes=1",
-            "eval.random_episodes=1", "eval.test_queries=16", "eval.every=6", "checkpoint_every=6",
-            "video.enabled=false", "progress_bar=false", "reward.max_epochs=2"]
-SUMMARY_KEYS = {"exp", "algo", "env_id", "seed", "total_timesteps", "num_labels",
-                "eval_true_return_mean", "eval_true_return_std", "random_true_return_mean",
-                "reward_model_test_accuracy", "wall_time_s", "peak_rss_mb", "videos",
-                "tensorboard_dir", "eval_normalized_score_mean", "eval_normalized_score_std",
-                "dataset_id", "num_queries"}
+TINY_RUN = [
+    "dataset=tiny",
+    "++env.kwargs.max_episode_steps=60",
+    "total_timesteps=12",
+    "max_feedback=16",
+    "feedback.segment_length=10",
+    "eval.n_episodes=1",
+    "eval.random_episodes=1",
+    "eval.test_queries=16",
+    "eval.every=6",
+    "checkpoint_every=6",
+    "video.enabled=false",
+    "progress_bar=false",
+    "reward.max_epochs=2",
+]
+SUMMARY_KEYS = {
+    "exp",
+    "algo",
+    "env_id",
+    "seed",
+    "total_timesteps",
+    "num_labels",
+    "eval_true_return_mean",
+    "eval_true_return_std",
+    "random_true_return_mean",
+    "reward_model_test_accuracy",
+    "wall_time_s",
+    "peak_rss_mb",
+    "videos",
+    "tensorboard_dir",
+    "eval_normalized_score_mean",
+    "eval_normalized_score_std",
+    "dataset_id",
+    "num_queries",
+}
 
 
 def load_script(name: str):  # type: ignore[no-untyped-def]
@@ -72,8 +118,10 @@ def store(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 def test_make_dataset_round_trip(store) -> None:  # type: ignore[no-untyped-def]
     root, written = store
-    assert sorted(written) == sorted(f"{TINY}/hopper/{k}-v0" for k in
-                                     ("random", "medium", "medium-replay", "expert", "medium-expert"))
+    assert sorted(written) == sorted(
+        f"{TINY}/hopper/{k}-v0"
+        for k in ("random", "medium", "medium-replay", "expert", "medium-expert")
+    )
     os.environ["MINARI_DATASETS_PATH"] = str(root)
     try:
         sets = {k.split("/")[-1][:-3]: load_dataset(k) for k in written}
@@ -85,7 +133,9 @@ def test_make_dataset_round_trip(store) -> None:  # type: ignore[no-untyped-def]
     assert len(mr) == info["medium_step"]
     assert len(med) == len(exp) == 400 and len(sets["random"]) == 400
     # medium-expert = medium then expert, episode for episode
-    np.testing.assert_array_equal(me.observations, np.concatenate([med.observations, exp.observations]))
+    np.testing.assert_array_equal(
+        me.observations, np.concatenate([med.observations, exp.observations])
+    )
     assert me.num_episodes == med.num_episodes + exp.num_episodes
     for d in sets.values():
         assert d.env_id == "Hopper-v5" and d.has_state
@@ -135,8 +185,9 @@ def test_resume_continues_from_the_checkpoint(store, tmp_path, monkeypatch) -> N
     first = run_offline(compose_exp("offline_tiny", TINY_RUN), tmp_path)
     assert not first["resumed"]
     labels = (tmp_path / "preferences.npz").read_bytes()
-    again = run_offline(compose_exp("offline_tiny", [*TINY_RUN[:2], "total_timesteps=18",
-                                                      *TINY_RUN[3:]]), tmp_path)
+    again = run_offline(
+        compose_exp("offline_tiny", [*TINY_RUN[:2], "total_timesteps=18", *TINY_RUN[3:]]), tmp_path
+    )
     assert again["resumed"] and again["total_timesteps"] == 18
     assert (tmp_path / "preferences.npz").read_bytes() == labels  # same labels, not new ones
 
@@ -144,15 +195,30 @@ def test_resume_continues_from_the_checkpoint(store, tmp_path, monkeypatch) -> N
 def test_train_cli(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     root, _ = store
     env = {**os.environ, "MINARI_DATASETS_PATH": str(root), "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "pbrl.train", "+exp=offline_tiny", "algo=bc", "total_timesteps=5",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    base = [
+        sys.executable,
+        "-m",
+        "pbrl.train",
+        "+exp=offline_tiny",
+        "algo=bc",
+        "total_timesteps=5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     ok = subprocess.run(base, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["algo"] == "bc"
-    bad = subprocess.run([*base, "dataset.id=pbrl-tiny/hopper/nothing-v0"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*base, "dataset.id=pbrl-tiny/hopper/nothing-v0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2
-    assert "pbrl.train: error: dataset 'pbrl-tiny/hopper/nothing-v0' is not in the local" in bad.stderr
+    assert (
+        "pbrl.train: error: dataset 'pbrl-tiny/hopper/nothing-v0' is not in the local" in bad.stderr
+    )
     assert "Traceback" not in bad.stderr
 
 
@@ -160,10 +226,24 @@ def test_labels_from_a_file(store, tmp_path, monkeypatch) -> None:  # type: igno
     root, _ = store
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     make_prefs = load_script("make_preferences")
-    npz = make_prefs.main(["--dataset", f"{TINY}/hopper/medium-replay-v0", "--out",
-                           str(tmp_path / "labels.npz"), "--num-queries", "12", "--segment-length",
-                           "10", "--tie-threshold", "0.5", "--eps-mistake", "0.1",
-                           "--index-csv", str(tmp_path / "labels.csv")])
+    npz = make_prefs.main(
+        [
+            "--dataset",
+            f"{TINY}/hopper/medium-replay-v0",
+            "--out",
+            str(tmp_path / "labels.npz"),
+            "--num-queries",
+            "12",
+            "--segment-length",
+            "10",
+            "--tie-threshold",
+            "0.5",
+            "--eps-mistake",
+            "0.1",
+            "--index-csv",
+            str(tmp_path / "labels.csv"),
+        ]
+    )
     for path in (npz, tmp_path / "labels.csv"):
         run_dir = tmp_path / path.suffix[1:]
         cfg = compose_exp("offline_tiny", [*TINY_RUN, "algo=cpl", f"dataset.preferences={path}"])

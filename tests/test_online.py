@@ -33,27 +33,47 @@ ONLINE_EXPS = [e for e in EXPS if _runs_unattended_online(e)]
 ROOT = Path(__file__).resolve().parent.parent
 
 TINY = [
-    "total_timesteps=300", "max_feedback=12", "progress_bar=false", "checkpoint_every=100000",
-    "feedback.every=100", "feedback.first_at=100", "feedback.batch_size=4",
-    "feedback.segment_length=10", "feedback.pool_size=5000", "eval.n_episodes=1",
-    "eval.random_episodes=1", "eval.test_queries=20", "reward.max_epochs=3", "video.width=64",
-    "video.height=64", "video.queries_per_round=1",
+    "total_timesteps=300",
+    "max_feedback=12",
+    "progress_bar=false",
+    "checkpoint_every=100000",
+    "feedback.every=100",
+    "feedback.first_at=100",
+    "feedback.batch_size=4",
+    "feedback.segment_length=10",
+    "feedback.pool_size=5000",
+    "eval.n_episodes=1",
+    "eval.random_episodes=1",
+    "eval.test_queries=20",
+    "reward.max_epochs=3",
+    "video.width=64",
+    "video.height=64",
+    "video.queries_per_round=1",
 ]
 
 
 def tiny_overrides(cfg_algo_sb3: str) -> list[str]:
     if cfg_algo_sb3 == "sac":
-        return ["algo.unsupervised_steps=100", "algo.kwargs.learning_starts=50",
-                "algo.kwargs.buffer_size=2000", "algo.kwargs.batch_size=32"]
-    return ["n_envs=2", "algo.kwargs.n_steps=32", "algo.kwargs.batch_size=32",
-            "algo.kwargs.n_epochs=1"]
+        return [
+            "algo.unsupervised_steps=100",
+            "algo.kwargs.learning_starts=50",
+            "algo.kwargs.buffer_size=2000",
+            "algo.kwargs.batch_size=32",
+        ]
+    return [
+        "n_envs=2",
+        "algo.kwargs.n_steps=32",
+        "algo.kwargs.batch_size=32",
+        "algo.kwargs.n_epochs=1",
+    ]
 
 
 def compose_exp(name: str, extra: list[str] = ()) -> OmegaConf:
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"+exp={name}"])
-        return compose("config", overrides=[f"+exp={name}", *TINY,
-                                            *tiny_overrides(cfg.algo.sb3), *extra])
+        return compose(
+            "config", overrides=[f"+exp={name}", *TINY, *tiny_overrides(cfg.algo.sb3), *extra]
+        )
 
 
 @pytest.mark.parametrize("name", EXPS)
@@ -70,10 +90,22 @@ def test_every_online_experiment_runs_tiny(name, tmp_path, monkeypatch):
     summary = run_online(cfg, tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    for key in ("exp", "algo", "env_id", "seed", "total_timesteps", "num_labels",
-                "eval_true_return_mean", "eval_true_return_std", "random_true_return_mean",
-                "reward_model_test_accuracy", "wall_time_s", "peak_rss_mb", "videos",
-                "tensorboard_dir"):
+    for key in (
+        "exp",
+        "algo",
+        "env_id",
+        "seed",
+        "total_timesteps",
+        "num_labels",
+        "eval_true_return_mean",
+        "eval_true_return_std",
+        "random_true_return_mean",
+        "reward_model_test_accuracy",
+        "wall_time_s",
+        "peak_rss_mb",
+        "videos",
+        "tensorboard_dir",
+    ):
         assert key in summary
     assert summary["total_timesteps"] >= 300
     assert list(Path(summary["tensorboard_dir"]).glob("events.out.tfevents.*"))
@@ -91,8 +123,16 @@ def test_early_terminating_env_pads_segments(sim, tmp_path, monkeypatch):
     """Hopper falls within a few steps under a random policy: segments get padded, not lost,
     and the stored terminal simulator state is the one the final observation came from."""
     monkeypatch.chdir(tmp_path)
-    cfg = compose_exp("pebble_walker2d", ["env=hopper", "feedback.segment_length=50",
-                                          "video.enabled=false", f"sim={sim}", "n_envs=2"])
+    cfg = compose_exp(
+        "pebble_walker2d",
+        [
+            "env=hopper",
+            "feedback.segment_length=50",
+            "video.enabled=false",
+            f"sim={sim}",
+            "n_envs=2",
+        ],
+    )
     summary = run_online(cfg, tmp_path / "run")
     from pbrl.data import PreferenceDataset
 
@@ -116,8 +156,9 @@ def test_prefppo_runs_on_batched_backends(sim, tmp_path, monkeypatch):
         pytest.importorskip("mujoco_warp")
         os.environ.setdefault("WARP_CACHE_PATH", os.path.expanduser("~/.cache/pbrl-warp"))
     monkeypatch.chdir(tmp_path)
-    cfg = compose_exp("prefppo_halfcheetah", [f"sim={sim}", "n_envs=4", "video.enabled=false",
-                                              "device=cpu"])
+    cfg = compose_exp(
+        "prefppo_halfcheetah", [f"sim={sim}", "n_envs=4", "video.enabled=false", "device=cpu"]
+    )
     summary = run_online(cfg, tmp_path / "run")
     assert summary["num_labels"] > 0 and summary["total_timesteps"] >= 300
     from pbrl.data import PreferenceDataset
@@ -137,8 +178,9 @@ def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypat
         n = buffer.pos
         obs = buffer.observations[:n].reshape(n * buffer.n_envs, -1)
         act = buffer.actions[:n].reshape(n * buffer.n_envs, -1)
-        seen["max_err"] = float(np.abs(buffer.rewards[:n].reshape(-1) -
-                                       model.predict(obs, act)).max())
+        seen["max_err"] = float(
+            np.abs(buffer.rewards[:n].reshape(-1) - model.predict(obs, act)).max()
+        )
         seen["n"] = n
 
     monkeypatch.setattr(trainer, "relabel_buffer", spy)
@@ -149,18 +191,27 @@ def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypat
 
 def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "pbrl.train", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "pbrl.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["+exp=nope"], "unknown exp 'nope': choose one of"),
-    (["+exp=quickstart", "env=marsrover"], "unknown env 'marsrover': choose one of"),
-    (["+exp=quickstart", "env.id=Nope-v9"], "unknown env id 'Nope-v9'"),
-    (["+exp=quickstart", "teacher.beta=-1"], "teacher.beta=-1.0 is invalid"),
-    (["+exp=quickstart", "teacher.eps_mistake=2"], "teacher.eps_mistake=2 is invalid"),
-    (["+exp=quickstart", "sim=mujoco_batch"], "does not implement 'Reacher-v5'"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["+exp=nope"], "unknown exp 'nope': choose one of"),
+        (["+exp=quickstart", "env=marsrover"], "unknown env 'marsrover': choose one of"),
+        (["+exp=quickstart", "env.id=Nope-v9"], "unknown env id 'Nope-v9'"),
+        (["+exp=quickstart", "teacher.beta=-1"], "teacher.beta=-1.0 is invalid"),
+        (["+exp=quickstart", "teacher.eps_mistake=2"], "teacher.eps_mistake=2 is invalid"),
+        (["+exp=quickstart", "sim=mujoco_batch"], "does not implement 'Reacher-v5'"),
+    ],
+)
 def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
     out = run_cli(*args, f"hydra.run.dir={tmp_path}", cwd=tmp_path, timeout=120)
     assert out.returncode == 2
@@ -171,16 +222,30 @@ def test_bad_input_gives_one_clear_line(args, needle, tmp_path):
 def test_resume_after_kill_keeps_labels_and_step_count(tmp_path):
     """Kill a run (SIGKILL) after its first checkpoint, resume it, and check continuity."""
     run_dir = tmp_path / "run"
-    args = ["+exp=quickstart", f"hydra.run.dir={run_dir}", "total_timesteps=100000",
-            "checkpoint_every=800", "video.enabled=false", "progress_bar=false",
-            "algo.kwargs.batch_size=32", "eval.n_episodes=1", "eval.random_episodes=1"]
+    args = [
+        "+exp=quickstart",
+        f"hydra.run.dir={run_dir}",
+        "total_timesteps=100000",
+        "checkpoint_every=800",
+        "video.enabled=false",
+        "progress_bar=false",
+        "algo.kwargs.batch_size=32",
+        "eval.n_episodes=1",
+        "eval.random_episodes=1",
+    ]
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pbrl.train", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pbrl.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = run_dir / "checkpoint" / "state.json"
     deadline = time.time() + 240
-    while time.time() < deadline and not (state.exists() and
-                                          json.loads(state.read_text())["queries"] > 0):
+    while time.time() < deadline and not (
+        state.exists() and json.loads(state.read_text())["queries"] > 0
+    ):
         time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -192,8 +257,12 @@ def test_resume_after_kill_keeps_labels_and_step_count(tmp_path):
     assert saved["num_timesteps"] >= 800 and len(labels_before) == saved["queries"]
 
     target = saved["num_timesteps"] + 400
-    out = run_cli(f"resume={run_dir}", f"total_timesteps={target}",
-                  f"hydra.run.dir={tmp_path / 'resume_log'}", cwd=tmp_path)
+    out = run_cli(
+        f"resume={run_dir}",
+        f"total_timesteps={target}",
+        f"hydra.run.dir={tmp_path / 'resume_log'}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed"] and summary["total_timesteps"] == target
@@ -211,8 +280,14 @@ def test_resume_after_kill_keeps_labels_and_step_count(tmp_path):
 def test_pebble_oracle_learns_quickstart(tmp_path):
     """The quickstart (PEBBLE + oracle on Reacher, 300 labels) must beat a random policy
     clearly: at least half of the random policy's cost recovered."""
-    out = run_cli("+exp=quickstart", f"hydra.run.dir={tmp_path / 'run'}", "video.enabled=false",
-                  "progress_bar=false", cwd=tmp_path, timeout=900)
+    out = run_cli(
+        "+exp=quickstart",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "video.enabled=false",
+        "progress_bar=false",
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     random = summary["random_true_return_mean"]

@@ -22,8 +22,14 @@ def test_intrinsic_reward_is_knn_distance_over_running_std():
     space = gym.spaces.Box(-10, 10, (1,))
     buf = EntropyReplayBuffer(8, space, gym.spaces.Box(-1, 1, (1,)), device="cpu", entropy_k=1)
     for x in [0.0, 1.0, 3.0, 7.0]:
-        buf.add(np.array([[x]]), np.array([[x]]), np.zeros((1, 1)), np.array([5.0]),
-                np.array([False]), [{}])
+        buf.add(
+            np.array([[x]]),
+            np.array([[x]]),
+            np.zeros((1, 1)),
+            np.array([5.0]),
+            np.array([False]),
+            [{}],
+        )
     samples = buf._get_samples(np.array([0, 1, 2, 3]))
     assert samples.rewards.flatten().tolist() == [5.0] * 4  # intrinsic off: stored reward
     buf.intrinsic = True
@@ -40,8 +46,9 @@ def test_reset_critic_reinitializes_critic_and_target_only():
     critic = [p.detach().clone() for p in model.critic.parameters()]
     reset_critic(model)
     assert all(torch.equal(a, b) for a, b in zip(actor, model.actor.parameters()))
-    assert not any(torch.equal(a, b) for a, b in zip(critic, model.critic.parameters())
-                   if a.ndim == 2)
+    assert not any(
+        torch.equal(a, b) for a, b in zip(critic, model.critic.parameters()) if a.ndim == 2
+    )
     for a, b in zip(model.critic.parameters(), model.critic_target.parameters()):
         assert torch.equal(a, b)
     assert model.critic.optimizer.state == {} or len(model.critic.optimizer.state) == 0

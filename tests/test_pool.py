@@ -8,8 +8,19 @@ def fill(pool, steps, term_every=7, trunc_every=10):
         term = np.array([t % term_every == term_every - 1, False])
         trunc = np.array([False, t % trunc_every == trunc_every - 1])
         state = np.full((2, 2), float(t))
-        pool.add(np.full((2, 3), t), np.zeros((2, 1)), np.ones(2), np.full((2, 3), t + 1),
-                 term, trunc, np.ones((2, 1)), state, state, state + 1, state + 1)
+        pool.add(
+            np.full((2, 3), t),
+            np.zeros((2, 1)),
+            np.ones(2),
+            np.full((2, 3), t + 1),
+            term,
+            trunc,
+            np.ones((2, 1)),
+            state,
+            state,
+            state + 1,
+            state + 1,
+        )
 
 
 def test_windows_never_cross_episodes_and_pad_only_after_termination():

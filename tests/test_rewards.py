@@ -17,8 +17,13 @@ def labeled(n, seed):
 def test_bradley_terry_loss_matches_hand_computation():
     """One gradient step's reported loss equals -[y log p + (1-y) log(1-p)] computed by hand."""
     torch.manual_seed(0)
-    model = RewardEnsemble(4, 2, RewardModelConfig(n_members=2, hidden=8, n_layers=1,
-                                                   output="linear", max_epochs=1, batch_size=8))
+    model = RewardEnsemble(
+        4,
+        2,
+        RewardModelConfig(
+            n_members=2, hidden=8, n_layers=1, output="linear", max_epochs=1, batch_size=8
+        ),
+    )
     ds = labeled(3, seed=0)
     ds.labels[:] = [1.0, 0.0, 0.5]
     ds.queries.first.mask[0, 5:] = False  # padded steps must not count
@@ -89,11 +94,13 @@ def test_selector_keeps_most_uncertain_candidates():
         drawn.append(k)
         return pool[np.arange(k)]
 
-    picked = QuerySelector("disagreement", large_batch=10)(sample, 10, model,
-                                                           np.random.default_rng(0))
+    picked = QuerySelector("disagreement", large_batch=10)(
+        sample, 10, model, np.random.default_rng(0)
+    )
     assert drawn == [100] and len(picked) == 10
-    scores = disagreement_scores(model.preference_probs(pool.first[np.arange(100)],
-                                                        pool.second[np.arange(100)]))
+    scores = disagreement_scores(
+        model.preference_probs(pool.first[np.arange(100)], pool.second[np.arange(100)])
+    )
     chosen = disagreement_scores(model.preference_probs(picked.first, picked.second))
     assert chosen.min() >= np.sort(scores)[-10] - 1e-9
     with pytest.raises(ValueError, match="choose one of"):

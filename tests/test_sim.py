@@ -359,8 +359,7 @@ def test_policy_trained_on_batch_evaluates_identically_on_gymnasium() -> None:
     from stable_baselines3 import PPO
 
     train_env = make_vec_env("mujoco_batch", "Hopper-v5", 4, seed=0)
-    model = PPO("MlpPolicy", train_env, n_steps=64, batch_size=64, n_epochs=2, seed=0,
-                device="cpu")
+    model = PPO("MlpPolicy", train_env, n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu")
     model.learn(512)
 
     def returns(sim: str) -> np.ndarray:

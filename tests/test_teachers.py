@@ -10,8 +10,9 @@ from pbrl.teachers.scripted import TeacherConfigError
 
 
 def pairs(r1, r2):
-    return Queries(segments_with_returns(np.asarray(r1, float)),
-                   segments_with_returns(np.asarray(r2, float)))
+    return Queries(
+        segments_with_returns(np.asarray(r1, float)), segments_with_returns(np.asarray(r2, float))
+    )
 
 
 def test_oracle_prefers_larger_return_and_ties_half():
@@ -31,7 +32,8 @@ def test_rationality_matches_sigmoid_over_many_draws():
 def test_mistake_rate_over_many_draws():
     n = 20000
     labels = ScriptedTeacher(eps_mistake=0.1, rng=np.random.default_rng(2))(
-        pairs(np.zeros(n), np.ones(n)))
+        pairs(np.zeros(n), np.ones(n))
+    )
     assert (labels == 0).mean() == pytest.approx(0.1, abs=0.01)
 
 
@@ -67,8 +69,10 @@ def test_seeded_generator_reproducible():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"beta": 0}, "beta"), ({"gamma": 1.5}, "gamma"),
-                                          ({"eps_mistake": -0.1}, "eps_mistake")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"beta": 0}, "beta"), ({"gamma": 1.5}, "gamma"), ({"eps_mistake": -0.1}, "eps_mistake")],
+)
 def test_invalid_parameters(kwargs, match):
     with pytest.raises(TeacherConfigError, match=match):
         ScriptedTeacher(**kwargs)

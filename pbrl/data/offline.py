@@ -137,7 +137,9 @@ class OfflineDataset:
         """A copy sharing every array but the rewards (relabeling by a reward model)."""
         rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)
         if rewards.shape != self.rewards.shape:
-            raise ValueError(f"with_rewards: {rewards.shape} rewards for {self.rewards.shape} steps")
+            raise ValueError(
+                f"with_rewards: {rewards.shape} rewards for {self.rewards.shape} steps"
+            )
         return replace(self, rewards=rewards, metadata=dict(self.metadata))
 
     # -- shape ---------------------------------------------------------------------------
@@ -178,8 +180,15 @@ class OfflineDataset:
         qpos = qvel = None
         if self.qpos is not None and self.qvel is not None:
             qpos, qvel = self.qpos[s + e : t + e + 1], self.qvel[s + e : t + e + 1]
-        return Episode(obs, self.actions[s:t], self.rewards[s:t], self.terminals[s:t],
-                       self.timeouts[s:t], qpos, qvel)
+        return Episode(
+            obs,
+            self.actions[s:t],
+            self.rewards[s:t],
+            self.terminals[s:t],
+            self.timeouts[s:t],
+            qpos,
+            qvel,
+        )
 
     # -- scores --------------------------------------------------------------------------
     def normalized_score(self, returns: np.ndarray | float) -> np.ndarray | None:
@@ -222,8 +231,10 @@ class OfflineDataset:
         mask = idx < ep_end[:, None]
         last = np.minimum(idx, (ep_end - 1)[:, None])[:, -1]
         if not (mask.all(1) | self.terminals[last]).all():
-            raise ValueError(f"a segment of {length} steps runs past the end of an episode that "
-                             "did not terminate (use OfflineDataset.window_starts)")
+            raise ValueError(
+                f"a segment of {length} steps runs past the end of an episode that "
+                "did not terminate (use OfflineDataset.window_starts)"
+            )
         fill = np.where(mask, idx, last[:, None])
         qpos = qvel = None
         if self.qpos is not None and self.qvel is not None:
@@ -250,14 +261,18 @@ class OfflineDataset:
     def sample_starts(self, n: int, length: int, rng: np.random.Generator) -> np.ndarray:
         valid = self.window_starts(length)
         if valid.size == 0:
-            raise ValueError(f"dataset {self.dataset_id!r} has no episode of {length} steps or "
-                             "that terminated: use a shorter segment length")
+            raise ValueError(
+                f"dataset {self.dataset_id!r} has no episode of {length} steps or "
+                "that terminated: use a shorter segment length"
+            )
         return valid[rng.integers(len(valid), size=n)]
 
     def sample_queries(self, n: int, length: int, rng: np.random.Generator) -> Queries:
         """``n`` pairs of segments, each from a single episode (Uni-RLHF's sampling)."""
-        return Queries(self.segments(self.sample_starts(n, length, rng), length),
-                       self.segments(self.sample_starts(n, length, rng), length))
+        return Queries(
+            self.segments(self.sample_starts(n, length, rng), length),
+            self.segments(self.sample_starts(n, length, rng), length),
+        )
 
 
 # -- Minari ------------------------------------------------------------------------------
@@ -267,10 +282,17 @@ def minari_root() -> Path:
     return Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
 
 
-def save_minari(dataset_id: str, episodes: Sequence[Episode], env_id: str,
-                ref_min_score: float | None = None, ref_max_score: float | None = None,
-                metadata: dict[str, Any] | None = None, description: str = "",
-                algorithm_name: str = "", overwrite: bool = False) -> Path:
+def save_minari(
+    dataset_id: str,
+    episodes: Sequence[Episode],
+    env_id: str,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    metadata: dict[str, Any] | None = None,
+    description: str = "",
+    algorithm_name: str = "",
+    overwrite: bool = False,
+) -> Path:
     """Write ``episodes`` as a local Minari dataset (simulator states go in ``infos``).
 
     ``metadata`` is stored under the ``pbrl`` key of Minari's metadata; the D4RL reference
@@ -281,25 +303,40 @@ def save_minari(dataset_id: str, episodes: Sequence[Episode], env_id: str,
 
     if dataset_id in minari.list_local_datasets():
         if not overwrite:
-            raise FileExistsError(f"Minari dataset {dataset_id} already exists in {minari_root()}: "
-                                  "pass overwrite=True (--overwrite) or bump the version")
+            raise FileExistsError(
+                f"Minari dataset {dataset_id} already exists in {minari_root()}: "
+                "pass overwrite=True (--overwrite) or bump the version"
+            )
         minari.delete_dataset(dataset_id)
     buffers = []
     for i, ep in enumerate(episodes):
         infos = None
         if ep.qpos is not None and ep.qvel is not None:
             infos = {"qpos": np.asarray(ep.qpos), "qvel": np.asarray(ep.qvel)}
-        buffers.append(EpisodeBuffer(
-            id=i, observations=np.asarray(ep.observations), actions=np.asarray(ep.actions),
-            rewards=np.asarray(ep.rewards, dtype=np.float64),
-            terminations=np.asarray(ep.terminations, dtype=bool),
-            truncations=np.asarray(ep.truncations, dtype=bool), infos=infos))
+        buffers.append(
+            EpisodeBuffer(
+                id=i,
+                observations=np.asarray(ep.observations),
+                actions=np.asarray(ep.actions),
+                rewards=np.asarray(ep.rewards, dtype=np.float64),
+                terminations=np.asarray(ep.terminations, dtype=bool),
+                truncations=np.asarray(ep.truncations, dtype=bool),
+                infos=infos,
+            )
+        )
     with warnings.catch_warnings():  # Minari nags about unset author/email/permalink
-        warnings.filterwarnings("ignore", message=".*(author|code_permalink|eval_env|algorithm_name|description).*")
+        warnings.filterwarnings(
+            "ignore", message=".*(author|code_permalink|eval_env|algorithm_name|description).*"
+        )
         dataset = minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=env_id, algorithm_name=algorithm_name or None,
-            ref_min_score=ref_min_score, ref_max_score=ref_max_score,
-            description=description or None, author="pbrl",
+            dataset_id,
+            buffers,
+            env=env_id,
+            algorithm_name=algorithm_name or None,
+            ref_min_score=ref_min_score,
+            ref_max_score=ref_max_score,
+            description=description or None,
+            author="pbrl",
         )
     extra: dict[str, Any] = {"pbrl": metadata or {}}
     ref = d4rl_reference(env_id)
@@ -326,8 +363,9 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
             f"`minari download {dataset_id}`. Local datasets: {', '.join(local) or 'none'}"
         ) from exc
     except ValueError as exc:  # malformed id
-        raise DatasetNotFoundError(f"dataset id {dataset_id!r} is invalid: {exc} "
-                                   "(expected e.g. mujoco/hopper/medium-v0)") from exc
+        raise DatasetNotFoundError(
+            f"dataset id {dataset_id!r} is invalid: {exc} (expected e.g. mujoco/hopper/medium-v0)"
+        ) from exc
     episodes = []
     for ep in ds.iterate_episodes():
         if not isinstance(ep.observations, np.ndarray):
@@ -341,8 +379,17 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
         term = np.asarray(ep.terminations, dtype=bool)
         if not (term[-1] or trunc[-1]):
             trunc[-1] = True  # an episode the collector stopped: treat as cut off
-        episodes.append(Episode(np.asarray(ep.observations), np.asarray(ep.actions).reshape(n, -1),
-                                np.asarray(ep.rewards), term, trunc, qpos, qvel))
+        episodes.append(
+            Episode(
+                np.asarray(ep.observations),
+                np.asarray(ep.actions).reshape(n, -1),
+                np.asarray(ep.rewards),
+                term,
+                trunc,
+                qpos,
+                qvel,
+            )
+        )
     meta = ds.storage.metadata
     env_spec = ds.spec.env_spec
     return OfflineDataset.from_episodes(
@@ -362,9 +409,14 @@ def _opt_float(x: Any) -> float | None:
 # -- preference labels -------------------------------------------------------------------
 
 
-def scripted_preferences(data: OfflineDataset, num_queries: int, segment_length: int,
-                         teacher: Callable[[Queries], np.ndarray], rng: np.random.Generator,
-                         tie_threshold: float = 0.0) -> PreferenceDataset:
+def scripted_preferences(
+    data: OfflineDataset,
+    num_queries: int,
+    segment_length: int,
+    teacher: Callable[[Queries], np.ndarray],
+    rng: np.random.Generator,
+    tie_threshold: float = 0.0,
+) -> PreferenceDataset:
     """Uni-RLHF's scripted labels: ``num_queries`` random pairs of single-episode segments,
     labeled by ``teacher`` (a B-Pref :class:`~pbrl.teachers.ScriptedTeacher`), then 0.5
     wherever the true segment returns differ by at most ``tie_threshold`` (Uni-RLHF: 10 on
@@ -382,8 +434,9 @@ def scripted_preferences(data: OfflineDataset, num_queries: int, segment_length:
 INDEX_COLUMNS = ("start_1", "start_2", "label")
 
 
-def load_preferences(path: str | os.PathLike[str], data: OfflineDataset,
-                     segment_length: int | None = None) -> PreferenceDataset:
+def load_preferences(
+    path: str | os.PathLike[str], data: OfflineDataset, segment_length: int | None = None
+) -> PreferenceDataset:
     """Preference labels a user brings, for the dataset ``data``.
 
     Accepted files:
@@ -409,9 +462,11 @@ def load_preferences(path: str | os.PathLike[str], data: OfflineDataset,
         if is_pbrl:
             prefs = PreferenceDataset.load(path)
             if prefs.queries.first.obs.shape[-1] != data.obs_dim:
-                raise ValueError(f"{path}: segments have observation size "
-                                 f"{prefs.queries.first.obs.shape[-1]}, dataset "
-                                 f"{data.dataset_id} has {data.obs_dim}")
+                raise ValueError(
+                    f"{path}: segments have observation size "
+                    f"{prefs.queries.first.obs.shape[-1]}, dataset "
+                    f"{data.dataset_id} has {data.obs_dim}"
+                )
             return prefs
     elif path.suffix == ".csv":
         with path.open(newline="") as fh:
@@ -425,22 +480,29 @@ def load_preferences(path: str | os.PathLike[str], data: OfflineDataset,
         else:
             cols = {k: np.asarray(v, dtype=object) for k, v in blob.items()}
     else:
-        raise ValueError(f"{path}: unknown preference file type {path.suffix!r}; use a pbrl "
-                         ".npz, or an index file (.csv/.json/.npz) with columns "
-                         f"{', '.join(INDEX_COLUMNS)}")
+        raise ValueError(
+            f"{path}: unknown preference file type {path.suffix!r}; use a pbrl "
+            ".npz, or an index file (.csv/.json/.npz) with columns "
+            f"{', '.join(INDEX_COLUMNS)}"
+        )
     return _from_index(cols, data, segment_length, path)
 
 
-def _from_index(cols: dict[str, np.ndarray], data: OfflineDataset, segment_length: int | None,
-                path: Path) -> PreferenceDataset:
+def _from_index(
+    cols: dict[str, np.ndarray], data: OfflineDataset, segment_length: int | None, path: Path
+) -> PreferenceDataset:
     def col(name: str, dtype: type) -> np.ndarray:
         values = cols[name]
         out = np.empty(len(values), dtype=np.float64)
         for i, v in enumerate(values):
             try:
-                out[i] = float("nan") if v is None or str(v).strip() in ("", "nan", "None") else float(v)
+                out[i] = (
+                    float("nan") if v is None or str(v).strip() in ("", "nan", "None") else float(v)
+                )
             except ValueError as exc:
-                raise ValueError(f"{path}: row {i}: column {name!r} has {v!r}, not a number") from exc
+                raise ValueError(
+                    f"{path}: row {i}: column {name!r} has {v!r}, not a number"
+                ) from exc
         return out.astype(dtype) if dtype is not float else out
 
     need: tuple[str, ...]
@@ -450,8 +512,10 @@ def _from_index(cols: dict[str, np.ndarray], data: OfflineDataset, segment_lengt
         need = INDEX_COLUMNS
     missing = [c for c in need if c not in cols]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; an index file needs "
-                         "start_1, start_2, label (or episode_1, step_1, episode_2, step_2, label)")
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)}; an index file needs "
+            "start_1, start_2, label (or episode_1, step_1, episode_2, step_2, label)"
+        )
     if "episode_1" in cols:
         starts = []
         for k in ("1", "2"):
@@ -471,15 +535,18 @@ def _from_index(cols: dict[str, np.ndarray], data: OfflineDataset, segment_lengt
     elif segment_length:
         lengths = np.full(len(s1), int(segment_length))
     else:
-        raise ValueError(f"{path}: no 'length' column: pass the segment length "
-                         "(feedback.segment_length)")
+        raise ValueError(
+            f"{path}: no 'length' column: pass the segment length (feedback.segment_length)"
+        )
     valid = {int(L): set(data.window_starts(int(L)).tolist()) for L in np.unique(lengths)}
     for i, (a, b, L) in enumerate(zip(s1, s2, lengths, strict=True)):
         for s in (a, b):
             if int(s) not in valid[int(L)]:
-                raise ValueError(f"{path}: row {i}: a {L}-step window starting at transition {s} "
-                                 f"does not lie inside one episode of {data.dataset_id} "
-                                 f"({len(data)} transitions)")
+                raise ValueError(
+                    f"{path}: row {i}: a {L}-step window starting at transition {s} "
+                    f"does not lie inside one episode of {data.dataset_id} "
+                    f"({len(data)} transitions)"
+                )
     parts = []
     for L in np.unique(lengths):
         rows = np.flatnonzero(lengths == L)
@@ -491,8 +558,9 @@ def _from_index(cols: dict[str, np.ndarray], data: OfflineDataset, segment_lengt
     return parts[0]
 
 
-def save_preference_index(path: str | os.PathLike[str], prefs: PreferenceDataset,
-                          data: OfflineDataset) -> Path:
+def save_preference_index(
+    path: str | os.PathLike[str], prefs: PreferenceDataset, data: OfflineDataset
+) -> Path:
     """Write the index form (CSV) of labels whose segments come from ``data``."""
     path = Path(path)
     q = prefs.queries

@@ -52,10 +52,20 @@ class TrajectoryPool:
         self.next_episode_id = e
 
     # -- recording ---------------------------------------------------------------------------
-    def add(self, obs: np.ndarray, act: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
-            terminated: np.ndarray, truncated: np.ndarray, factors: np.ndarray | None = None,
-            qpos: np.ndarray | None = None, qvel: np.ndarray | None = None,
-            next_qpos: np.ndarray | None = None, next_qvel: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        reward: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        factors: np.ndarray | None = None,
+        qpos: np.ndarray | None = None,
+        qvel: np.ndarray | None = None,
+        next_qpos: np.ndarray | None = None,
+        next_qvel: np.ndarray | None = None,
+    ) -> None:
         """Record one vectorized step (arrays with a leading ``n_envs`` dimension)."""
         e = np.arange(self.n_envs)
         i = self.written % self.capacity
@@ -93,8 +103,9 @@ class TrajectoryPool:
         return int(np.minimum(self.written, self.capacity).sum())
 
     # -- sampling ----------------------------------------------------------------------------
-    def sample_segments(self, n: int, length: int, rng: np.random.Generator,
-                        max_tries: int = 50) -> Segments:
+    def sample_segments(
+        self, n: int, length: int, rng: np.random.Generator, max_tries: int = 50
+    ) -> Segments:
         """``n`` windows of ``length`` steps, uniformly over valid start steps."""
         picked: list[tuple[np.ndarray, np.ndarray]] = []
         have = 0
@@ -160,8 +171,11 @@ class TrajectoryPool:
         fill = np.where(mask, slot, last[:, None])
         e = envs[:, None]
         reward = np.where(mask, self.reward[e, fill], 0.0).astype(np.float32)
-        factors = (np.where(mask[..., None], self.factors[e, fill], 0.0).astype(np.float32)
-                   if self.factor_names else None)
+        factors = (
+            np.where(mask[..., None], self.factors[e, fill], 0.0).astype(np.float32)
+            if self.factor_names
+            else None
+        )
         qpos = qvel = None
         if self.has_state:
             qpos = np.concatenate([self.qpos[e, fill], self.next_qpos[envs, last][:, None]], 1)
@@ -188,22 +202,40 @@ class TrajectoryPool:
         )
 
     # -- persistence (for resume) ------------------------------------------------------------
-    _STATE = ("obs", "next_obs", "act", "reward", "factors", "terminated", "truncated", "episode",
-              "step_in_episode", "qpos", "qvel", "next_qpos", "next_qvel", "written",
-              "current_episode", "current_step")
+    _STATE = (
+        "obs",
+        "next_obs",
+        "act",
+        "reward",
+        "factors",
+        "terminated",
+        "truncated",
+        "episode",
+        "step_in_episode",
+        "qpos",
+        "qvel",
+        "next_qpos",
+        "next_qvel",
+        "written",
+        "current_episode",
+        "current_step",
+    )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, next_episode_id=self.next_episode_id,
-                 **{k: getattr(self, k) for k in self._STATE})
+        np.savez(
+            tmp, next_episode_id=self.next_episode_id, **{k: getattr(self, k) for k in self._STATE}
+        )
         os.replace(tmp, path)
 
     def load(self, path: str | os.PathLike[str]) -> None:
         with np.load(path) as f:
             for k in self._STATE:
                 if f[k].shape != getattr(self, k).shape:
-                    raise ValueError(f"{path}: pool field {k} has shape {f[k].shape}, "
-                                     f"expected {getattr(self, k).shape} (different config?)")
+                    raise ValueError(
+                        f"{path}: pool field {k} has shape {f[k].shape}, "
+                        f"expected {getattr(self, k).shape} (different config?)"
+                    )
                 setattr(self, k, f[k].copy())
             self.next_episode_id = int(f["next_episode_id"])

@@ -159,4 +159,6 @@ class PreferenceDataset:
             Segments.from_arrays(arrays, "second/"),
             arrays["query_id"],
         )
-        return PreferenceDataset(queries, arrays["labels"], arrays["annotator"], arrays["answered_at"])
+        return PreferenceDataset(
+            queries, arrays["labels"], arrays["annotator"], arrays["answered_at"]
+        )

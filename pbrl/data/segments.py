@@ -68,7 +68,9 @@ class Segments:
                 raise ValueError(f"Segments.{name} has {len(value)} rows, expected {n}")
         if self.obs.shape[1] != t or self.act.shape[1] != t or self.mask.shape != (n, t):
             raise ValueError("Segments: obs, act and mask must all have T steps")
-        if self.reward_factors is not None and self.reward_factors.shape[-1] != len(self.factor_names):
+        if self.reward_factors is not None and self.reward_factors.shape[-1] != len(
+            self.factor_names
+        ):
             raise ValueError("Segments.reward_factors needs one name per factor in factor_names")
 
     # -- shape ---------------------------------------------------------------------------
@@ -144,4 +146,3 @@ class Segments:
 
 def _take(value: np.ndarray | None, index: Any) -> np.ndarray | None:
     return None if value is None else value[index]
-

@@ -34,9 +34,16 @@ class RenderError(RuntimeError):
 
 
 class ClipCache:
-    def __init__(self, store_path: str | Path, cache_dir: str | Path, width: int = 256,
-                 height: int = 256, codec: str = "h264", prerender: int = 4,
-                 poll_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store_path: str | Path,
+        cache_dir: str | Path,
+        width: int = 256,
+        height: int = 256,
+        codec: str = "h264",
+        prerender: int = 4,
+        poll_s: float = 2.0,
+    ) -> None:
         if codec not in CONTAINER:
             raise ValueError(f"unknown codec {codec!r}: use h264 (MP4) or vp9 (WebM)")
         self.store_path = Path(store_path)
@@ -68,7 +75,9 @@ class ClipCache:
     # -- worker -----------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pbrl-clip-renderer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, name="pbrl-clip-renderer", daemon=True
+            )
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -147,8 +156,9 @@ class ClipCache:
                 r.close()
             store.close()
 
-    def _render(self, store: LabelStore, renderers: dict[tuple[str, str], Any], video: Any,
-                query_id: str) -> None:
+    def _render(
+        self, store: LabelStore, renderers: dict[tuple[str, str], Any], video: Any, query_id: str
+    ) -> None:
         with self._lock:
             event = self._done.setdefault(query_id, threading.Event())
         try:
@@ -171,12 +181,18 @@ class ClipCache:
             t0 = time.time()
             for side, segs in zip(SIDES, (first, second), strict=True):
                 frames = video.segment_frames(segs, 0, renderer)
-                video.write_video(frames, self.path(seq, query_id, side), fps=renderer.fps or 30.0,
-                                  codec=self.codec)
+                video.write_video(
+                    frames,
+                    self.path(seq, query_id, side),
+                    fps=renderer.fps or 30.0,
+                    codec=self.codec,
+                )
             self.rendered += 1
             log.debug("rendered %s in %.2f s", query_id, time.time() - t0)
         except Exception as exc:
-            message = exc.args[0] if isinstance(exc, RenderError) else f"{type(exc).__name__}: {exc}"
+            message = (
+                exc.args[0] if isinstance(exc, RenderError) else f"{type(exc).__name__}: {exc}"
+            )
             self._errors[query_id] = str(message)
             log.warning("cannot render query %s: %s", query_id, message)
         finally:

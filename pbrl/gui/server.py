@@ -139,8 +139,14 @@ def create_app(
     ``allowed_hosts`` requests whose ``Host`` is another name are refused (DNS rebinding).
     """
     db = store if isinstance(store, LabelStore) else LabelStore(store, create=False)
-    cache = ClipCache(db.path, cache_dir or db.path.with_name(db.path.stem + "_clips"),
-                      width=width, height=height, codec=codec, prerender=prerender)
+    cache = ClipCache(
+        db.path,
+        cache_dir or db.path.with_name(db.path.stem + "_clips"),
+        width=width,
+        height=height,
+        codec=codec,
+        prerender=prerender,
+    )
     if task:
         db.set_meta(task=task)
 
@@ -151,8 +157,9 @@ def create_app(
         yield
         cache.stop()
 
-    app = FastAPI(title="pbrl labeling", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="pbrl labeling", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.store, app.state.clips = db, cache
     static_dir = resources.files("pbrl.gui") / "static"
 
@@ -171,9 +178,13 @@ def create_app(
                 given, from_query = request.query_params["token"], True
             if given is None or not hmac.compare_digest(given.encode(), token.encode()):
                 return JSONResponse(
-                    {"detail": "missing or wrong token: open the page as "
-                               "http://HOST:PORT/?token=TOKEN (API clients: send the header "
-                               "'Authorization: Bearer TOKEN')"}, 401)
+                    {
+                        "detail": "missing or wrong token: open the page as "
+                        "http://HOST:PORT/?token=TOKEN (API clients: send the header "
+                        "'Authorization: Bearer TOKEN')"
+                    },
+                    401,
+                )
         response: Response = await call_next(request)
         if from_query:
             response.set_cookie(TOKEN_COOKIE, token or "", httponly=True, samesite="strict")
@@ -187,8 +198,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
         return JSONResponse({"detail": f"bad request: {problems}"}, 422)
 
     # -- pages --------------------------------------------------------------------------------
@@ -218,9 +230,13 @@ def create_app(
         row = db.query(lease.query_id)
         qid = quote(lease.query_id, safe="")
         return {
-            "lease_id": lease.lease_id, "query_id": lease.query_id, "env_id": lease.env_id,
-            "shown_at": lease.shown_at, "expires_at": lease.expires_at,
-            "lease_s": lease_s, "ready": cache.ready(row["seq"], lease.query_id),
+            "lease_id": lease.lease_id,
+            "query_id": lease.query_id,
+            "env_id": lease.env_id,
+            "shown_at": lease.shown_at,
+            "expires_at": lease.expires_at,
+            "lease_s": lease_s,
+            "ready": cache.ready(row["seq"], lease.query_id),
             "clips": {side: f"/clips/{qid}/{side}" for side in SIDES},
         }
 
@@ -243,13 +259,20 @@ def create_app(
         eval_video = None
         path = meta.get("eval_video")
         if path and Path(path).suffix in (".mp4", ".webm") and Path(path).is_file():
-            eval_video = {"url": f"/eval/latest?v={Path(path).stat().st_mtime_ns}",
-                          "step": meta.get("eval_video_step"),
-                          "true_return": meta.get("eval_video_return"),
-                          "at": meta.get("eval_video_at")}
-        return {"task": meta.get("task") or default_task(env_id), "env_id": env_id,
-                "progress": db.counts(annotator.strip() if annotator else None),
-                "eval_video": eval_video, "lease_s": lease_s, "server_time": time.time()}
+            eval_video = {
+                "url": f"/eval/latest?v={Path(path).stat().st_mtime_ns}",
+                "step": meta.get("eval_video_step"),
+                "true_return": meta.get("eval_video_return"),
+                "at": meta.get("eval_video_at"),
+            }
+        return {
+            "task": meta.get("task") or default_task(env_id),
+            "env_id": env_id,
+            "progress": db.counts(annotator.strip() if annotator else None),
+            "eval_video": eval_video,
+            "lease_s": lease_s,
+            "server_time": time.time(),
+        }
 
     @app.post("/api/next")
     def next_query(body: AnnotatorBody) -> dict[str, Any]:
@@ -262,21 +285,35 @@ def create_app(
         if body.query_id is not None and not QUERY_ID.match(body.query_id):
             raise NotFound(f"unknown query id {body.query_id!r}")
         got = db.answer(body.lease_id, annotator, body.label, body.query_id)
-        return {"answer": {"id": got.answer_id, "query_id": got.query_id,
-                           "label": None if math.isnan(got.label) else got.label},
-                "lease": next_for(annotator), "progress": db.counts(annotator)}
+        return {
+            "answer": {
+                "id": got.answer_id,
+                "query_id": got.query_id,
+                "label": None if math.isnan(got.label) else got.label,
+            },
+            "lease": next_for(annotator),
+            "progress": db.counts(annotator),
+        }
 
     @app.post("/api/undo")
     def undo(body: AnnotatorBody) -> dict[str, Any]:
         annotator = check_annotator(body.annotator)
         undone, lease = db.undo(annotator, lease_s)
-        return {"undone": {"id": undone.answer_id, "query_id": undone.query_id,
-                           "label": None if math.isnan(undone.label) else undone.label},
-                "lease": lease_json(lease), "progress": db.counts(annotator)}
+        return {
+            "undone": {
+                "id": undone.answer_id,
+                "query_id": undone.query_id,
+                "label": None if math.isnan(undone.label) else undone.label,
+            },
+            "lease": lease_json(lease),
+            "progress": db.counts(annotator),
+        }
 
     @app.post("/api/renew")
     def renew(body: LeaseBody) -> dict[str, Any]:
-        return {"lease": lease_json(db.renew(body.lease_id, check_annotator(body.annotator), lease_s))}
+        return {
+            "lease": lease_json(db.renew(body.lease_id, check_annotator(body.annotator), lease_s))
+        }
 
     @app.post("/api/release")
     def release(body: AnnotatorBody) -> dict[str, Any]:
@@ -292,8 +329,13 @@ def create_app(
     @app.get("/clips/{query_id}/{side}")
     def clip(query_id: str, side: str) -> Response:
         if side not in SIDES or not QUERY_ID.match(query_id) or not db.has_query(query_id):
-            return JSONResponse({"detail": f"no clip {query_id!r}/{side!r}: unknown query id "
-                                           "or side (left or right)"}, 404)
+            return JSONResponse(
+                {
+                    "detail": f"no clip {query_id!r}/{side!r}: unknown query id "
+                    "or side (left or right)"
+                },
+                404,
+            )
         seq = int(db.query(query_id)["seq"])
         path = cache.path(seq, query_id, side)
         if not path.exists():
@@ -301,8 +343,11 @@ def create_app(
                 cache.wait(seq, query_id, render_timeout_s)
             except RenderError as exc:
                 return JSONResponse({"detail": f"cannot render query {query_id!r}: {exc}"}, 422)
-        return FileResponse(path, media_type=cache.media_type,
-                            headers={"Cache-Control": "private, max-age=86400, immutable"})
+        return FileResponse(
+            path,
+            media_type=cache.media_type,
+            headers={"Cache-Control": "private, max-age=86400, immutable"},
+        )
 
     @app.get("/eval/latest")
     def eval_video() -> Response:
@@ -331,8 +376,14 @@ def allowed_hosts_for(host: str) -> list[str] | None:
 
 
 # -- running -----------------------------------------------------------------------------------
-def serve(store: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, log_level: str = "info", **app_kwargs: Any) -> None:
+def serve(
+    store: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    log_level: str = "info",
+    **app_kwargs: Any,
+) -> None:
     """Run the page in the foreground (``python -m pbrl.label serve``)."""
     import uvicorn
 
@@ -344,18 +395,29 @@ def serve(store: str | Path, host: str = "127.0.0.1", port: int = 8000,
 class BackgroundServer:
     """The page served from a daemon thread of this process (tests, ``teacher.serve=true``)."""
 
-    def __init__(self, store: str | Path | LabelStore, host: str = "127.0.0.1", port: int = 8000,
-                 token: str | None = None, log_level: str = "warning", **app_kwargs: Any) -> None:
+    def __init__(
+        self,
+        store: str | Path | LabelStore,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: str | None = None,
+        log_level: str = "warning",
+        **app_kwargs: Any,
+    ) -> None:
         import uvicorn
 
         check_bind(host, token)
-        self.app = create_app(store, token=token, allowed_hosts=allowed_hosts_for(host),
-                              **app_kwargs)
-        config = uvicorn.Config(self.app, host=host, port=port, log_level=log_level,
-                                access_log=False, lifespan="on")
+        self.app = create_app(
+            store, token=token, allowed_hosts=allowed_hosts_for(host), **app_kwargs
+        )
+        config = uvicorn.Config(
+            self.app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.host, self.port = host, port
-        self.thread = threading.Thread(target=self.server.run, name="pbrl-label-server", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, name="pbrl-label-server", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -367,8 +429,9 @@ class BackgroundServer:
         deadline = time.time() + timeout
         while not self.server.started:
             if not self.thread.is_alive() or time.time() > deadline:
-                raise RuntimeError(f"the labeling page did not start on {self.url} "
-                                   "(is the port in use?)")
+                raise RuntimeError(
+                    f"the labeling page did not start on {self.url} (is the port in use?)"
+                )
             time.sleep(0.02)
         return self
 

@@ -30,8 +30,10 @@ def _run_config(run_dir: Path) -> Any:
 
     path = run_dir / "config.yaml"
     if not path.exists():
-        raise SourceError(f"{run_dir} has no config.yaml: pass the directory of a pbrl.train run "
-                          "(it holds config.yaml and checkpoint/)")
+        raise SourceError(
+            f"{run_dir} has no config.yaml: pass the directory of a pbrl.train run "
+            "(it holds config.yaml and checkpoint/)"
+        )
     return OmegaConf.load(path)
 
 
@@ -44,33 +46,54 @@ def load_run_pool(run_dir: str | Path) -> tuple[TrajectoryPool, dict[str, Any]]:
     cfg = _run_config(run_dir)
     pool_path = run_dir / "checkpoint" / "pool.npz"
     if not pool_path.exists():
-        raise SourceError(f"{pool_path} does not exist: the run has not written a checkpoint yet "
-                          "(one is written every checkpoint_every steps and at the end), or its "
-                          "algorithm keeps no trajectory pool (true-reward baselines)")
+        raise SourceError(
+            f"{pool_path} does not exist: the run has not written a checkpoint yet "
+            "(one is written every checkpoint_every steps and at the end), or its "
+            "algorithm keeps no trajectory pool (true-reward baselines)"
+        )
     with np.load(pool_path) as f:
         n_envs, capacity, obs_dim = f["obs"].shape
-        act_dim, n_factors, nq, nv = (f["act"].shape[-1], f["factors"].shape[-1],
-                                      f["qpos"].shape[-1], f["qvel"].shape[-1])
+        act_dim, n_factors, nq, nv = (
+            f["act"].shape[-1],
+            f["factors"].shape[-1],
+            f["qpos"].shape[-1],
+            f["qvel"].shape[-1],
+        )
     kwargs = cfg.env.get("kwargs")
-    env_kwargs = (OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else None) or {}
+    env_kwargs = (
+        OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else None
+    ) or {}
     factor_names: tuple[str, ...] = ()
     if n_factors:  # names are not in the file: ask the environment
         from pbrl.online.trainer import probe_env
 
         factor_names = tuple(probe_env(cfg.env.id, env_kwargs)["factor_names"])  # type: ignore[arg-type]
     run = f"{cfg.get('name', 'run')}_{run_dir.name}"
-    pool = TrajectoryPool(int(n_envs), int(n_envs * capacity), int(obs_dim), int(act_dim),
-                          factor_names, (int(nq), int(nv)) if nq else None, str(cfg.env.id), run)
+    pool = TrajectoryPool(
+        int(n_envs),
+        int(n_envs * capacity),
+        int(obs_dim),
+        int(act_dim),
+        factor_names,
+        (int(nq), int(nv)) if nq else None,
+        str(cfg.env.id),
+        run,
+    )
     pool.load(pool_path)
     if not pool.has_state:
         raise SourceError(f"{pool_path} holds no simulator state: its clips cannot be rendered")
-    info = {"env_id": str(cfg.env.id), "env_kwargs": env_kwargs, "run": run,
-            "segment_length": int(cfg.feedback.segment_length)}
+    info = {
+        "env_id": str(cfg.env.id),
+        "env_kwargs": env_kwargs,
+        "run": run,
+        "segment_length": int(cfg.feedback.segment_length),
+    }
     return pool, info
 
 
-def queries_from_run(run_dir: str | Path, n: int, seed: int = 0,
-                     segment_length: int | None = None) -> tuple[Queries, dict[str, Any]]:
+def queries_from_run(
+    run_dir: str | Path, n: int, seed: int = 0, segment_length: int | None = None
+) -> tuple[Queries, dict[str, Any]]:
     pool, info = load_run_pool(run_dir)
     length = int(segment_length or info["segment_length"])
     try:
@@ -87,15 +110,26 @@ def queries_from_file(path: str | Path) -> tuple[Queries, dict[str, Any]]:
         raise SourceError(str(exc)) from None
     q = data.queries
     if q.first.qpos is None or q.second.qpos is None:
-        raise SourceError(f"{path}: its segments carry no simulator state (qpos/qvel), so they "
-                          "cannot be rendered for people")
-    return q, {"env_id": q.first.env_id, "env_kwargs": {}, "run": q.first.run,
-               "segment_length": q.first.length}
+        raise SourceError(
+            f"{path}: its segments carry no simulator state (qpos/qvel), so they "
+            "cannot be rendered for people"
+        )
+    return q, {
+        "env_id": q.first.env_id,
+        "env_kwargs": {},
+        "run": q.first.run,
+        "segment_length": q.first.length,
+    }
 
 
-def queries_from_env(env_id: str, n: int, segment_length: int = 50, seed: int = 0,
-                     env_kwargs: dict[str, Any] | None = None,
-                     steps: int | None = None) -> tuple[Queries, dict[str, Any]]:
+def queries_from_env(
+    env_id: str,
+    n: int,
+    segment_length: int = 50,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    steps: int | None = None,
+) -> tuple[Queries, dict[str, Any]]:
     """``n`` pairs from random-action rollouts (enough steps for ``2 n`` windows)."""
     import gymnasium as gym
 
@@ -111,22 +145,43 @@ def queries_from_env(env_id: str, n: int, segment_length: int = 50, seed: int = 
         raise SourceError(f"{env_id} is not a MuJoCo environment: its clips cannot be rendered")
     steps = int(steps or max(4 * n * segment_length, 2000))
     obs_shape, act_shape = env.observation_space.shape or (), env.action_space.shape or ()
-    pool = TrajectoryPool(1, steps, int(np.prod(obs_shape)), int(np.prod(act_shape)), (),
-                          (len(data.qpos), len(data.qvel)), env_id, "random")
+    pool = TrajectoryPool(
+        1,
+        steps,
+        int(np.prod(obs_shape)),
+        int(np.prod(act_shape)),
+        (),
+        (len(data.qpos), len(data.qvel)),
+        env_id,
+        "random",
+    )
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
     for _ in range(steps):
         qpos, qvel = data.qpos.copy(), data.qvel.copy()
         act = env.action_space.sample()
         next_obs, reward, terminated, truncated, _ = env.step(act)
-        pool.add(obs[None], np.asarray(act)[None], np.array([reward]), next_obs[None],
-                 np.array([terminated]), np.array([truncated]), qpos=qpos[None], qvel=qvel[None],
-                 next_qpos=data.qpos.copy()[None], next_qvel=data.qvel.copy()[None])
+        pool.add(
+            obs[None],
+            np.asarray(act)[None],
+            np.array([reward]),
+            next_obs[None],
+            np.array([terminated]),
+            np.array([truncated]),
+            qpos=qpos[None],
+            qvel=qvel[None],
+            next_qpos=data.qpos.copy()[None],
+            next_qvel=data.qvel.copy()[None],
+        )
         obs = env.reset()[0] if terminated or truncated else next_obs
     env.close()
     try:
         queries = pool.sample_queries(int(n), int(segment_length), np.random.default_rng(seed))
     except RuntimeError as exc:
         raise SourceError(str(exc)) from None
-    return queries, {"env_id": env_id, "env_kwargs": env_kwargs, "run": "random",
-                     "segment_length": int(segment_length)}
+    return queries, {
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "run": "random",
+        "segment_length": int(segment_length),
+    }

@@ -152,8 +152,10 @@ def parse_label(value: Any) -> float:
         ) from None
     if math.isnan(label) or label in (0.0, 0.5, 1.0):
         return label
-    raise BadInput(f"invalid label {value!r}: use 0 (left/first better), 1 (right/second), "
-                   "0.5 (equally good) or null (skip)")
+    raise BadInput(
+        f"invalid label {value!r}: use 0 (left/first better), 1 (right/second), "
+        "0.5 (equally good) or null (skip)"
+    )
 
 
 def check_annotator(name: Any) -> str:
@@ -268,8 +270,10 @@ class LabelStore:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
             elif int(row["value"]) > SCHEMA_VERSION:
-                raise ValueError(f"{self.path}: label store schema {row['value']} is newer than "
-                                 f"this pbrl ({SCHEMA_VERSION}): upgrade pbrl")
+                raise ValueError(
+                    f"{self.path}: label store schema {row['value']} is newer than "
+                    f"this pbrl ({SCHEMA_VERSION}): upgrade pbrl"
+                )
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
@@ -306,29 +310,51 @@ class LabelStore:
         return {r["key"]: r["value"] for r in rows}
 
     # -- queries -------------------------------------------------------------------------------
-    def add_queries(self, queries: Queries, source: str = "", batch: str = "",
-                    needed: int = 1, env_kwargs: dict[str, Any] | None = None) -> list[str]:
+    def add_queries(
+        self,
+        queries: Queries,
+        source: str = "",
+        batch: str = "",
+        needed: int = 1,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> list[str]:
         """Insert query pairs (pending); ids already in the store are left as they are."""
         if needed < 1:
             raise BadInput(f"answers per query must be >= 1, got {needed}")
         if queries.first.qpos is None or queries.first.qvel is None:
-            raise BadInput("queries carry no simulator state (qpos/qvel): they cannot be "
-                           "rendered for people to label")
+            raise BadInput(
+                "queries carry no simulator state (qpos/qvel): they cannot be "
+                "rendered for people to label"
+            )
         kwargs = json.dumps(env_kwargs or {}, sort_keys=True)
         rows = []
         now = time.time()
         for i in range(len(queries)):
             qid = str(queries.query_id[i])
             if not QUERY_ID.match(qid):
-                raise BadInput(f"query id {qid!r} is not usable in a URL: use 1 to 128 of "
-                               "A-Z a-z 0-9 _ . : -")
+                raise BadInput(
+                    f"query id {qid!r} is not usable in a URL: use 1 to 128 of A-Z a-z 0-9 _ . : -"
+                )
             first, second = queries.first[i], queries.second[i]
-            rows.append((qid, now, source, batch, first.env_id, kwargs, int(needed),
-                         oracle_label(first, second), encode_pair(first, second)))
+            rows.append(
+                (
+                    qid,
+                    now,
+                    source,
+                    batch,
+                    first.env_id,
+                    kwargs,
+                    int(needed),
+                    oracle_label(first, second),
+                    encode_pair(first, second),
+                )
+            )
         with self._write() as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO queries (id, created_at, source, batch, env_id, env_kwargs,"
-                " needed, oracle, segments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " needed, oracle, segments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
         return [r[0] for r in rows]
 
     def query(self, query_id: str) -> sqlite3.Row:
@@ -338,7 +364,10 @@ class LabelStore:
         return row
 
     def has_query(self, query_id: str) -> bool:
-        return self._conn().execute("SELECT 1 FROM queries WHERE id=?", (query_id,)).fetchone() is not None
+        return (
+            self._conn().execute("SELECT 1 FROM queries WHERE id=?", (query_id,)).fetchone()
+            is not None
+        )
 
     def segments(self, query_id: str) -> tuple[Segments, Segments]:
         """The stored pair (first, second) of one query, simulator state included."""
@@ -346,23 +375,37 @@ class LabelStore:
 
     def upcoming(self, n: int) -> list[sqlite3.Row]:
         """The next ``n`` queries that still need answers, in the order they are handed out."""
-        return self._conn().execute(
-            "SELECT seq, id, env_id, env_kwargs FROM queries WHERE status != 'answered' "
-            "ORDER BY seq LIMIT ?", (int(n),)).fetchall()
+        return (
+            self._conn()
+            .execute(
+                "SELECT seq, id, env_id, env_kwargs FROM queries WHERE status != 'answered' "
+                "ORDER BY seq LIMIT ?",
+                (int(n),),
+            )
+            .fetchall()
+        )
 
     def current_env_id(self) -> str:
         """The environment of the next query to label (else of the newest query), or ''."""
-        row = self._conn().execute(
-            "SELECT env_id FROM queries ORDER BY status = 'answered', "
-            "CASE WHEN status = 'answered' THEN -seq ELSE seq END LIMIT 1").fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT env_id FROM queries ORDER BY status = 'answered', "
+                "CASE WHEN status = 'answered' THEN -seq ELSE seq END LIMIT 1"
+            )
+            .fetchone()
+        )
         return str(row["env_id"]) if row else ""
 
     # -- leases --------------------------------------------------------------------------------
     def _expire(self, conn: sqlite3.Connection, now: float) -> None:
-        rows = conn.execute("SELECT id, query_id FROM leases WHERE state='active' AND expires_at<=?",
-                            (now,)).fetchall()
+        rows = conn.execute(
+            "SELECT id, query_id FROM leases WHERE state='active' AND expires_at<=?", (now,)
+        ).fetchall()
         if rows:
-            conn.executemany("UPDATE leases SET state='expired' WHERE id=?", [(r["id"],) for r in rows])
+            conn.executemany(
+                "UPDATE leases SET state='expired' WHERE id=?", [(r["id"],) for r in rows]
+            )
             self._refresh(conn, {r["query_id"] for r in rows}, now)
 
     def _refresh(self, conn: sqlite3.Connection, query_ids: Iterable[str], now: float) -> None:
@@ -373,13 +416,18 @@ class LabelStore:
                 "       AND a.retracted_at IS NULL) >= needed THEN 'answered'"
                 " WHEN EXISTS (SELECT 1 FROM leases l WHERE l.query_id=queries.id"
                 "       AND l.state='active' AND l.expires_at>?) THEN 'leased'"
-                " ELSE 'pending' END WHERE id=?", (now, qid))
+                " ELSE 'pending' END WHERE id=?",
+                (now, qid),
+            )
 
     def _lease_row(self, conn: sqlite3.Connection, lease_id: str) -> Lease:
-        r = conn.execute("SELECT l.*, q.env_id FROM leases l JOIN queries q ON q.id=l.query_id "
-                         "WHERE l.id=?", (lease_id,)).fetchone()
-        return Lease(r["id"], r["query_id"], r["annotator"], r["created_at"], r["expires_at"],
-                     r["env_id"])
+        r = conn.execute(
+            "SELECT l.*, q.env_id FROM leases l JOIN queries q ON q.id=l.query_id WHERE l.id=?",
+            (lease_id,),
+        ).fetchone()
+        return Lease(
+            r["id"], r["query_id"], r["annotator"], r["created_at"], r["expires_at"], r["env_id"]
+        )
 
     def lease(self, annotator: str, duration_s: float = 300.0) -> Lease | None:
         """The query to show ``annotator`` next (None: nothing to label).
@@ -393,10 +441,15 @@ class LabelStore:
         now = time.time()
         with self._write() as conn:
             self._expire(conn, now)
-            held = conn.execute("SELECT id FROM leases WHERE annotator=? AND state='active' "
-                                "ORDER BY created_at DESC LIMIT 1", (annotator,)).fetchone()
+            held = conn.execute(
+                "SELECT id FROM leases WHERE annotator=? AND state='active' "
+                "ORDER BY created_at DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
             if held is not None:
-                conn.execute("UPDATE leases SET expires_at=? WHERE id=?", (now + duration_s, held["id"]))
+                conn.execute(
+                    "UPDATE leases SET expires_at=? WHERE id=?", (now + duration_s, held["id"])
+                )
                 return self._lease_row(conn, held["id"])
             row = conn.execute(
                 "SELECT q.id FROM queries q WHERE q.status != 'answered'"
@@ -405,16 +458,21 @@ class LabelStore:
                 " AND (SELECT COUNT(*) FROM answers a WHERE a.query_id=q.id AND a.retracted_at IS NULL)"
                 "   + (SELECT COUNT(*) FROM leases l WHERE l.query_id=q.id AND l.state='active'"
                 "      AND l.expires_at>?) < q.needed"
-                " ORDER BY q.seq LIMIT 1", (annotator, now)).fetchone()
+                " ORDER BY q.seq LIMIT 1",
+                (annotator, now),
+            ).fetchone()
             if row is None:
                 return None
             return self._new_lease(conn, row["id"], annotator, now, duration_s)
 
-    def _new_lease(self, conn: sqlite3.Connection, query_id: str, annotator: str, now: float,
-                   duration_s: float) -> Lease:
+    def _new_lease(
+        self, conn: sqlite3.Connection, query_id: str, annotator: str, now: float, duration_s: float
+    ) -> Lease:
         lease_id = uuid.uuid4().hex
-        conn.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?, 'active')",
-                     (lease_id, query_id, annotator, now, now + duration_s))
+        conn.execute(
+            "INSERT INTO leases VALUES (?, ?, ?, ?, ?, 'active')",
+            (lease_id, query_id, annotator, now, now + duration_s),
+        )
         self._refresh(conn, [query_id], now)
         return self._lease_row(conn, lease_id)
 
@@ -427,30 +485,44 @@ class LabelStore:
             conn.execute("UPDATE leases SET expires_at=? WHERE id=?", (now + duration_s, row["id"]))
             return self._lease_row(conn, row["id"])
 
-    def _check_lease(self, conn: sqlite3.Connection, lease_id: str, annotator: str,
-                     query_id: str | None, now: float) -> sqlite3.Row:
-        if query_id is not None and conn.execute(
-                "SELECT 1 FROM queries WHERE id=?", (query_id,)).fetchone() is None:
+    def _check_lease(
+        self,
+        conn: sqlite3.Connection,
+        lease_id: str,
+        annotator: str,
+        query_id: str | None,
+        now: float,
+    ) -> sqlite3.Row:
+        if (
+            query_id is not None
+            and conn.execute("SELECT 1 FROM queries WHERE id=?", (query_id,)).fetchone() is None
+        ):
             raise NotFound(f"unknown query id {query_id!r}")
         row = conn.execute("SELECT * FROM leases WHERE id=?", (str(lease_id),)).fetchone()
         if row is None:
             raise NotFound(f"unknown lease {lease_id!r}: ask for the next query first")
         if row["annotator"] != annotator:
-            raise Conflict(f"lease {lease_id} belongs to annotator {row['annotator']!r}, "
-                           f"not {annotator!r}")
+            raise Conflict(
+                f"lease {lease_id} belongs to annotator {row['annotator']!r}, not {annotator!r}"
+            )
         if query_id is not None and row["query_id"] != query_id:
             raise BadInput(f"lease {lease_id} is for query {row['query_id']!r}, not {query_id!r}")
         if row["state"] == "answered":
-            raise Conflict(f"query {row['query_id']!r} was already answered under this lease "
-                           "(double submission): the first answer is kept")
+            raise Conflict(
+                f"query {row['query_id']!r} was already answered under this lease "
+                "(double submission): the first answer is kept"
+            )
         if row["state"] in ("expired", "released") or row["expires_at"] <= now:
-            raise LeaseExpired(f"the lease on query {row['query_id']!r} expired or was released "
-                               "before the answer arrived: ask for the next query")
+            raise LeaseExpired(
+                f"the lease on query {row['query_id']!r} expired or was released "
+                "before the answer arrived: ask for the next query"
+            )
         return row
 
     # -- answers ---------------------------------------------------------------------------------
-    def answer(self, lease_id: str, annotator: str, label: Any,
-               query_id: str | None = None) -> Answer:
+    def answer(
+        self, lease_id: str, annotator: str, label: Any, query_id: str | None = None
+    ) -> Answer:
         """Record ``annotator``'s answer to the query of ``lease_id``, atomically.
 
         Raises (and changes nothing) for an unknown query or lease, a bad label, a second
@@ -465,10 +537,19 @@ class LabelStore:
                 cur = conn.execute(
                     "INSERT INTO answers (query_id, annotator, label, shown_at, answered_at, lease_id)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (lease["query_id"], annotator, _db_label(value), lease["created_at"], now,
-                     lease["id"]))
+                    (
+                        lease["query_id"],
+                        annotator,
+                        _db_label(value),
+                        lease["created_at"],
+                        now,
+                        lease["id"],
+                    ),
+                )
             except sqlite3.IntegrityError:
-                raise Conflict(f"{annotator!r} already answered query {lease['query_id']!r}") from None
+                raise Conflict(
+                    f"{annotator!r} already answered query {lease['query_id']!r}"
+                ) from None
             conn.execute("UPDATE leases SET state='answered' WHERE id=?", (lease["id"],))
             self._expire(conn, now)
             self._refresh(conn, [lease["query_id"]], now)
@@ -489,21 +570,34 @@ class LabelStore:
             row = conn.execute(
                 "SELECT a.*, q.delivered_at FROM answers a JOIN queries q ON q.id=a.query_id"
                 " WHERE a.annotator=? AND a.retracted_at IS NULL"
-                " ORDER BY a.answered_at DESC, a.id DESC LIMIT 1", (annotator,)).fetchone()
+                " ORDER BY a.answered_at DESC, a.id DESC LIMIT 1",
+                (annotator,),
+            ).fetchone()
             if row is None:
                 raise Conflict(f"{annotator!r} has no answer to undo")
             if row["delivered_at"] is not None:
-                raise Conflict(f"the answer to query {row['query_id']!r} was already collected by "
-                               "the trainer: it can no longer be undone")
+                raise Conflict(
+                    f"the answer to query {row['query_id']!r} was already collected by "
+                    "the trainer: it can no longer be undone"
+                )
             conn.execute("UPDATE answers SET retracted_at=? WHERE id=?", (now, row["id"]))
-            held = conn.execute("SELECT id, query_id FROM leases WHERE annotator=? AND state='active'",
-                                (annotator,)).fetchall()
-            conn.execute("UPDATE leases SET state='released' WHERE annotator=? AND state='active'",
-                         (annotator,))
+            held = conn.execute(
+                "SELECT id, query_id FROM leases WHERE annotator=? AND state='active'", (annotator,)
+            ).fetchall()
+            conn.execute(
+                "UPDATE leases SET state='released' WHERE annotator=? AND state='active'",
+                (annotator,),
+            )
             self._refresh(conn, {h["query_id"] for h in held}, now)
             lease = self._new_lease(conn, row["query_id"], annotator, now, duration_s)
-        answer = Answer(int(row["id"]), row["query_id"], annotator, _py_label(row["label"]),
-                        row["shown_at"], row["answered_at"])
+        answer = Answer(
+            int(row["id"]),
+            row["query_id"],
+            annotator,
+            _py_label(row["label"]),
+            row["shown_at"],
+            row["answered_at"],
+        )
         return answer, lease
 
     def release(self, annotator: str) -> int:
@@ -511,19 +605,27 @@ class LabelStore:
         annotator = check_annotator(annotator)
         now = time.time()
         with self._write() as conn:
-            held = conn.execute("SELECT query_id FROM leases WHERE annotator=? AND state='active'",
-                                (annotator,)).fetchall()
-            conn.execute("UPDATE leases SET state='released' WHERE annotator=? AND state='active'",
-                         (annotator,))
+            held = conn.execute(
+                "SELECT query_id FROM leases WHERE annotator=? AND state='active'", (annotator,)
+            ).fetchall()
+            conn.execute(
+                "UPDATE leases SET state='released' WHERE annotator=? AND state='active'",
+                (annotator,),
+            )
             self._refresh(conn, {h["query_id"] for h in held}, now)
         return len(held)
 
     def answers(self, include_retracted: bool = False) -> list[sqlite3.Row]:
         """Every answer (oldest first), joined with its query's oracle label."""
         where = "" if include_retracted else "WHERE a.retracted_at IS NULL"
-        return self._conn().execute(
-            "SELECT a.*, q.oracle, q.seq FROM answers a JOIN queries q ON q.id=a.query_id "
-            f"{where} ORDER BY a.answered_at, a.id").fetchall()
+        return (
+            self._conn()
+            .execute(
+                "SELECT a.*, q.oracle, q.seq FROM answers a JOIN queries q ON q.id=a.query_id "
+                f"{where} ORDER BY a.answered_at, a.id"
+            )
+            .fetchall()
+        )
 
     # -- progress --------------------------------------------------------------------------------
     def counts(self, annotator: str | None = None) -> dict[str, int]:
@@ -532,21 +634,38 @@ class LabelStore:
         conn = self._conn()
         now = time.time()
         total, answered = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(status='answered'), 0) FROM queries").fetchone()
+            "SELECT COUNT(*), COALESCE(SUM(status='answered'), 0) FROM queries"
+        ).fetchone()
         leased = conn.execute(
             "SELECT COUNT(DISTINCT l.query_id) FROM leases l JOIN queries q ON q.id=l.query_id"
-            " WHERE l.state='active' AND l.expires_at>? AND q.status != 'answered'", (now,)).fetchone()[0]
-        answers = conn.execute("SELECT COUNT(*) FROM answers WHERE retracted_at IS NULL").fetchone()[0]
+            " WHERE l.state='active' AND l.expires_at>? AND q.status != 'answered'",
+            (now,),
+        ).fetchone()[0]
+        answers = conn.execute(
+            "SELECT COUNT(*) FROM answers WHERE retracted_at IS NULL"
+        ).fetchone()[0]
         mine = 0
         if annotator:
-            mine = conn.execute("SELECT COUNT(*) FROM answers WHERE retracted_at IS NULL AND "
-                                "annotator=?", (annotator,)).fetchone()[0]
-        return {"total": int(total), "answered": int(answered), "pending": int(total - answered),
-                "leased": int(leased), "answers": int(answers), "mine": int(mine)}
+            mine = conn.execute(
+                "SELECT COUNT(*) FROM answers WHERE retracted_at IS NULL AND annotator=?",
+                (annotator,),
+            ).fetchone()[0]
+        return {
+            "total": int(total),
+            "answered": int(answered),
+            "pending": int(total - answered),
+            "leased": int(leased),
+            "answers": int(answers),
+            "mine": int(mine),
+        }
 
     # -- datasets --------------------------------------------------------------------------------
-    def _dataset(self, query_rows: Sequence[sqlite3.Row], answers: dict[str, list[sqlite3.Row]],
-                 aggregate: str) -> PreferenceDataset | None:
+    def _dataset(
+        self,
+        query_rows: Sequence[sqlite3.Row],
+        answers: dict[str, list[sqlite3.Row]],
+        aggregate: str,
+    ) -> PreferenceDataset | None:
         firsts, seconds, ids, labels, who, when = [], [], [], [], [], []
         for q in query_rows:
             got = answers.get(q["id"], [])
@@ -561,34 +680,51 @@ class LabelStore:
                 firsts.append(first)
                 seconds.append(second)
                 ids.append(q["id"])
-                labels.append(aggregate_labels([_py_label(a["label"]) for a in group],
-                                               "first" if aggregate == "per-annotator" else aggregate))
+                labels.append(
+                    aggregate_labels(
+                        [_py_label(a["label"]) for a in group],
+                        "first" if aggregate == "per-annotator" else aggregate,
+                    )
+                )
                 who.append(",".join(a["annotator"] for a in group))
                 when.append(max(a["answered_at"] for a in group))
         if not ids:
             return None
         lengths = sorted({f.length for f in firsts} | {s.length for s in seconds})
         if len(lengths) > 1:
-            raise BadInput(f"the answered pairs have segments of different lengths {lengths}: one "
-                           "preference dataset holds one length; export each source separately "
-                           f"(sources: {', '.join(sorted({q['source'] for q in query_rows}))})")
-        queries = Queries(Segments.concatenate(firsts), Segments.concatenate(seconds),
-                          np.array(ids, dtype=str))
-        return PreferenceDataset(queries, np.array(labels, dtype=np.float64),
-                                 np.array(who, dtype=str), np.array(when, dtype=np.float64))
+            raise BadInput(
+                f"the answered pairs have segments of different lengths {lengths}: one "
+                "preference dataset holds one length; export each source separately "
+                f"(sources: {', '.join(sorted({q['source'] for q in query_rows}))})"
+            )
+        queries = Queries(
+            Segments.concatenate(firsts), Segments.concatenate(seconds), np.array(ids, dtype=str)
+        )
+        return PreferenceDataset(
+            queries,
+            np.array(labels, dtype=np.float64),
+            np.array(who, dtype=str),
+            np.array(when, dtype=np.float64),
+        )
 
-    def _answers_by_query(self, conn: sqlite3.Connection, query_ids: Sequence[str]) -> dict[str, list[sqlite3.Row]]:
+    def _answers_by_query(
+        self, conn: sqlite3.Connection, query_ids: Sequence[str]
+    ) -> dict[str, list[sqlite3.Row]]:
         out: dict[str, list[sqlite3.Row]] = defaultdict(list)
         for start in range(0, len(query_ids), 500):
-            chunk = list(query_ids[start:start + 500])
+            chunk = list(query_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             for a in conn.execute(
-                    f"SELECT * FROM answers WHERE retracted_at IS NULL AND query_id IN ({marks})"
-                    " ORDER BY answered_at, id", chunk):
+                f"SELECT * FROM answers WHERE retracted_at IS NULL AND query_id IN ({marks})"
+                " ORDER BY answered_at, id",
+                chunk,
+            ):
                 out[a["query_id"]].append(a)
         return out
 
-    def collect(self, sources: Sequence[str] | None = None, aggregate: str = "majority") -> PreferenceDataset | None:
+    def collect(
+        self, sources: Sequence[str] | None = None, aggregate: str = "majority"
+    ) -> PreferenceDataset | None:
         """Answered queries no trainer has collected yet, aggregated, marked as collected.
 
         ``sources`` limits it to queries submitted under those names (a trainer passes its
@@ -608,8 +744,9 @@ class LabelStore:
             if not rows:
                 return None
             answers = self._answers_by_query(conn, [r["id"] for r in rows])
-            conn.executemany("UPDATE queries SET delivered_at=? WHERE id=?",
-                             [(now, r["id"]) for r in rows])
+            conn.executemany(
+                "UPDATE queries SET delivered_at=? WHERE id=?", [(now, r["id"]) for r in rows]
+            )
             return self._dataset(rows, answers, aggregate)
 
     def uncollected(self, sources: Sequence[str]) -> int:
@@ -617,12 +754,21 @@ class LabelStore:
         if not sources:
             return 0
         marks = ",".join("?" * len(sources))
-        return int(self._conn().execute(
-            f"SELECT COUNT(*) FROM queries WHERE delivered_at IS NULL AND source IN ({marks})",
-            list(sources)).fetchone()[0])
+        return int(
+            self._conn()
+            .execute(
+                f"SELECT COUNT(*) FROM queries WHERE delivered_at IS NULL AND source IN ({marks})",
+                list(sources),
+            )
+            .fetchone()[0]
+        )
 
-    def export(self, aggregate: str = "majority", only_answered: bool = False,
-               sources: Sequence[str] | None = None) -> PreferenceDataset | None:
+    def export(
+        self,
+        aggregate: str = "majority",
+        only_answered: bool = False,
+        sources: Sequence[str] | None = None,
+    ) -> PreferenceDataset | None:
         """Every query with at least one live answer as a preference dataset.
 
         ``majority`` / ``first``: one label per query; ``per-annotator``: one row per answer
@@ -631,7 +777,9 @@ class LabelStore:
         ``sources`` keeps queries submitted under those names.
         """
         if aggregate not in AGGREGATES:
-            raise ValueError(f"unknown aggregation {aggregate!r}: use one of {', '.join(AGGREGATES)}")
+            raise ValueError(
+                f"unknown aggregation {aggregate!r}: use one of {', '.join(AGGREGATES)}"
+            )
         conn = self._conn()
         conn.execute("BEGIN")  # one consistent snapshot
         try:
@@ -641,8 +789,9 @@ class LabelStore:
             if sources is not None:
                 where.append(f"source IN ({','.join('?' * len(sources))})")
                 args += list(sources)
-            rows = conn.execute(f"SELECT * FROM queries WHERE {' AND '.join(where)} ORDER BY seq",
-                                args).fetchall()
+            rows = conn.execute(
+                f"SELECT * FROM queries WHERE {' AND '.join(where)} ORDER BY seq", args
+            ).fetchall()
             answers = self._answers_by_query(conn, [r["id"] for r in rows])
         finally:
             conn.execute("COMMIT")
@@ -664,8 +813,10 @@ class LabelStore:
             label = _py_label(a["label"])
             by_query[a["query_id"]][a["annotator"]] = label
             oracle[a["query_id"]] = a["oracle"]
-            s = per.setdefault(a["annotator"], {"answers": 0, "left": 0, "right": 0, "equal": 0,
-                                                "skip": 0, "seconds": []})
+            s = per.setdefault(
+                a["annotator"],
+                {"answers": 0, "left": 0, "right": 0, "equal": 0, "skip": 0, "seconds": []},
+            )
             s["answers"] += 1
             s[{0.0: "left", 1.0: "right", 0.5: "equal"}.get(label, "skip")] += 1
             s["seconds"].append(a["answered_at"] - a["shown_at"])
@@ -678,25 +829,49 @@ class LabelStore:
         annotators = {}
         for name in names:
             s = per[name]
-            vs_oracle = [(lab[name], o) for q, lab in by_query.items()
-                         if name in lab and not math.isnan(lab[name]) and (o := oracle[q]) is not None]
-            vs_others = [(lab[name], lab[other]) for lab in by_query.values() if name in lab
-                         for other in lab if other != name
-                         and not math.isnan(lab[name]) and not math.isnan(lab[other])]
+            vs_oracle = [
+                (lab[name], o)
+                for q, lab in by_query.items()
+                if name in lab and not math.isnan(lab[name]) and (o := oracle[q]) is not None
+            ]
+            vs_others = [
+                (lab[name], lab[other])
+                for lab in by_query.values()
+                if name in lab
+                for other in lab
+                if other != name and not math.isnan(lab[name]) and not math.isnan(lab[other])
+            ]
             seconds = s.pop("seconds")
-            annotators[name] = {**s, "median_seconds": float(np.median(seconds)) if seconds else None,
-                                "oracle": rate(vs_oracle), "others": rate(vs_others)}
+            annotators[name] = {
+                **s,
+                "median_seconds": float(np.median(seconds)) if seconds else None,
+                "oracle": rate(vs_oracle),
+                "others": rate(vs_others),
+            }
         pairwise = {}
         for i, one in enumerate(names):
-            for two in names[i + 1:]:
-                both = [(lab[one], lab[two]) for lab in by_query.values() if one in lab
-                        and two in lab and not math.isnan(lab[one]) and not math.isnan(lab[two])]
+            for two in names[i + 1 :]:
+                both = [
+                    (lab[one], lab[two])
+                    for lab in by_query.values()
+                    if one in lab
+                    and two in lab
+                    and not math.isnan(lab[one])
+                    and not math.isnan(lab[two])
+                ]
                 if both:
                     pairwise[f"{one} | {two}"] = rate(both)
-        all_pairs = [(lab[x], lab[y]) for lab in by_query.values() for x in lab for y in lab
-                     if x < y and not math.isnan(lab[x]) and not math.isnan(lab[y])]
-        aggregated = [(aggregate_labels(list(lab.values()), aggregate), oracle[q])
-                      for q, lab in by_query.items()]
+        all_pairs = [
+            (lab[x], lab[y])
+            for lab in by_query.values()
+            for x in lab
+            for y in lab
+            if x < y and not math.isnan(lab[x]) and not math.isnan(lab[y])
+        ]
+        aggregated = [
+            (aggregate_labels(list(lab.values()), aggregate), oracle[q])
+            for q, lab in by_query.items()
+        ]
         vs_oracle = [(x, o) for x, o in aggregated if not math.isnan(x) and o is not None]
         return {
             "progress": self.counts(),

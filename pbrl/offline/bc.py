@@ -41,11 +41,19 @@ def bc_loss(pred: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
 
 
 class BC(OfflineTrainer):
-    def __init__(self, sampler: TransitionSampler, norm: ObsNormalizer, obs_dim: int, act_dim: int,
-                 cfg: BCConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        sampler: TransitionSampler,
+        norm: ObsNormalizer,
+        obs_dim: int,
+        act_dim: int,
+        cfg: BCConfig,
+        device: torch.device,
+    ) -> None:
         self.cfg, self.sampler, self.norm, self.device, self.step = cfg, sampler, norm, device, 0
-        self.actor = torch.nn.Sequential(mlp(obs_dim, act_dim, cfg.hidden, cfg.n_layers, cfg.dropout),
-                                         torch.nn.Tanh()).to(device)
+        self.actor = torch.nn.Sequential(
+            mlp(obs_dim, act_dim, cfg.hidden, cfg.n_layers, cfg.dropout), torch.nn.Tanh()
+        ).to(device)
         self.opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate)
 
     def sample(self, gen: torch.Generator) -> Batch:

@@ -24,8 +24,10 @@ def make_config(cls: type[C], values: dict[str, Any], where: str) -> C:
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown {where} key(s) {', '.join(unknown)}: "
-                         f"{cls.__name__} takes {', '.join(sorted(names))}")
+        raise ValueError(
+            f"unknown {where} key(s) {', '.join(unknown)}: "
+            f"{cls.__name__} takes {', '.join(sorted(names))}"
+        )
     return cls(**values)
 
 
@@ -58,8 +60,9 @@ class ObsNormalizer:
 class PolicyAgent:
     """A memoryless policy ``fn(normalized obs tensor [B, D]) -> action tensor [B, A]``."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], norm: ObsNormalizer,
-                 device: torch.device) -> None:
+    def __init__(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], norm: ObsNormalizer, device: torch.device
+    ) -> None:
         self.fn, self.norm, self.device = fn, norm, device
 
     def reset(self) -> None:
@@ -71,15 +74,28 @@ class PolicyAgent:
         return self.fn(x)[0].cpu().numpy()
 
 
-def evaluate_agent(env_id: str, agent: Agent, n_episodes: int, seed: int,
-                   env_kwargs: dict[str, Any] | None = None,
-                   reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                   video_path: str | Path | None = None,
-                   video_size: tuple[int, int] = (240, 240)) -> EvalResult:
+def evaluate_agent(
+    env_id: str,
+    agent: Agent,
+    n_episodes: int,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+    reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    video_path: str | Path | None = None,
+    video_size: tuple[int, int] = (240, 240),
+) -> EvalResult:
     """:func:`pbrl.evaluation.evaluate` for agents with memory (``reset`` per episode)."""
-    return evaluate(env_id, agent.act, n_episodes, seed, reward_fn=reward_fn,
-                    video_path=video_path, video_size=video_size, env_kwargs=env_kwargs,
-                    on_reset=agent.reset)
+    return evaluate(
+        env_id,
+        agent.act,
+        n_episodes,
+        seed,
+        reward_fn=reward_fn,
+        video_path=video_path,
+        video_size=video_size,
+        env_kwargs=env_kwargs,
+        on_reset=agent.reset,
+    )
 
 
 # -- batches -------------------------------------------------------------------------------
@@ -92,8 +108,13 @@ def _randint(high: int, size: int, gen: torch.Generator) -> torch.Tensor:
 class TransitionSampler:
     """Uniform minibatches of ``(obs, act, reward, next_obs, done)`` on the training device."""
 
-    def __init__(self, data: OfflineDataset, norm: ObsNormalizer, device: torch.device,
-                 rewards: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        data: OfflineDataset,
+        norm: ObsNormalizer,
+        device: torch.device,
+        rewards: np.ndarray | None = None,
+    ) -> None:
         def t(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
 
@@ -108,17 +129,28 @@ class TransitionSampler:
 
     def sample(self, batch_size: int, gen: torch.Generator) -> Batch:
         i = _randint(len(self), batch_size, gen).to(self.device)
-        return {"obs": self.obs[i], "act": self.act[i], "reward": self.reward[i],
-                "next_obs": self.next_obs[i], "done": self.done[i]}
+        return {
+            "obs": self.obs[i],
+            "act": self.act[i],
+            "reward": self.reward[i],
+            "next_obs": self.next_obs[i],
+            "done": self.done[i],
+        }
 
 
 class WindowSampler:
     """Windows of the last ``context`` steps of an episode up to a uniformly drawn step,
     left-padded at the episode start (how a decision transformer sees its history)."""
 
-    def __init__(self, data: OfflineDataset, norm: ObsNormalizer, context: int,
-                 device: torch.device, rewards: np.ndarray | None = None,
-                 rtg_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        data: OfflineDataset,
+        norm: ObsNormalizer,
+        context: int,
+        device: torch.device,
+        rewards: np.ndarray | None = None,
+        rtg_scale: float = 1.0,
+    ) -> None:
         rew = np.asarray(data.rewards if rewards is None else rewards, dtype=np.float64)
         self.data, self.context, self.device = data, context, device
         self.obs = torch.as_tensor(norm(data.observations), device=device)
@@ -173,8 +205,11 @@ class OfflineTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         state = {k: v.state_dict() for k, v in self._stateful().items()}
-        state["_tensors"] = {k: v.detach().clone() for k, v in vars(self).items()
-                             if isinstance(v, torch.Tensor) and v.requires_grad}
+        state["_tensors"] = {
+            k: v.detach().clone()
+            for k, v in vars(self).items()
+            if isinstance(v, torch.Tensor) and v.requires_grad
+        }
         state["_step"] = getattr(self, "step", 0)
         return state
 

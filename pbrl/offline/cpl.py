@@ -61,8 +61,9 @@ def segment_scores(log_prob: torch.Tensor, mask: torch.Tensor, alpha: float) -> 
     return alpha * (log_prob * mask).sum(-1)
 
 
-def cpl_loss(score1: torch.Tensor, score2: torch.Tensor, labels: torch.Tensor,
-             conservative: float) -> tuple[torch.Tensor, torch.Tensor]:
+def cpl_loss(
+    score1: torch.Tensor, score2: torch.Tensor, labels: torch.Tensor, conservative: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CPL's conservative contrastive loss and its accuracy on decided labels."""
     logit21 = score2 - conservative * score1  # for "second preferred"
     logit12 = score1 - conservative * score2
@@ -74,8 +75,16 @@ def cpl_loss(score1: torch.Tensor, score2: torch.Tensor, labels: torch.Tensor,
 
 
 class CPL(OfflineTrainer):
-    def __init__(self, prefs: PreferenceDataset, sampler: TransitionSampler, norm: ObsNormalizer,
-                 obs_dim: int, act_dim: int, cfg: CPLConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        prefs: PreferenceDataset,
+        sampler: TransitionSampler,
+        norm: ObsNormalizer,
+        obs_dim: int,
+        act_dim: int,
+        cfg: CPLConfig,
+        device: torch.device,
+    ) -> None:
         self.cfg, self.sampler, self.norm, self.device, self.step = cfg, sampler, norm, device, 0
         keep = prefs.trainable
         q = prefs.queries[keep]
@@ -88,14 +97,20 @@ class CPL(OfflineTrainer):
         self.seg_act = t(np.stack([q.first.act, q.second.act], 1))
         self.seg_mask = t(np.stack([q.first.mask, q.second.mask], 1))
         self.labels = t(prefs.labels[keep])
-        self.policy = GaussianPolicy(obs_dim, act_dim, cfg.hidden, cfg.n_layers, cfg.dropout).to(device)
+        self.policy = GaussianPolicy(obs_dim, act_dim, cfg.hidden, cfg.n_layers, cfg.dropout).to(
+            device
+        )
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate)
 
     def sample(self, gen: torch.Generator) -> Batch:
         batch = self.sampler.sample(self.cfg.bc_batch_size, gen)
         i = torch.randint(len(self.labels), (self.cfg.batch_size,), generator=gen).to(self.device)
-        batch.update(seg_obs=self.seg_obs[i], seg_act=self.seg_act[i], seg_mask=self.seg_mask[i],
-                     labels=self.labels[i])
+        batch.update(
+            seg_obs=self.seg_obs[i],
+            seg_act=self.seg_act[i],
+            seg_mask=self.seg_mask[i],
+            labels=self.labels[i],
+        )
         return batch
 
     def train(self, batch: Batch) -> dict[str, float]:
@@ -126,4 +141,6 @@ def build(ctx: OfflineContext) -> CPL:
     cfg = ctx.algo_config(CPLConfig)
     norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
     sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards=np.zeros(len(ctx.data)))
-    return CPL(ctx.require_prefs(), sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.device)
+    return CPL(
+        ctx.require_prefs(), sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.device
+    )

@@ -83,8 +83,13 @@ def normalize_ensemble(members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return ((members - mean[:, None]) / std[:, None]).mean(0), mean, std
 
 
-def nstep_targets(reward: torch.Tensor, mask: torch.Tensor, q_last: torch.Tensor,
-                  last_terminal: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def nstep_targets(
+    reward: torch.Tensor,
+    mask: torch.Tensor,
+    q_last: torch.Tensor,
+    last_terminal: torch.Tensor,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n-step targets for every step of right-aligned windows.
 
     ``reward``/``mask`` ``[B, K]`` (mask False on left padding), ``q_last [B]`` the bootstrap
@@ -99,7 +104,7 @@ def nstep_targets(reward: torch.Tensor, mask: torch.Tensor, q_last: torch.Tensor
     r = torch.cat([r[:, :-1], (r[:, -1] * term)[:, None]], 1)
     powers = torch.arange(k, device=reward.device, dtype=reward.dtype)
     # discounted sums to the window's end: G_t = Σ_{j>=t} γ^{j-t} r_j
-    disc = gamma ** powers
+    disc = gamma**powers
     g = torch.flip(torch.cumsum(torch.flip(r * disc, [1]), 1), [1]) / disc
     boot = (gamma ** (k - 1 - powers))[None] * q_last[:, None] * (1.0 - term)[:, None]
     valid = mask.clone()
@@ -111,20 +116,39 @@ def nstep_targets(reward: torch.Tensor, mask: torch.Tensor, q_last: torch.Tensor
 
 
 class DTR(OfflineTrainer):
-    def __init__(self, sampler: WindowSampler, norm: ObsNormalizer, reward_fn: object,
-                 rtg_scale: float, best_return: float, obs_dim: int, act_dim: int,
-                 cfg: DTRConfig, total_steps: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        sampler: WindowSampler,
+        norm: ObsNormalizer,
+        reward_fn: object,
+        rtg_scale: float,
+        best_return: float,
+        obs_dim: int,
+        act_dim: int,
+        cfg: DTRConfig,
+        total_steps: int,
+        device: torch.device,
+    ) -> None:
         self.cfg, self.sampler, self.norm, self.device, self.step = cfg, sampler, norm, device, 0
         self.reward_fn, self.rtg_scale, self.best_return = reward_fn, rtg_scale, best_return
         self.total_steps = max(1, total_steps)
-        self.actor = DecisionTransformer(obs_dim, act_dim, 1, cfg.embed_dim, cfg.n_layers,
-                                         cfg.n_heads, cfg.max_ep_len, cfg.dropout).to(device)
+        self.actor = DecisionTransformer(
+            obs_dim,
+            act_dim,
+            1,
+            cfg.embed_dim,
+            cfg.n_layers,
+            cfg.n_heads,
+            cfg.max_ep_len,
+            cfg.dropout,
+        ).to(device)
         init_weights(self.actor)
         self.actor_ema = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = TwinQ(obs_dim, act_dim, cfg.critic_hidden, cfg.critic_layers).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
+        self.actor_opt = torch.optim.AdamW(
+            self.actor.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_learning_rate)
         self.coin = torch.Generator().manual_seed(0)
 
@@ -140,11 +164,14 @@ class DTR(OfflineTrainer):
         with torch.no_grad():
             next_act = self.actor_ema(rtg, obs, act, ts, mask)[:, -1]
             q_last = self.critic_target.min(obs[:, -1], next_act)
-            target, valid = nstep_targets(batch["reward"], mask, q_last, batch["last_terminal"],
-                                          cfg.gamma)
+            target, valid = nstep_targets(
+                batch["reward"], mask, q_last, batch["last_terminal"], cfg.gamma
+            )
         q1, q2 = self.critic(obs, act)
         v = valid.float()
-        critic_loss = (((q1 - target).pow(2) + (q2 - target).pow(2)) * v).sum() / v.sum().clamp_min(1)
+        critic_loss = (((q1 - target).pow(2) + (q2 - target).pow(2)) * v).sum() / v.sum().clamp_min(
+            1
+        )
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         if cfg.grad_clip > 0:
@@ -172,16 +199,28 @@ class DTR(OfflineTrainer):
         elif self.step < cfg.ema_start:
             self.actor_ema.load_state_dict(self.actor.state_dict())
         self.step += 1
-        return {"critic_loss": critic_loss.item(), "bc_loss": bc_loss.item(),
-                "q_loss": q_loss.item(), "actor_loss": actor_loss.item(),
-                "q_mean": q1[valid].mean().item() if valid.any() else 0.0,
-                "target_mean": target[valid].mean().item() if valid.any() else 0.0}
+        return {
+            "critic_loss": critic_loss.item(),
+            "bc_loss": bc_loss.item(),
+            "q_loss": q_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "q_mean": q1[valid].mean().item() if valid.any() else 0.0,
+            "target_mean": target[valid].mean().item() if valid.any() else 0.0,
+        }
 
     def agent(self) -> Agent:
         self.actor.eval()
         starts = [m * self.best_return for m in self.cfg.rtg_multipliers]
-        return QGuidedAgent(self.actor, self.critic, self.reward_fn, starts, self.rtg_scale,
-                            self.norm, self.cfg.context, self.device)
+        return QGuidedAgent(
+            self.actor,
+            self.critic,
+            self.reward_fn,
+            starts,
+            self.rtg_scale,
+            self.norm,
+            self.cfg.context,
+            self.device,
+        )
 
 
 class QGuidedAgent:
@@ -189,9 +228,17 @@ class QGuidedAgent:
     candidate action the critic values most. Returns-to-go fall by the *learned* reward of
     each executed action (the true reward is not known to a preference learner)."""
 
-    def __init__(self, actor: DecisionTransformer, critic: TwinQ, reward_fn: object,
-                 initial_rtgs: list[float], rtg_scale: float, norm: ObsNormalizer, context: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        actor: DecisionTransformer,
+        critic: TwinQ,
+        reward_fn: object,
+        initial_rtgs: list[float],
+        rtg_scale: float,
+        norm: ObsNormalizer,
+        context: int,
+        device: torch.device,
+    ) -> None:
         self.actor, self.critic, self.reward_fn = actor, critic, reward_fn
         self.initial = np.asarray(initial_rtgs, np.float32)
         self.rtg_scale, self.norm, self.context, self.device = rtg_scale, norm, context, device
@@ -239,18 +286,31 @@ class QGuidedAgent:
 def build(ctx: OfflineContext) -> DTR:
     cfg = ctx.algo_config(DTRConfig)
     ensemble = ctx.reward_ensemble()
-    members = np.concatenate([  # [E, N], in chunks
-        ensemble.members(torch.as_tensor(ctx.data.observations[i : i + 65536], device=ctx.device),
-                         torch.as_tensor(ctx.data.actions[i : i + 65536], device=ctx.device)
-                         ).detach().cpu().numpy()
-        for i in range(0, len(ctx.data), 65536)], 1)
+    members = np.concatenate(
+        [  # [E, N], in chunks
+            ensemble.members(
+                torch.as_tensor(ctx.data.observations[i : i + 65536], device=ctx.device),
+                torch.as_tensor(ctx.data.actions[i : i + 65536], device=ctx.device),
+            )
+            .detach()
+            .cpu()
+            .numpy()
+            for i in range(0, len(ctx.data), 65536)
+        ],
+        1,
+    )
     rewards, mean, std = normalize_ensemble(members)
     ctx.note_learned_rewards(rewards)
 
     def reward_fn(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            e = ensemble.members(torch.as_tensor(obs, device=ctx.device),
-                                 torch.as_tensor(act, device=ctx.device)).cpu().numpy()
+            e = (
+                ensemble.members(
+                    torch.as_tensor(obs, device=ctx.device), torch.as_tensor(act, device=ctx.device)
+                )
+                .cpu()
+                .numpy()
+            )
         return ((e - mean[:, None]) / std[:, None]).mean(0)
 
     returns = ctx.data.episode_returns(rewards)
@@ -258,5 +318,15 @@ def build(ctx: OfflineContext) -> DTR:
     rtg_scale = float(np.abs(returns).max()) or 1.0
     norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
     sampler = WindowSampler(ctx.data, norm, cfg.context, ctx.device, rewards, rtg_scale)
-    return DTR(sampler, norm, reward_fn, rtg_scale, best, ctx.data.obs_dim, ctx.data.act_dim,
-               cfg, ctx.total_steps, ctx.device)
+    return DTR(
+        sampler,
+        norm,
+        reward_fn,
+        rtg_scale,
+        best,
+        ctx.data.obs_dim,
+        ctx.data.act_dim,
+        cfg,
+        ctx.total_steps,
+        ctx.device,
+    )

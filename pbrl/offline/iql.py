@@ -66,13 +66,15 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * diff.pow(2)).mean()
 
 
-def q_target(reward: torch.Tensor, done: torch.Tensor, next_v: torch.Tensor,
-             gamma: float) -> torch.Tensor:
+def q_target(
+    reward: torch.Tensor, done: torch.Tensor, next_v: torch.Tensor, gamma: float
+) -> torch.Tensor:
     return reward + gamma * (1.0 - done) * next_v
 
 
-def awr_loss(log_prob: torch.Tensor, adv: torch.Tensor, beta: float,
-             max_weight: float) -> torch.Tensor:
+def awr_loss(
+    log_prob: torch.Tensor, adv: torch.Tensor, beta: float, max_weight: float
+) -> torch.Tensor:
     """-E[min(exp(β A), max_weight) log π(a|s)], weights without gradient."""
     weight = torch.exp(beta * adv.detach()).clamp(max=max_weight)
     return -(weight * log_prob).mean()
@@ -96,19 +98,22 @@ def scale_rewards(rewards: np.ndarray, episode_returns: np.ndarray) -> np.ndarra
 
 
 class IQL(OfflineTrainer):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, total_steps: int,
-                 device: torch.device) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, cfg: IQLConfig, total_steps: int, device: torch.device
+    ) -> None:
         self.cfg, self.step = cfg, 0
         self.qf = TwinQ(obs_dim, act_dim, cfg.hidden, cfg.n_layers).to(device)
         self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
         self.vf = mlp(obs_dim, 1, cfg.hidden, cfg.n_layers).to(device)
-        self.actor = GaussianPolicy(obs_dim, act_dim, cfg.hidden, cfg.n_layers,
-                                    cfg.actor_dropout).to(device)
+        self.actor = GaussianPolicy(
+            obs_dim, act_dim, cfg.hidden, cfg.n_layers, cfg.actor_dropout
+        ).to(device)
         self.q_opt = torch.optim.Adam(self.qf.parameters(), lr=cfg.learning_rate)
         self.v_opt = torch.optim.Adam(self.vf.parameters(), lr=cfg.learning_rate)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate)
         self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.actor_opt, max(1, total_steps) if cfg.cosine_actor_lr else 10**12)
+            self.actor_opt, max(1, total_steps) if cfg.cosine_actor_lr else 10**12
+        )
 
     def train(self, batch: Batch) -> dict[str, float]:
         self.actor.train()  # agent() switched to eval mode (dropout off) for evaluation
@@ -139,16 +144,28 @@ class IQL(OfflineTrainer):
         self.actor_opt.step()
         self.actor_sched.step()
         self.step += 1
-        return {"value_loss": v_loss.item(), "q_loss": q_loss.item(),
-                "actor_loss": actor_loss.item(), "q_mean": q1.mean().item(),
-                "advantage_mean": adv.mean().item()}
+        return {
+            "value_loss": v_loss.item(),
+            "q_loss": q_loss.item(),
+            "actor_loss": actor_loss.item(),
+            "q_mean": q1.mean().item(),
+            "advantage_mean": adv.mean().item(),
+        }
 
 
 class IQLTrainer(IQL):
     """IQL with its data: transitions (relabeled or not) sampled uniformly."""
 
-    def __init__(self, sampler: TransitionSampler, norm: ObsNormalizer, obs_dim: int,
-                 act_dim: int, cfg: IQLConfig, total_steps: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        sampler: TransitionSampler,
+        norm: ObsNormalizer,
+        obs_dim: int,
+        act_dim: int,
+        cfg: IQLConfig,
+        total_steps: int,
+        device: torch.device,
+    ) -> None:
         super().__init__(obs_dim, act_dim, cfg, total_steps, device)
         self.sampler, self.norm, self.device = sampler, norm, device
 
@@ -169,12 +186,17 @@ def build(ctx: OfflineContext) -> IQLTrainer:
         if cfg.learned_reward_norm == "minmax":
             rewards = minmax_rewards(rewards)
         elif cfg.learned_reward_norm != "none":
-            raise ValueError(f"algo.learned_reward_norm={cfg.learned_reward_norm!r}: use minmax or none")
+            raise ValueError(
+                f"algo.learned_reward_norm={cfg.learned_reward_norm!r}: use minmax or none"
+            )
     else:
-        raise ValueError(f"algo.reward_source={cfg.reward_source!r}: use true_reward, ensemble or transformer")
+        raise ValueError(
+            f"algo.reward_source={cfg.reward_source!r}: use true_reward, ensemble or transformer"
+        )
     if cfg.reward_scale == "returns":
         rewards = scale_rewards(rewards, ctx.data.episode_returns(rewards))
     norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
     sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards)
-    return IQLTrainer(sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg,
-                      ctx.total_steps, ctx.device)
+    return IQLTrainer(
+        sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.total_steps, ctx.device
+    )

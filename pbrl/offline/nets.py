@@ -10,8 +10,15 @@ import torch
 from torch import nn
 
 
-def mlp(n_in: int, n_out: int, hidden: int = 256, n_layers: int = 2, dropout: float = 0.0,
-        layer_norm: bool = False, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    n_in: int,
+    n_out: int,
+    hidden: int = 256,
+    n_layers: int = 2,
+    dropout: float = 0.0,
+    layer_norm: bool = False,
+    act: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = n_in
     for _ in range(n_layers):
@@ -50,8 +57,16 @@ class GaussianPolicy(nn.Module):
     the same); ``act`` returns the mean.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int = 256, n_layers: int = 2,
-                 dropout: float = 0.0, log_std_min: float = -5.0, log_std_max: float = 2.0) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: int = 256,
+        n_layers: int = 2,
+        dropout: float = 0.0,
+        log_std_min: float = -5.0,
+        log_std_max: float = 2.0,
+    ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, 2 * act_dim, hidden, n_layers, dropout)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
@@ -82,9 +97,18 @@ def attention_mask(valid: torch.Tensor, causal: bool, n_heads: int) -> torch.Ten
     return (~allowed).repeat_interleave(n_heads, 0)
 
 
-def transformer(embed_dim: int, n_layers: int, n_heads: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(embed_dim, n_heads, 4 * embed_dim, dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
+def transformer(
+    embed_dim: int, n_layers: int, n_heads: int, dropout: float
+) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        embed_dim,
+        n_heads,
+        4 * embed_dim,
+        dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
     return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
 
@@ -96,9 +120,17 @@ class DecisionTransformer(nn.Module):
     ``mask`` is False on padding.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, cond_dim: int, embed_dim: int = 128,
-                 n_layers: int = 3, n_heads: int = 1, max_ep_len: int = 1000,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        cond_dim: int,
+        embed_dim: int = 128,
+        n_layers: int = 3,
+        n_heads: int = 1,
+        max_ep_len: int = 1000,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.max_ep_len = max_ep_len
@@ -110,13 +142,20 @@ class DecisionTransformer(nn.Module):
         self.body = transformer(embed_dim, n_layers, n_heads, dropout)
         self.head = nn.Sequential(nn.Linear(embed_dim, act_dim), nn.Tanh())
 
-    def forward(self, cond: torch.Tensor, obs: torch.Tensor, act: torch.Tensor,
-                timesteps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        cond: torch.Tensor,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Predicted actions ``[B, K, A]`` for windows ``obs [B, K, D]`` etc."""
         b, k = mask.shape
         t = self.embed_time(timesteps.clamp(0, self.max_ep_len))
-        tokens = torch.stack([self.embed_cond(cond) + t, self.embed_obs(obs) + t,
-                              self.embed_act(act) + t], 2).reshape(b, 3 * k, -1)
+        tokens = torch.stack(
+            [self.embed_cond(cond) + t, self.embed_obs(obs) + t, self.embed_act(act) + t], 2
+        ).reshape(b, 3 * k, -1)
         valid = mask.repeat_interleave(3, 1)
         x = self.body(self.embed_ln(tokens), mask=attention_mask(valid, True, self.n_heads))
         return self.head(x.reshape(b, k, 3, -1)[:, :, 1])
@@ -133,7 +172,9 @@ def init_weights(module: nn.Module) -> None:
             nn.init.normal_(m.weight, std=0.02)
 
 
-def cosine_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_warmup(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then cosine decay to zero over ``total`` steps."""
 
     def factor(step: int) -> float:

@@ -64,8 +64,9 @@ class OPPOConfig:
 # -- losses ------------------------------------------------------------------------------
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                 margin: float) -> torch.Tensor:
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float
+) -> torch.Tensor:
     """mean(max(‖a - p‖ - ‖a - n‖ + margin, 0)) (Euclidean distances)."""
     d_pos = (anchor - positive).norm(dim=-1)
     d_neg = (anchor - negative).norm(dim=-1)
@@ -83,8 +84,17 @@ def norm_loss(z: torch.Tensor) -> torch.Tensor:
 class HindsightEncoder(nn.Module):
     """``(s, a)`` steps of a segment -> embedding ``z`` (mean over valid steps)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, z_dim: int, embed: int, n_layers: int,
-                 n_heads: int, max_len: int, dropout: float) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        z_dim: int,
+        embed: int,
+        n_layers: int,
+        n_heads: int,
+        max_len: int,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.embed = nn.Linear(obs_dim + act_dim, embed)
@@ -94,9 +104,13 @@ class HindsightEncoder(nn.Module):
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         t = obs.shape[1]
-        pos = self.position(torch.arange(t, device=obs.device).clamp(max=self.position.num_embeddings - 1))
-        h = self.body(self.embed(torch.cat([obs, act], -1)) + pos,
-                      mask=attention_mask(mask, False, self.n_heads))
+        pos = self.position(
+            torch.arange(t, device=obs.device).clamp(max=self.position.num_embeddings - 1)
+        )
+        h = self.body(
+            self.embed(torch.cat([obs, act], -1)) + pos,
+            mask=attention_mask(mask, False, self.n_heads),
+        )
         m = mask.float()[..., None]
         return self.out((h * m).sum(1) / m.sum(1).clamp_min(1.0))
 
@@ -107,8 +121,13 @@ class HindsightEncoder(nn.Module):
 class SegmentSource:
     """Tensors of labeled pairs (winner, loser) and of random dataset segments."""
 
-    def __init__(self, prefs: PreferenceDataset, data: OfflineDataset, norm: ObsNormalizer,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        prefs: PreferenceDataset,
+        data: OfflineDataset,
+        norm: ObsNormalizer,
+        device: torch.device,
+    ) -> None:
         decided = np.flatnonzero(np.isin(prefs.labels, (0.0, 1.0)))
         if decided.size == 0:
             raise ValueError("OPPO needs labels with a winner (0 or 1); all are ties or skips")
@@ -121,10 +140,12 @@ class SegmentSource:
 
         def pack(seg: Segments) -> dict[str, torch.Tensor]:
             assert seg.start is not None
-            return {"obs": torch.as_tensor(norm(seg.obs), device=device),
-                    "act": torch.as_tensor(seg.act, dtype=torch.float32, device=device),
-                    "mask": torch.as_tensor(seg.mask, device=device),
-                    "start": torch.as_tensor(seg.start, device=device)}
+            return {
+                "obs": torch.as_tensor(norm(seg.obs), device=device),
+                "act": torch.as_tensor(seg.act, dtype=torch.float32, device=device),
+                "mask": torch.as_tensor(seg.mask, device=device),
+                "start": torch.as_tensor(seg.start, device=device),
+            }
 
         self.win, self.lose = pack(both[winner]), pack(both[loser])
         self.length = q.first.length
@@ -140,16 +161,19 @@ class SegmentSource:
         return {k: v[i] for k, v in self.win.items()}, {k: v[i] for k, v in self.lose.items()}
 
     def dataset(self, n: int, gen: torch.Generator) -> dict:
-        s = torch.as_tensor(self.starts[torch.randint(len(self.starts), (n,), generator=gen).numpy()],
-                            device=self.device)
+        s = torch.as_tensor(
+            self.starts[torch.randint(len(self.starts), (n,), generator=gen).numpy()],
+            device=self.device,
+        )
         idx = s[:, None] + torch.arange(self.length, device=self.device)
         mask = idx < self.ep_end[s][:, None]
         idx = torch.minimum(idx, self.ep_end[s][:, None] - 1)
         return {"obs": self.obs[idx], "act": self.act[idx], "mask": mask, "start": self.step[s]}
 
 
-def policy_window(seg: dict, z: torch.Tensor, context: int,
-                  gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def policy_window(
+    seg: dict, z: torch.Tensor, context: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...]:
     """A random ``context``-step window of each segment, conditioned on its embedding."""
     b, length = seg["mask"].shape
     k = min(context, length)
@@ -163,18 +187,41 @@ def policy_window(seg: dict, z: torch.Tensor, context: int,
 
 
 class OPPO(OfflineTrainer):
-    def __init__(self, source: SegmentSource, norm: ObsNormalizer, obs_dim: int, act_dim: int,
-                 cfg: OPPOConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        source: SegmentSource,
+        norm: ObsNormalizer,
+        obs_dim: int,
+        act_dim: int,
+        cfg: OPPOConfig,
+        device: torch.device,
+    ) -> None:
         self.cfg, self.source, self.norm, self.device, self.step = cfg, source, norm, device, 0
-        self.encoder = HindsightEncoder(obs_dim, act_dim, cfg.z_dim, cfg.encoder_embed,
-                                        cfg.encoder_layers, cfg.encoder_heads,
-                                        max(source.length, 1), cfg.dropout).to(device)
-        self.policy = DecisionTransformer(obs_dim, act_dim, cfg.z_dim, cfg.policy_embed,
-                                          cfg.policy_layers, cfg.policy_heads, cfg.max_ep_len,
-                                          cfg.dropout).to(device)
+        self.encoder = HindsightEncoder(
+            obs_dim,
+            act_dim,
+            cfg.z_dim,
+            cfg.encoder_embed,
+            cfg.encoder_layers,
+            cfg.encoder_heads,
+            max(source.length, 1),
+            cfg.dropout,
+        ).to(device)
+        self.policy = DecisionTransformer(
+            obs_dim,
+            act_dim,
+            cfg.z_dim,
+            cfg.policy_embed,
+            cfg.policy_layers,
+            cfg.policy_heads,
+            cfg.max_ep_len,
+            cfg.dropout,
+        ).to(device)
         init_weights(self.encoder)
         init_weights(self.policy)
-        self.z_star = torch.randn(cfg.z_dim, device=device).div_(cfg.z_dim**0.5).requires_grad_(True)
+        self.z_star = (
+            torch.randn(cfg.z_dim, device=device).div_(cfg.z_dim**0.5).requires_grad_(True)
+        )
         params = list(self.encoder.parameters()) + list(self.policy.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.z_opt = torch.optim.AdamW([self.z_star], lr=cfg.z_learning_rate, weight_decay=0.0)
@@ -203,18 +250,22 @@ class OPPO(OfflineTrainer):
             m = mask.float()
             rec.append(((pred - act).pow(2).sum(-1) * m).sum() / m.sum().clamp_min(1.0))
         rec_loss = torch.stack(rec).mean()
-        pref = triplet_loss(self.z_star.detach().expand_as(z["win"]), z["win"], z["lose"], cfg.margin)
+        pref = triplet_loss(
+            self.z_star.detach().expand_as(z["win"]), z["win"], z["lose"], cfg.margin
+        )
         norm = norm_loss(torch.cat(list(z.values())))
         loss = rec_loss + cfg.pref_coeff * pref + cfg.norm_coeff * norm
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(list(self.encoder.parameters()) + list(self.policy.parameters()),
-                                     cfg.grad_clip)
+            nn.utils.clip_grad_norm_(
+                list(self.encoder.parameters()) + list(self.policy.parameters()), cfg.grad_clip
+            )
         self.opt.step()
         # (B) z* alone
-        z_loss = triplet_loss(self.z_star.expand_as(z["win"]), z["win"].detach(),
-                              z["lose"].detach(), cfg.margin)
+        z_loss = triplet_loss(
+            self.z_star.expand_as(z["win"]), z["win"].detach(), z["lose"].detach(), cfg.margin
+        )
         self.z_opt.zero_grad(set_to_none=True)
         z_loss.backward()
         self.z_opt.step()
@@ -222,21 +273,39 @@ class OPPO(OfflineTrainer):
         with torch.no_grad():
             d_win = (self.z_star - z["win"]).norm(dim=-1)
             d_lose = (self.z_star - z["lose"]).norm(dim=-1)
-        return {"rec_loss": rec_loss.item(), "pref_loss": pref.item(), "norm_loss": norm.item(),
-                "z_star_loss": z_loss.item(), "z_star_norm": self.z_star.norm().item(),
-                "z_star_closer_to_winner": (d_win < d_lose).float().mean().item()}
+        return {
+            "rec_loss": rec_loss.item(),
+            "pref_loss": pref.item(),
+            "norm_loss": norm.item(),
+            "z_star_loss": z_loss.item(),
+            "z_star_norm": self.z_star.norm().item(),
+            "z_star_closer_to_winner": (d_win < d_lose).float().mean().item(),
+        }
 
     def agent(self) -> Agent:
         self.policy.eval()
-        return ContextAgent(self.policy, self.z_star.detach(), self.norm, self.cfg.context,
-                            self.cfg.max_ep_len, self.device)
+        return ContextAgent(
+            self.policy,
+            self.z_star.detach(),
+            self.norm,
+            self.cfg.context,
+            self.cfg.max_ep_len,
+            self.device,
+        )
 
 
 class ContextAgent:
     """Acts with a decision transformer conditioned on a fixed context ``z`` (OPPO's z*)."""
 
-    def __init__(self, policy: DecisionTransformer, z: torch.Tensor, norm: ObsNormalizer,
-                 context: int, max_ep_len: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        policy: DecisionTransformer,
+        z: torch.Tensor,
+        norm: ObsNormalizer,
+        context: int,
+        max_ep_len: int,
+        device: torch.device,
+    ) -> None:
         self.policy, self.z, self.norm, self.context, self.device = policy, z, norm, context, device
         self.max_ep_len = max_ep_len
         self.reset()

@@ -72,8 +72,10 @@ class OfflineContext:
 
     def require_prefs(self) -> PreferenceDataset:
         if self.prefs is None or len(self.prefs.trainable) == 0:
-            raise OfflineConfigError(f"algo {self.cfg.algo.name} needs preference labels: set "
-                                     "algo.preferences: true and max_feedback > 0")
+            raise OfflineConfigError(
+                f"algo {self.cfg.algo.name} needs preference labels: set "
+                "algo.preferences: true and max_feedback > 0"
+            )
         return self.prefs
 
     # -- reward models -----------------------------------------------------------------------
@@ -100,9 +102,16 @@ class OfflineContext:
             self.reward_model = PreferenceTransformer.load(path, self.device)
             return self.reward_model
         values = OmegaConf.to_container(self.cfg.algo.get("transformer", {}), resolve=True)
-        model = PreferenceTransformer(self.data.obs_dim, self.data.act_dim,
-                                      make_config(PreferenceTransformerConfig, values,  # type: ignore[arg-type]
-                                                  "algo.transformer"), self.device)
+        model = PreferenceTransformer(
+            self.data.obs_dim,
+            self.data.act_dim,
+            make_config(
+                PreferenceTransformerConfig,
+                values,  # type: ignore[arg-type]
+                "algo.transformer",
+            ),
+            self.device,
+        )
         self._fit(model)
         model.save(path)
         self.reward_model = model
@@ -120,9 +129,13 @@ class OfflineContext:
         if kind == "ensemble":
             rewards = self.reward_ensemble().predict(self.data.observations, self.data.actions)
         elif kind == "transformer":
-            rewards = self.preference_transformer().relabel(self.data, int(self.cfg.feedback.segment_length))
+            rewards = self.preference_transformer().relabel(
+                self.data, int(self.cfg.feedback.segment_length)
+            )
         else:
-            raise OfflineConfigError(f"unknown learned reward {kind!r}: use ensemble or transformer")
+            raise OfflineConfigError(
+                f"unknown learned reward {kind!r}: use ensemble or transformer"
+            )
         self.note_learned_rewards(rewards)
         return np.asarray(rewards, dtype=np.float32)
 
@@ -144,8 +157,9 @@ class OfflineContext:
 # -- labels --------------------------------------------------------------------------------
 
 
-def make_labels(cfg: DictConfig, data: OfflineDataset, rng: np.random.Generator,
-                run_dir: Path) -> PreferenceDataset:
+def make_labels(
+    cfg: DictConfig, data: OfflineDataset, rng: np.random.Generator, run_dir: Path
+) -> PreferenceDataset:
     """The run's preference labels: a user's file (``dataset.preferences``), or scripted ones."""
     saved = run_dir / "preferences.npz"
     if saved.exists():  # a resumed run keeps its labels
@@ -161,8 +175,14 @@ def make_labels(cfg: DictConfig, data: OfflineDataset, rng: np.random.Generator,
             prefs = prefs[np.arange(int(cfg.max_feedback))]
     else:
         teacher = instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63)))
-        prefs = scripted_preferences(data, int(cfg.max_feedback), length, teacher, rng,
-                                     float(cfg.dataset.get("tie_threshold", 0.0)))
+        prefs = scripted_preferences(
+            data,
+            int(cfg.max_feedback),
+            length,
+            teacher,
+            rng,
+            float(cfg.dataset.get("tie_threshold", 0.0)),
+        )
     prefs.save(saved)
     return prefs
 
@@ -177,27 +197,38 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     algo = cfg.algo
     if algo.name not in ALGORITHMS:
-        raise OfflineConfigError(f"unknown offline algo {algo.name!r}: choose one of "
-                                 f"{', '.join(ALGORITHMS)}")
+        raise OfflineConfigError(
+            f"unknown offline algo {algo.name!r}: choose one of {', '.join(ALGORITHMS)}"
+        )
     if "dataset" not in cfg or not cfg.dataset.get("id"):
-        raise OfflineConfigError("offline algorithms need a dataset: add +dataset=<name> "
-                                 "(conf/dataset) or dataset.id=<minari id>")
+        raise OfflineConfigError(
+            "offline algorithms need a dataset: add +dataset=<name> "
+            "(conf/dataset) or dataset.id=<minari id>"
+        )
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
 
     # --- data and labels ---------------------------------------------------------------------
     true_data = load_dataset(cfg.dataset.id)
     if true_data.env_id and true_data.env_id != cfg.env.id:
-        raise OfflineConfigError(f"dataset {cfg.dataset.id} was collected on {true_data.env_id} "
-                                 f"but env.id={cfg.env.id}: pick the matching env group")
+        raise OfflineConfigError(
+            f"dataset {cfg.dataset.id} was collected on {true_data.env_id} "
+            f"but env.id={cfg.env.id}: pick the matching env group"
+        )
     prefs = None
     if algo.get("preferences", False):
         prefs = make_labels(cfg, true_data, rng, run_dir)
-    data = true_data if not algo.get("preferences", False) else true_data.with_rewards(
-        np.full(len(true_data), np.nan, np.float32))
+    data = (
+        true_data
+        if not algo.get("preferences", False)
+        else true_data.with_rewards(np.full(len(true_data), np.nan, np.float32))
+    )
 
     tb_dir = run_dir / "tb"
     writer = SummaryWriter(str(tb_dir))
@@ -228,15 +259,25 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     def checkpoint(step: int) -> None:
         tmp = ckpt_dir / "trainer.pt.tmp"
-        torch.save({"trainer": trainer.state_dict(), "generator": gen.get_state(), "step": step}, tmp)
+        torch.save(
+            {"trainer": trainer.state_dict(), "generator": gen.get_state(), "step": step}, tmp
+        )
         tmp.replace(ckpt_dir / "trainer.pt")
 
     video_dir = Path(cfg.video.root) / f"{cfg.name}_{run_dir.name}"
     video_size = (int(cfg.video.width), int(cfg.video.height))
 
     def eval_now(step: int, n: int, video: Path | None) -> Any:
-        ev = evaluate_agent(cfg.env.id, trainer.agent(), n, int(cfg.seed) + 10_000, env_kwargs,  # type: ignore[arg-type]
-                            ctx.reward_fn(), video, video_size)
+        ev = evaluate_agent(
+            cfg.env.id,
+            trainer.agent(),
+            n,
+            int(cfg.seed) + 10_000,
+            env_kwargs,  # type: ignore[arg-type]
+            ctx.reward_fn(),
+            video,
+            video_size,
+        )
         writer.add_scalar("eval/true_return", ev.mean, step)
         score = true_data.normalized_score(ev.mean)
         if score is not None:
@@ -252,8 +293,14 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     videos: list[str] = []
     sums: dict[str, float] = {}
     t_train = time.time()
-    bar = tqdm(range(start, total), desc=f"{algo.name} {cfg.dataset.id}", initial=start, total=total,
-               disable=not cfg.progress_bar, mininterval=2)
+    bar = tqdm(
+        range(start, total),
+        desc=f"{algo.name} {cfg.dataset.id}",
+        initial=start,
+        total=total,
+        disable=not cfg.progress_bar,
+        mininterval=2,
+    )
     for step in bar:
         metrics = trainer.train(trainer.sample(gen))
         for k, v in metrics.items():
@@ -262,7 +309,9 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             n = (step % log_every) + 1
             for k, v in sums.items():
                 writer.add_scalar(f"train/{k}", v / n, step + 1)
-            writer.add_scalar("time/steps_per_s", (step + 1 - start) / (time.time() - t_train), step + 1)
+            writer.add_scalar(
+                "time/steps_per_s", (step + 1 - start) / (time.time() - t_train), step + 1
+            )
             sums = {}
         if every_ckpt > 0 and (step + 1) % every_ckpt == 0:
             checkpoint(step + 1)
@@ -277,15 +326,27 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     train_time = time.time() - t_train
 
     # --- evaluation on the true reward ------------------------------------------------------
-    ev = eval_now(total, int(cfg.eval.n_episodes), video_dir / "eval.mp4" if cfg.video.enabled else None)
-    rand = evaluate(cfg.env.id, None, int(cfg.eval.random_episodes), int(cfg.seed) + 20_000,
-                    env_kwargs=env_kwargs)  # type: ignore[arg-type]
+    ev = eval_now(
+        total, int(cfg.eval.n_episodes), video_dir / "eval.mp4" if cfg.video.enabled else None
+    )
+    rand = evaluate(
+        cfg.env.id,
+        None,
+        int(cfg.eval.random_episodes),
+        int(cfg.seed) + 20_000,
+        env_kwargs=env_kwargs,
+    )  # type: ignore[arg-type]
     writer.add_scalar("eval/random_true_return", rand.mean, total)
     test_acc = None
     if ctx.reward_model is not None and int(cfg.eval.test_queries) > 0:
-        test_q = true_data.sample_queries(int(cfg.eval.test_queries), int(cfg.feedback.segment_length),
-                                          np.random.default_rng(int(cfg.seed) + 30_000))
-        test_acc = float(ctx.reward_model.accuracy(PreferenceDataset(test_q, oracle_labels(test_q))))
+        test_q = true_data.sample_queries(
+            int(cfg.eval.test_queries),
+            int(cfg.feedback.segment_length),
+            np.random.default_rng(int(cfg.seed) + 30_000),
+        )
+        test_acc = float(
+            ctx.reward_model.accuracy(PreferenceDataset(test_q, oracle_labels(test_q)))
+        )
         writer.add_scalar("reward_model/test_accuracy", test_acc, total)
     writer.close()
 
@@ -299,14 +360,18 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "total_timesteps": total,
         "num_labels": 0 if prefs is None else len(prefs.trainable),
         "num_queries": 0 if prefs is None else len(prefs),
-        "teacher": (None if prefs is None else
-                    ("file" if cfg.dataset.get("preferences") else cfg.teacher._target_.split(".")[-1])),
+        "teacher": (
+            None
+            if prefs is None
+            else ("file" if cfg.dataset.get("preferences") else cfg.teacher._target_.split(".")[-1])
+        ),
         "dataset_id": cfg.dataset.id,
         "dataset_transitions": len(true_data),
         "eval_true_return_mean": ev.mean,
         "eval_true_return_std": ev.std,
-        "eval_learned_return_mean": (float(np.mean(ev.learned_returns))
-                                     if ctx.reward_fn() is not None else None),
+        "eval_learned_return_mean": (
+            float(np.mean(ev.learned_returns)) if ctx.reward_fn() is not None else None
+        ),
         "eval_normalized_score_mean": None if scores is None else float(np.mean(scores)),
         "eval_normalized_score_std": None if scores is None else float(np.std(scores)),
         "eval_d4rl_normalized_score_mean": None if d4rl is None else float(np.mean(d4rl)),

@@ -22,7 +22,9 @@ from stable_baselines3.common.vec_env import VecNormalize
 from pbrl.rewards import RewardEnsemble
 
 
-def knn_distance(x: torch.Tensor, reference: torch.Tensor, k: int, chunk: int = 8192) -> torch.Tensor:
+def knn_distance(
+    x: torch.Tensor, reference: torch.Tensor, k: int, chunk: int = 8192
+) -> torch.Tensor:
     """Distance from each row of ``x`` to its ``k``-th nearest row of ``reference``.
 
     ``x`` is assumed to be contained in ``reference`` (distance 0 to itself), so the k-th
@@ -47,15 +49,22 @@ class EntropyReplayBuffer(ReplayBuffer):
         self.entropy_k = entropy_k
         self.entropy_stats = RunningMeanStd(shape=())
 
-    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None) -> ReplayBufferSamples:
+    def _get_samples(
+        self, batch_inds: np.ndarray, env: VecNormalize | None = None
+    ) -> ReplayBufferSamples:
         samples = super()._get_samples(batch_inds, env)
         if not self.intrinsic:
             return samples
         n = self.buffer_size if self.full else self.pos
-        states = torch.as_tensor(self.observations[:n].reshape(n * self.n_envs, -1),
-                                 device=samples.next_observations.device, dtype=torch.float32)
+        states = torch.as_tensor(
+            self.observations[:n].reshape(n * self.n_envs, -1),
+            device=samples.next_observations.device,
+            dtype=torch.float32,
+        )
         with torch.no_grad():
-            dist = knn_distance(samples.next_observations.float().flatten(1), states, self.entropy_k)
+            dist = knn_distance(
+                samples.next_observations.float().flatten(1), states, self.entropy_k
+            )
         self.entropy_stats.update(dist.cpu().numpy())
         reward = dist / float(np.sqrt(self.entropy_stats.var) + 1e-8)
         return samples._replace(rewards=reward.reshape(-1, 1).to(samples.rewards.dtype))

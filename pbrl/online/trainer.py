@@ -55,12 +55,26 @@ class FeedbackCallback(BaseCallback):
     """The feedback schedule: every ``every`` steps, select queries from the trajectory pool,
     ask the teacher, retrain the reward model and (off-policy) relabel the replay buffer."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, pool: TrajectoryPool,
-                 wrapper: PreferenceVecEnv, reward_model: RewardEnsemble | None, teacher: Any,
-                 selector: QuerySelector, rng: np.random.Generator, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        pool: TrajectoryPool,
+        wrapper: PreferenceVecEnv,
+        reward_model: RewardEnsemble | None,
+        teacher: Any,
+        selector: QuerySelector,
+        rng: np.random.Generator,
+        state: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.cfg, self.run_dir, self.pool, self.wrapper = cfg, run_dir, pool, wrapper
-        self.reward_model, self.teacher, self.selector, self.rng = reward_model, teacher, selector, rng
+        self.reward_model, self.teacher, self.selector, self.rng = (
+            reward_model,
+            teacher,
+            selector,
+            rng,
+        )
         self.state = state  # next_feedback_at, queries, last_checkpoint, round
         self.dataset: PreferenceDataset | None = None
         self.renderer: Any = None
@@ -74,13 +88,17 @@ class FeedbackCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         if self.wrapper.learned_episode_returns:
-            self.logger.record("rollout/ep_learned_rew_mean",
-                               float(np.mean(self.wrapper.learned_episode_returns)))
+            self.logger.record(
+                "rollout/ep_learned_rew_mean", float(np.mean(self.wrapper.learned_episode_returns))
+            )
 
     def _on_step(self) -> bool:
         fb = self.cfg.feedback
-        if (self.reward_model is not None and self.num_timesteps >= self.state["next_feedback_at"]
-                and self.state["queries"] < self.cfg.max_feedback):
+        if (
+            self.reward_model is not None
+            and self.num_timesteps >= self.state["next_feedback_at"]
+            and self.state["queries"] < self.cfg.max_feedback
+        ):
             self.feedback_round()
             self.state["next_feedback_at"] = self.num_timesteps + fb.every
         if self.num_timesteps - self.state["last_checkpoint"] >= self.cfg.checkpoint_every:
@@ -96,11 +114,16 @@ class FeedbackCallback(BaseCallback):
         video = None
         if self.cfg.video.enabled:
             video = Path(self.state["video_dir"]) / f"eval_{self.num_timesteps:09d}.mp4"
-        ev = evaluate(self.cfg.env.id, lambda o: self.model.predict(o, deterministic=True)[0],
-                      int(self.cfg.eval.n_episodes), self.cfg.seed + 10_000,
-                      reward_fn=self.reward_model.predict if self.reward_model else None,
-                      video_path=video, video_size=(self.cfg.video.width, self.cfg.video.height),
-                      env_kwargs=dict(self.cfg.env.kwargs))
+        ev = evaluate(
+            self.cfg.env.id,
+            lambda o: self.model.predict(o, deterministic=True)[0],
+            int(self.cfg.eval.n_episodes),
+            self.cfg.seed + 10_000,
+            reward_fn=self.reward_model.predict if self.reward_model else None,
+            video_path=video,
+            video_size=(self.cfg.video.width, self.cfg.video.height),
+            env_kwargs=dict(self.cfg.env.kwargs),
+        )
         self.logger.record("eval/true_return", ev.mean)
         if self.reward_model is not None:
             self.logger.record("eval/learned_return", float(np.mean(ev.learned_returns)))
@@ -115,8 +138,12 @@ class FeedbackCallback(BaseCallback):
         fb = self.cfg.feedback
         n = int(min(fb.batch_size, self.cfg.max_feedback - self.state["queries"]))
         try:
-            queries = self.selector(lambda k: self.pool.sample_queries(k, fb.segment_length, self.rng),
-                                    n, self.reward_model if self.state["round"] > 0 else None, self.rng)
+            queries = self.selector(
+                lambda k: self.pool.sample_queries(k, fb.segment_length, self.rng),
+                n,
+                self.reward_model if self.state["round"] > 0 else None,
+                self.rng,
+            )
         except RuntimeError as exc:  # too little data yet: try again next time
             self.logger.record("preferences/deferred", str(exc), exclude=("tensorboard", "csv"))
             return
@@ -126,8 +153,9 @@ class FeedbackCallback(BaseCallback):
             self.teacher.submit(queries)
             new = self.teacher.collect()
         else:
-            new = PreferenceDataset(queries, self.teacher(queries),
-                                    np.full(n, type(self.teacher).__name__))
+            new = PreferenceDataset(
+                queries, self.teacher(queries), np.full(n, type(self.teacher).__name__)
+            )
         self.write_query_videos(queries)
         self.learn_from(new)
 
@@ -141,8 +169,9 @@ class FeedbackCallback(BaseCallback):
         assert self.reward_model is not None
         t0 = time.time()
         if new is not None and len(new):
-            self.dataset = new if self.dataset is None else PreferenceDataset.concatenate(
-                [self.dataset, new])
+            self.dataset = (
+                new if self.dataset is None else PreferenceDataset.concatenate([self.dataset, new])
+            )
             self.dataset.save(self.run_dir / "checkpoint" / "preferences.npz")
         if self.dataset is None or self.num_labels < self.cfg.feedback.min_labels:
             return  # too few labels to train on yet
@@ -164,7 +193,10 @@ class FeedbackCallback(BaseCallback):
             log("preferences/skipped_fraction", float(np.mean(~decided)))
             log("preferences/tie_fraction", float(np.mean(labels == 0.5)))
             if decided.any():
-                log("preferences/oracle_agreement", float(np.mean(labels[decided] == oracle[decided])))
+                log(
+                    "preferences/oracle_agreement",
+                    float(np.mean(labels[decided] == oracle[decided])),
+                )
         log("reward_model/loss", metrics["loss"])
         log("reward_model/train_accuracy", metrics["train_accuracy"])
         log("reward_model/epochs", metrics["epochs"])
@@ -177,8 +209,11 @@ class FeedbackCallback(BaseCallback):
         held = min(self.pool.num_steps, n)
         if held < 2:
             return float("nan")
-        segs = self.pool.sample_segments(max(1, held // self.cfg.feedback.segment_length),
-                                         self.cfg.feedback.segment_length, self.rng)
+        segs = self.pool.sample_segments(
+            max(1, held // self.cfg.feedback.segment_length),
+            self.cfg.feedback.segment_length,
+            self.rng,
+        )
         pred = self.reward_model.predict(segs.obs[segs.mask], segs.act[segs.mask])
         true = segs.true_reward[segs.mask]
         return float(np.corrcoef(pred, true)[0, 1]) if true.std() > 0 and pred.std() > 0 else 0.0
@@ -190,18 +225,28 @@ class FeedbackCallback(BaseCallback):
         from pbrl.video import StateRenderer, segment_frames, side_by_side, write_video
 
         if self.renderer is None:
-            self.renderer = StateRenderer(self.cfg.env.id, width=vcfg.width, height=vcfg.height,
-                                          **self.cfg.env.kwargs)
+            self.renderer = StateRenderer(
+                self.cfg.env.id, width=vcfg.width, height=vcfg.height, **self.cfg.env.kwargs
+            )
         folder = Path(self.state["video_dir"])
         for j in range(min(int(vcfg.queries_per_round), len(queries))):
-            frames = side_by_side(segment_frames(queries.first, j, self.renderer),
-                                  segment_frames(queries.second, j, self.renderer))
+            frames = side_by_side(
+                segment_frames(queries.first, j, self.renderer),
+                segment_frames(queries.second, j, self.renderer),
+            )
             path = folder / f"round{self.state['round']:03d}_query_{queries.query_id[j]}.mp4"
             self.videos.append(str(write_video(frames, path, fps=self.renderer.fps)))
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.run_dir, self.model, self.pool, self.reward_model, self.state,
-                        self.rng, self.num_timesteps)
+        save_checkpoint(
+            self.run_dir,
+            self.model,
+            self.pool,
+            self.reward_model,
+            self.state,
+            self.rng,
+            self.num_timesteps,
+        )
         self.state["last_checkpoint"] = self.num_timesteps
 
     def _on_training_end(self) -> None:
@@ -209,9 +254,15 @@ class FeedbackCallback(BaseCallback):
             self.renderer.close()
 
 
-def save_checkpoint(run_dir: Path, model: BaseAlgorithm, pool: TrajectoryPool | None,
-                    reward_model: RewardEnsemble | None, state: dict[str, Any],
-                    rng: np.random.Generator, num_timesteps: int) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    model: BaseAlgorithm,
+    pool: TrajectoryPool | None,
+    reward_model: RewardEnsemble | None,
+    state: dict[str, Any],
+    rng: np.random.Generator,
+    num_timesteps: int,
+) -> None:
     """Everything a resumed run needs; ``state.json`` is written last, marking it complete."""
     ckpt = run_dir / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
@@ -225,8 +276,12 @@ def save_checkpoint(run_dir: Path, model: BaseAlgorithm, pool: TrajectoryPool | 
         pool.save(ckpt / "pool.npz")
     if reward_model is not None:
         reward_model.save(ckpt / "reward_model.pt")
-    blob = {**state, "num_timesteps": num_timesteps, "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state().tolist()}
+    blob = {
+        **state,
+        "num_timesteps": num_timesteps,
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state().tolist(),
+    }
     tmp = ckpt / "state.json.tmp"
     tmp.write_text(json.dumps(blob))
     tmp.replace(ckpt / "state.json")
@@ -248,7 +303,9 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_name = f"{cfg.name}_{run_dir.name}"
     state: dict[str, Any] = {
         "next_feedback_at": max(int(algo.unsupervised_steps), int(cfg.feedback.first_at)),
-        "queries": 0, "round": 0, "last_checkpoint": 0,
+        "queries": 0,
+        "round": 0,
+        "last_checkpoint": 0,
         "video_dir": str(Path(cfg.video.root) / run_name),
     }
     if resumed:
@@ -259,14 +316,22 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # --- environment, trajectory pool and learned reward ----------------------------------
     sim_device = str(device) if cfg.sim == "mujoco_warp" else "cpu"
-    venv = make_vec_env(cfg.sim, cfg.env.id, cfg.n_envs, cfg.seed, device=sim_device,
-                        **env_kwargs)  # type: ignore[arg-type]
+    venv = make_vec_env(cfg.sim, cfg.env.id, cfg.n_envs, cfg.seed, device=sim_device, **env_kwargs)  # type: ignore[arg-type]
     pool = reward_model = None
     if algo.preference:
-        pool = TrajectoryPool(cfg.n_envs, cfg.feedback.pool_size, info["obs_dim"], info["act_dim"],
-                              info["factor_names"], info["state_dims"], cfg.env.id, run_name)
-        reward_model = RewardEnsemble(info["obs_dim"], info["act_dim"],
-                                      RewardModelConfig(**cfg.reward), device)
+        pool = TrajectoryPool(
+            cfg.n_envs,
+            cfg.feedback.pool_size,
+            info["obs_dim"],
+            info["act_dim"],
+            info["factor_names"],
+            info["state_dims"],
+            cfg.env.id,
+            run_name,
+        )
+        reward_model = RewardEnsemble(
+            info["obs_dim"], info["act_dim"], RewardModelConfig(**cfg.reward), device
+        )
         if resumed:
             pool.load(ckpt / "pool.npz")
             pool.start_new_episodes()  # the resumed envs start fresh episodes
@@ -274,9 +339,16 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     wrapper = PreferenceVecEnv(venv, pool, reward_model)
     env: VecEnv = wrapper
     if algo.normalize_reward:
-        env = (VecNormalize.load(str(ckpt / "vecnormalize.pkl"), wrapper) if resumed
-               else VecNormalize(wrapper, norm_obs=False, norm_reward=True,
-                                 gamma=float(algo.kwargs.get("gamma", 0.99))))
+        env = (
+            VecNormalize.load(str(ckpt / "vecnormalize.pkl"), wrapper)
+            if resumed
+            else VecNormalize(
+                wrapper,
+                norm_obs=False,
+                norm_reward=True,
+                gamma=float(algo.kwargs.get("gamma", 0.99)),
+            )
+        )
 
     # --- agent -----------------------------------------------------------------------------
     kwargs = OmegaConf.to_container(algo.kwargs, resolve=True)
@@ -289,8 +361,10 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         extra: dict[str, Any] = {}
         if cls is SAC:
-            extra = {"replay_buffer_class": EntropyReplayBuffer,
-                     "replay_buffer_kwargs": {"entropy_k": int(algo.entropy_k)}}
+            extra = {
+                "replay_buffer_class": EntropyReplayBuffer,
+                "replay_buffer_kwargs": {"entropy_k": int(algo.entropy_k)},
+            }
         model = cls("MlpPolicy", env, seed=cfg.seed, device=device, verbose=0, **kwargs, **extra)
         if isinstance(model, SAC) and isinstance(model.replay_buffer, EntropyReplayBuffer):
             model.replay_buffer.intrinsic = bool(algo.preference and algo.unsupervised_steps > 0)
@@ -300,12 +374,25 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # --- feedback schedule and learning --------------------------------------------------------
     teacher = instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63)))
     selector = QuerySelector(**cfg.query)
-    callback = FeedbackCallback(cfg, run_dir, pool, wrapper, reward_model, teacher,  # type: ignore[arg-type]
-                                selector, rng, state)
+    callback = FeedbackCallback(
+        cfg,
+        run_dir,
+        pool,
+        wrapper,
+        reward_model,
+        teacher,  # type: ignore[arg-type]
+        selector,
+        rng,
+        state,
+    )
     remaining = int(cfg.total_timesteps) - int(state.get("num_timesteps", 0))
     if remaining > 0:
-        model.learn(remaining, callback=callback, progress_bar=bool(cfg.progress_bar),
-                    reset_num_timesteps=not resumed)
+        model.learn(
+            remaining,
+            callback=callback,
+            progress_bar=bool(cfg.progress_bar),
+            reset_num_timesteps=not resumed,
+        )
     callback.collect_late_answers()
     callback.checkpoint()
 
@@ -314,16 +401,30 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return model.predict(obs, deterministic=True)[0]
 
     video_dir = Path(state["video_dir"])
-    ev = evaluate(cfg.env.id, policy, int(cfg.eval.n_episodes), cfg.seed + 10_000,
-                  reward_fn=reward_model.predict if reward_model else None,
-                  video_path=video_dir / "eval.mp4" if cfg.video.enabled else None,
-                  video_size=(cfg.video.width, cfg.video.height), env_kwargs=env_kwargs)  # type: ignore[arg-type]
-    rand = evaluate(cfg.env.id, None, int(cfg.eval.random_episodes), cfg.seed + 20_000,
-                    env_kwargs=env_kwargs)  # type: ignore[arg-type]
+    ev = evaluate(
+        cfg.env.id,
+        policy,
+        int(cfg.eval.n_episodes),
+        cfg.seed + 10_000,
+        reward_fn=reward_model.predict if reward_model else None,
+        video_path=video_dir / "eval.mp4" if cfg.video.enabled else None,
+        video_size=(cfg.video.width, cfg.video.height),
+        env_kwargs=env_kwargs,
+    )  # type: ignore[arg-type]
+    rand = evaluate(
+        cfg.env.id, None, int(cfg.eval.random_episodes), cfg.seed + 20_000, env_kwargs=env_kwargs
+    )  # type: ignore[arg-type]
     test_acc = None
-    if reward_model is not None and pool is not None and pool.num_steps > cfg.feedback.segment_length:
-        test_q = pool.sample_queries(int(cfg.eval.test_queries), cfg.feedback.segment_length,
-                                     np.random.default_rng(cfg.seed + 30_000))
+    if (
+        reward_model is not None
+        and pool is not None
+        and pool.num_steps > cfg.feedback.segment_length
+    ):
+        test_q = pool.sample_queries(
+            int(cfg.eval.test_queries),
+            cfg.feedback.segment_length,
+            np.random.default_rng(cfg.seed + 30_000),
+        )
         test_acc = reward_model.accuracy(PreferenceDataset(test_q, oracle_labels(test_q)))
     log = model.logger.record
     log("eval/true_return", ev.mean)

@@ -38,8 +38,9 @@ def reward_factor_names(info: dict) -> tuple[str, ...]:
 
 
 class PreferenceVecEnv(VecEnvWrapper):
-    def __init__(self, venv: VecEnv, pool: TrajectoryPool | None,
-                 reward_model: RewardEnsemble | None):
+    def __init__(
+        self, venv: VecEnv, pool: TrajectoryPool | None, reward_model: RewardEnsemble | None
+    ):
         super().__init__(venv)
         self.pool, self.reward_model = pool, reward_model
         self.last_obs: np.ndarray | None = None
@@ -87,8 +88,15 @@ class PreferenceVecEnv(VecEnvWrapper):
         self.last_obs = obs  # type: ignore[assignment]
         return obs, reward, dones, infos
 
-    def _record(self, obs: np.ndarray, act: np.ndarray, new_obs: np.ndarray,
-                reward: np.ndarray, dones: np.ndarray, infos: list[dict]) -> None:
+    def _record(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        new_obs: np.ndarray,
+        reward: np.ndarray,
+        dones: np.ndarray,
+        infos: list[dict],
+    ) -> None:
         pool = self.pool
         assert pool is not None
         truncated = np.array([bool(i.get("TimeLimit.truncated", False)) for i in infos])
@@ -109,7 +117,21 @@ class PreferenceVecEnv(VecEnvWrapper):
             next_qpos, next_qvel = post[0].copy(), post[1].copy()
             for i in np.flatnonzero(dones):
                 if "terminal_qpos" in infos[i]:
-                    next_qpos[i], next_qvel[i] = infos[i]["terminal_qpos"], infos[i]["terminal_qvel"]
+                    next_qpos[i], next_qvel[i] = (
+                        infos[i]["terminal_qpos"],
+                        infos[i]["terminal_qvel"],
+                    )
             self.state = post
-        pool.add(obs, act, reward, next_obs, terminated, truncated, factors,
-                 qpos, qvel, next_qpos, next_qvel)
+        pool.add(
+            obs,
+            act,
+            reward,
+            next_obs,
+            terminated,
+            truncated,
+            factors,
+            qpos,
+            qvel,
+            next_qpos,
+            next_qvel,
+        )

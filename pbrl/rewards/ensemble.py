@@ -51,8 +51,13 @@ class RewardModelConfig:
 class RewardEnsemble(nn.Module):
     """Reward ensemble; ``reward(obs, act)`` is the member mean used by the policy."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: RewardModelConfig | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        config: RewardModelConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.config = config or RewardModelConfig()
         cfg = self.config
@@ -62,8 +67,10 @@ class RewardEnsemble(nn.Module):
         n_in = self.obs_dim + (self.act_dim if cfg.use_action else 0)
         layers: list[nn.Module] = []
         for i in range(cfg.n_layers):
-            layers += [EnsembleLinear(cfg.n_members, n_in if i == 0 else cfg.hidden, cfg.hidden),
-                       nn.LeakyReLU()]
+            layers += [
+                EnsembleLinear(cfg.n_members, n_in if i == 0 else cfg.hidden, cfg.hidden),
+                nn.LeakyReLU(),
+            ]
         layers.append(EnsembleLinear(cfg.n_members, cfg.hidden if cfg.n_layers else n_in, 1))
         self.net = nn.Sequential(*layers)
         self.register_buffer("in_mean", torch.zeros(n_in))
@@ -148,8 +155,9 @@ class RewardEnsemble(nn.Module):
         q = data.queries
         self.fit_normalization(Segments.concatenate([q.first, q.second]))
         tensors = {
-            name: torch.as_tensor(np.stack([getattr(q.first, name), getattr(q.second, name)], 1),
-                                  device=self.device)
+            name: torch.as_tensor(
+                np.stack([getattr(q.first, name), getattr(q.second, name)], 1), device=self.device
+            )
             for name in ("obs", "act", "mask")
         }  # each [N, 2, T, ...]
         y = torch.as_tensor(data.labels, device=self.device, dtype=torch.float32)
@@ -169,8 +177,9 @@ class RewardEnsemble(nn.Module):
                 break
         return {"loss": loss_v, "train_accuracy": acc_v, "epochs": epoch}
 
-    def _step(self, t: dict[str, torch.Tensor], y: torch.Tensor,
-              bi: torch.Tensor) -> tuple[float, float, float]:
+    def _step(
+        self, t: dict[str, torch.Tensor], y: torch.Tensor, bi: torch.Tensor
+    ) -> tuple[float, float, float]:
         e, b = bi.shape
         obs, act = t["obs"][bi], t["act"][bi]  # [E, B, 2, T, D]
         mask = t["mask"][bi].float()  # [E, B, 2, T]
@@ -195,13 +204,22 @@ class RewardEnsemble(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"obs_dim": self.obs_dim, "act_dim": self.act_dim,
-                    "config": asdict(self.config), "state": self.state_dict(),
-                    "optimizer": self.optimizer.state_dict()}, tmp)
+        torch.save(
+            {
+                "obs_dim": self.obs_dim,
+                "act_dim": self.act_dim,
+                "config": asdict(self.config),
+                "state": self.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+            },
+            tmp,
+        )
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RewardEnsemble:
+    def load(
+        cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> RewardEnsemble:
         blob: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
         model = cls(blob["obs_dim"], blob["act_dim"], RewardModelConfig(**blob["config"]), device)
         model.load_state_dict(blob["state"])

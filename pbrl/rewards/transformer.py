@@ -52,9 +52,13 @@ class PreferenceTransformer(nn.Module):
     in_mean: torch.Tensor  # input standardization (buffers)
     in_std: torch.Tensor
 
-    def __init__(self, obs_dim: int, act_dim: int,
-                 config: PreferenceTransformerConfig | None = None,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        config: PreferenceTransformerConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.config = cfg = config or PreferenceTransformerConfig()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
@@ -62,8 +66,9 @@ class PreferenceTransformer(nn.Module):
         self.embed = nn.Linear(self.obs_dim + self.act_dim, d)
         self.position = nn.Embedding(cfg.max_len, d)
         self.embed_ln = nn.LayerNorm(d)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.body = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.final_ln = nn.LayerNorm(d)
         self.reward_head = nn.Linear(d, 1)
@@ -72,13 +77,19 @@ class PreferenceTransformer(nn.Module):
         self.register_buffer("in_std", torch.ones(self.obs_dim + self.act_dim))
         self.device = torch.device(device)
         self.to(self.device)
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
         self.updates = 0
 
     # -- the model ---------------------------------------------------------------------------
-    def step_rewards(self, obs: torch.Tensor, act: torch.Tensor, valid: torch.Tensor,
-                     positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_rewards(
+        self,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        valid: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards ``r̂ [B, T]`` and hidden states ``[B, T, d]`` of windows ``obs [B, T, D]``.
 
         ``valid`` is False on padding (before or after the steps of the episode).
@@ -89,7 +100,9 @@ class PreferenceTransformer(nn.Module):
         x = (torch.cat([obs.float(), act.float()], -1) - self.in_mean) / self.in_std
         if positions is None:
             positions = torch.arange(t, device=x.device).expand(b, t)
-        h = self.embed_ln(self.embed(x) + self.position(positions.clamp(0, self.config.max_len - 1)))
+        h = self.embed_ln(
+            self.embed(x) + self.position(positions.clamp(0, self.config.max_len - 1))
+        )
         h = self.body(h, mask=attention_mask(valid, True, self.config.n_heads))
         h = self.final_ln(h)
         return self.reward_head(h).squeeze(-1), h
@@ -113,23 +126,31 @@ class PreferenceTransformer(nn.Module):
             _, h = self.step_rewards(obs, act, mask)
             q, k = self.query_key(h).chunk(2, -1)
             logits = (q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])).masked_fill(
-                ~mask[:, None, :], float("-inf"))
+                ~mask[:, None, :], float("-inf")
+            )
             w = (torch.softmax(logits, -1) * mask[..., None].float()).sum(1)
         return w.cpu().numpy()
 
     # -- preferences -------------------------------------------------------------------------
     def _tensors(self, s: Segments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.as_tensor(s.obs, device=self.device), torch.as_tensor(s.act, device=self.device),
-                torch.as_tensor(s.mask, device=self.device))
+        return (
+            torch.as_tensor(s.obs, device=self.device),
+            torch.as_tensor(s.act, device=self.device),
+            torch.as_tensor(s.mask, device=self.device),
+        )
 
     @torch.no_grad()
-    def preference_probs(self, first: Segments, second: Segments, batch_size: int = 256) -> np.ndarray:
+    def preference_probs(
+        self, first: Segments, second: Segments, batch_size: int = 256
+    ) -> np.ndarray:
         """P(second ≻ first), ``[N]``."""
         self.eval()
         out = []
         for i in range(0, len(first), batch_size):
-            a, b = first[np.arange(i, min(i + batch_size, len(first)))], second[
-                np.arange(i, min(i + batch_size, len(first)))]
+            a, b = (
+                first[np.arange(i, min(i + batch_size, len(first)))],
+                second[np.arange(i, min(i + batch_size, len(first)))],
+            )
             out.append(torch.sigmoid(self.score(*self._tensors(b)) - self.score(*self._tensors(a))))
         return torch.cat(out).cpu().numpy() if out else np.zeros(0)
 
@@ -151,8 +172,10 @@ class PreferenceTransformer(nn.Module):
         data = dataset[idx]
         q = data.queries
         if q.first.length > cfg.max_len:
-            raise ValueError(f"segments of {q.first.length} steps exceed the Preference "
-                             f"Transformer's max_len={cfg.max_len}")
+            raise ValueError(
+                f"segments of {q.first.length} steps exceed the Preference "
+                f"Transformer's max_len={cfg.max_len}"
+            )
         both = Segments.concatenate([q.first, q.second])
         x = np.concatenate([both.obs[both.mask], both.act[both.mask]], -1)
         self.in_mean.copy_(torch.as_tensor(x.mean(0)))
@@ -162,8 +185,13 @@ class PreferenceTransformer(nn.Module):
         n = len(y)
         steps = cfg.max_epochs * math.ceil(n / cfg.batch_size)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-            * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+            self.optimizer,
+            lambda s: (
+                min(1.0, (s + 1) / max(1, cfg.warmup_steps))
+                * 0.5
+                * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+            ),
+        )
         loss_v, acc_v, epoch = float("nan"), 0.0, 0
         self.train()
         for epoch in range(1, cfg.max_epochs + 1):
@@ -211,9 +239,12 @@ class PreferenceTransformer(nn.Module):
         for i in range(0, len(w0), batch_size):
             sl = slice(i, i + batch_size)
             v = torch.as_tensor(valid[sl], device=self.device)
-            r, _ = self.step_rewards(torch.as_tensor(data.observations[fill[sl]], device=self.device),
-                                     torch.as_tensor(data.actions[fill[sl]], device=self.device), v,
-                                     torch.as_tensor(positions[sl], device=self.device))
+            r, _ = self.step_rewards(
+                torch.as_tensor(data.observations[fill[sl]], device=self.device),
+                torch.as_tensor(data.actions[fill[sl]], device=self.device),
+                v,
+                torch.as_tensor(positions[sl], device=self.device),
+            )
             labeled = r.cpu().numpy()[:, length - stride :]
             tgt = idx[sl][:, length - stride :]
             ok = valid[sl][:, length - stride :]
@@ -225,16 +256,25 @@ class PreferenceTransformer(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"obs_dim": self.obs_dim, "act_dim": self.act_dim, "config": asdict(self.config),
-                    "state": self.state_dict()}, tmp)
+        torch.save(
+            {
+                "obs_dim": self.obs_dim,
+                "act_dim": self.act_dim,
+                "config": asdict(self.config),
+                "state": self.state_dict(),
+            },
+            tmp,
+        )
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str],
-             device: str | torch.device = "cpu") -> PreferenceTransformer:
+    def load(
+        cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
+    ) -> PreferenceTransformer:
         blob: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
-        model = cls(blob["obs_dim"], blob["act_dim"], PreferenceTransformerConfig(**blob["config"]),
-                    device)
+        model = cls(
+            blob["obs_dim"], blob["act_dim"], PreferenceTransformerConfig(**blob["config"]), device
+        )
         model.load_state_dict(blob["state"])
         model.eval()
         return model

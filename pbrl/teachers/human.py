@@ -60,8 +60,10 @@ class HumanTeacher:
         if not store:
             raise TeacherConfigError("teacher.store is empty: give the label store's path")
         if wait_timeout_s is not None and wait_timeout_s < 0:
-            raise TeacherConfigError(f"teacher.wait_timeout_s={wait_timeout_s} is invalid: use "
-                                     ">= 0 seconds (0: never wait), or null to wait forever")
+            raise TeacherConfigError(
+                f"teacher.wait_timeout_s={wait_timeout_s} is invalid: use "
+                ">= 0 seconds (0: never wait), or null to wait forever"
+            )
         if answers_per_query < 1:
             raise TeacherConfigError(f"teacher.answers_per_query={answers_per_query}: use >= 1")
         if aggregate not in ("majority", "first"):
@@ -105,7 +107,9 @@ class HumanTeacher:
             if self.serve:
                 from pbrl.gui.server import BackgroundServer
 
-                self._server = BackgroundServer(self._store, self.host, self.port, self.token).start()
+                self._server = BackgroundServer(
+                    self._store, self.host, self.port, self.token
+                ).start()
                 log.info("labeling page: %s/", self._server.url)
         return self._store
 
@@ -116,14 +120,26 @@ class HumanTeacher:
         if source not in self.sources:
             self.sources.append(source)
         self.rounds += 1
-        self.store.add_queries(queries, source=source, batch=f"round {self.rounds}",
-                               needed=self.answers_per_query, env_kwargs=self.env_kwargs)
+        self.store.add_queries(
+            queries,
+            source=source,
+            batch=f"round {self.rounds}",
+            needed=self.answers_per_query,
+            env_kwargs=self.env_kwargs,
+        )
         self.submitted += len(queries)
         counts = self.store.counts()
-        where = self._server.url + "/" if self._server else (
-            f"python -m pbrl.label serve --store {self.store.path}")
-        log.info("%d queries waiting for people (%d answered so far): %s",
-                 counts["pending"], counts["answered"], where)
+        where = (
+            self._server.url + "/"
+            if self._server
+            else (f"python -m pbrl.label serve --store {self.store.path}")
+        )
+        log.info(
+            "%d queries waiting for people (%d answered so far): %s",
+            counts["pending"],
+            counts["answered"],
+            where,
+        )
 
     def collect(self) -> PreferenceDataset | None:
         """Answers that arrived since the last call, one aggregated label per query (or None).
@@ -148,7 +164,10 @@ class HumanTeacher:
                     f"HumanTeacher: no answers for {self.wait_timeout_s:.0f} s "
                     f"({self.labels_received} usable labels, {self.min_labels} wanted): training "
                     f"continues on the labels it has. Label at: python -m pbrl.label serve "
-                    f"--store {self.store.path}", RuntimeWarning, stacklevel=2)
+                    f"--store {self.store.path}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 break
             time.sleep(min(self.poll_s, max(0.0, deadline - time.time())))
         if not parts:
@@ -176,11 +195,16 @@ class HumanTeacher:
         return np.array([labels.get(str(q), math.nan) for q in queries.query_id])
 
     # -- extras --------------------------------------------------------------------------------------
-    def show_eval_video(self, path: str | Path, step: int | None = None,
-                        true_return: float | None = None) -> None:
+    def show_eval_video(
+        self, path: str | Path, step: int | None = None, true_return: float | None = None
+    ) -> None:
         """Announce the newest evaluation video of the policy: the page shows it."""
-        self.store.set_meta(eval_video=str(Path(path).resolve()), eval_video_step=step,
-                            eval_video_return=true_return, eval_video_at=time.time())
+        self.store.set_meta(
+            eval_video=str(Path(path).resolve()),
+            eval_video_step=step,
+            eval_video_return=true_return,
+            eval_video_at=time.time(),
+        )
 
     def _fallback_source(self) -> str:
         if not self.sources:
