@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pbrl.gui.store import AGGREGATES, LabelStore, StoreError
+from pbrl.data.store import AGGREGATES, LabelStore, StoreError
 
 
 class CliError(Exception):

@@ -1,4 +1,4 @@
-"""The SQLite label store (pbrl.gui.store): leases, answers, undo, aggregation, agreement."""
+"""The SQLite label store (pbrl.data.store): leases, answers, undo, aggregation, agreement."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pbrl.data import PreferenceDataset, Queries, Segments
-from pbrl.gui.store import (
+from pbrl.data.store import (
     BadInput,
     Conflict,
     LabelStore,
@@ -328,7 +328,7 @@ def test_eight_processes_label_each_query_exactly_once(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
-from pbrl.gui.store import LabelStore
+from pbrl.data.store import LabelStore
 store = LabelStore(sys.argv[1])
 while (lease := store.lease("w")) is not None:
     store.answer(lease.lease_id, "w", "right")

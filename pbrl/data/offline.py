@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from pbrl.data.preferences import PreferenceDataset, Queries, check_labels
+from pbrl.data.preferences import LABEL_CHOICES, PreferenceDataset, Queries, parse_label
 from pbrl.data.segments import Segments
+from pbrl.errors import ConfigError
 
 # D4RL's reference returns (random, expert), from the mujoco-py (v2) environments.
 D4RL_REF_SCORES: dict[str, tuple[float, float]] = {
@@ -51,7 +52,7 @@ def normalized_score(returns: np.ndarray | float, ref_min: float, ref_max: float
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FileNotFoundError, ConfigError):
     """A dataset id that is not in the local Minari store."""
 
 
@@ -526,10 +527,14 @@ def _from_index(
         s1, s2 = starts
     else:
         s1, s2 = col("start_1", int), col("start_2", int)
-    try:
-        labels = check_labels(col("label", float))
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    labels = np.empty(len(s1))
+    for i, v in enumerate(cols["label"]):
+        try:
+            labels[i] = parse_label(v)
+        except ValueError:
+            raise ValueError(
+                f"{path}: row {i}: invalid preference label {v!r}: {LABEL_CHOICES}"
+            ) from None
     if "length" in cols:
         lengths = col("length", int)
     elif segment_length:

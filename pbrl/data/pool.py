@@ -9,6 +9,7 @@ recorded are rejected, because their returns would not be comparable.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -221,13 +222,56 @@ class TrajectoryPool:
         "current_step",
     )
 
+    def meta(self) -> dict[str, object]:
+        """What the constructor needs to rebuild this pool (saved with its arrays)."""
+        return {
+            "n_envs": self.n_envs,
+            "capacity": self.capacity * self.n_envs,
+            "obs_dim": int(self.obs.shape[-1]),
+            "act_dim": int(self.act.shape[-1]),
+            "factor_names": list(self.factor_names),
+            "state_dims": [int(self.qpos.shape[-1]), int(self.qvel.shape[-1])]
+            if self.has_state
+            else None,
+            "env_id": self.env_id,
+            "run": self.run,
+        }
+
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write arrays and metadata atomically (temp file + rename)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(
-            tmp, next_episode_id=self.next_episode_id, **{k: getattr(self, k) for k in self._STATE}
+            tmp,
+            next_episode_id=self.next_episode_id,
+            meta=np.array(json.dumps(self.meta())),
+            **{k: getattr(self, k) for k in self._STATE},
         )
         os.replace(tmp, path)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrajectoryPool:
+        """A pool exactly as :meth:`save` wrote it, metadata included."""
+        with np.load(path) as f:
+            if "meta" not in f.files:
+                raise ValueError(
+                    f"{path}: a trajectory pool without metadata (written by an "
+                    "older pbrl); rebuild it with TrajectoryPool(...).load(path)"
+                )
+            meta = json.loads(str(f["meta"]))
+        state_dims = meta["state_dims"]
+        pool = cls(
+            int(meta["n_envs"]),
+            int(meta["capacity"]),
+            int(meta["obs_dim"]),
+            int(meta["act_dim"]),
+            tuple(meta["factor_names"]),
+            None if state_dims is None else (int(state_dims[0]), int(state_dims[1])),
+            str(meta["env_id"]),
+            str(meta["run"]),
+        )
+        pool.load(path)
+        return pool
 
     def load(self, path: str | os.PathLike[str]) -> None:
         with np.load(path) as f:

@@ -8,6 +8,7 @@ dataset, never trained on.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -24,16 +25,61 @@ VALID_LABELS = (0.0, 0.5, 1.0)
 FORMAT_VERSION = 1
 
 
+LABEL_WORDS = {"left": 0.0, "first": 0.0, "right": 1.0, "second": 1.0, "equal": 0.5, "skip": SKIP}
+
+
+def parse_label(value: object) -> float:
+    """One label from what a person, a file or a request gives: 0 / 1 / 0.5, ``None`` or NaN
+    (skip), or the words left / first / right / second / equal / skip.
+
+    The one label validator of pbrl: :func:`check_labels`, the label store and the offline
+    label files all go through it. Raises ``ValueError`` naming the value and the choices.
+    """
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in LABEL_WORDS:
+            return LABEL_WORDS[word]
+        if word in ("", "nan", "none", "null"):
+            return SKIP
+    if value is None:
+        return SKIP
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}")
+    try:
+        label = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}") from None
+    if math.isnan(label) or label in VALID_LABELS:
+        return label
+    raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}")
+
+
+LABEL_CHOICES = (
+    "use 0 (first/left preferred), 1 (second/right preferred), 0.5 (equal) or NaN/null (skip)"
+)
+
+
 def check_labels(labels: np.ndarray) -> np.ndarray:
     """Return ``labels`` as float64, raising a clear error for values other than 0/0.5/1/NaN."""
     labels = np.asarray(labels, dtype=np.float64)
     bad = ~(np.isnan(labels) | np.isin(labels, VALID_LABELS))
     if bad.any():
         raise ValueError(
-            f"invalid preference label(s) {np.unique(labels[bad])[:5].tolist()}: "
-            "use 0 (first preferred), 1 (second preferred), 0.5 (equal) or NaN (skip)"
+            f"invalid preference label(s) {np.unique(labels[bad])[:5].tolist()}: {LABEL_CHOICES}"
         )
     return labels
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    """Overflow-free logistic function (the Bradley–Terry link)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def oracle_labels(queries: Queries) -> np.ndarray:
+    """Noise-free labels by true (undiscounted) segment return, exact ties 0.5: the B-Pref
+    oracle, used for every accuracy diagnostic."""
+    r1, r2 = queries.first.returns(), queries.second.returns()
+    return np.where(r2 > r1, 1.0, np.where(r1 > r2, 0.0, 0.5))
 
 
 @dataclass

@@ -1,9 +1,5 @@
-"""The labeling web app: a SQLite label store, a FastAPI page server and the page itself.
+"""The labeling web app: a FastAPI page server, clip rendering and the page itself.
 
-``python -m pbrl.label serve --store STORE`` opens it; :class:`LabelStore` is importable
-without the web stack (the trainer's human teacher only needs the store).
+``python -m pbrl.label serve --store STORE`` opens it. The label store it serves lives in
+:mod:`pbrl.data.store` (teachers and the trainer use it without the web stack).
 """
-
-from pbrl.gui.store import LabelStore, StoreError, aggregate_labels
-
-__all__ = ["LabelStore", "StoreError", "aggregate_labels"]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pbrl.gui.store import LabelStore
+from pbrl.data.store import LabelStore
 
 log = logging.getLogger("pbrl.label")
 SIDES = ("left", "right")  # left = the query's first segment (label 0), right = second (label 1)

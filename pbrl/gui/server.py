@@ -1,4 +1,4 @@
-"""The labeling page's web server: FastAPI over a :class:`~pbrl.gui.store.LabelStore`.
+"""The labeling page's web server: FastAPI over a :class:`~pbrl.data.store.LabelStore`.
 
 Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` message):
 
@@ -40,8 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from pbrl.gui.clips import SIDES, ClipCache, RenderError
-from pbrl.gui.store import (
+from pbrl.data.store import (
     AGGREGATES,
     QUERY_ID,
     BadInput,
@@ -51,6 +50,7 @@ from pbrl.gui.store import (
     StoreError,
     check_annotator,
 )
+from pbrl.gui.clips import SIDES, ClipCache, RenderError
 
 log = logging.getLogger("pbrl.label")
 STATIC = {  # the only files the page serves from its package folder

@@ -4,8 +4,8 @@
   from its trajectory pool (``checkpoint/pool.npz``: the most recent ``feedback.pool_size``
   environment steps, simulator state included), cut to ``feedback.segment_length`` steps
   with the same rules as training (windows never cross an episode end). The pool's array
-  shapes come from the file itself; the environment id, its arguments, the segment length
-  and the run name from the run's ``config.yaml``.
+  shapes and metadata come from the file itself; the environment's arguments, the segment
+  length and the run name from the run's ``config.yaml``.
 * :func:`queries_from_file`: a pbrl preference dataset ``.npz`` (labels are ignored).
 * :func:`queries_from_env`: random-policy rollouts of a MuJoCo environment (to try the page).
 """
@@ -51,35 +51,15 @@ def load_run_pool(run_dir: str | Path) -> tuple[TrajectoryPool, dict[str, Any]]:
             "(one is written every checkpoint_every steps and at the end), or its "
             "algorithm keeps no trajectory pool (true-reward baselines)"
         )
-    with np.load(pool_path) as f:
-        n_envs, capacity, obs_dim = f["obs"].shape
-        act_dim, n_factors, nq, nv = (
-            f["act"].shape[-1],
-            f["factors"].shape[-1],
-            f["qpos"].shape[-1],
-            f["qvel"].shape[-1],
-        )
     kwargs = cfg.env.get("kwargs")
     env_kwargs = (
         OmegaConf.to_container(kwargs, resolve=True) if kwargs is not None else None
     ) or {}
-    factor_names: tuple[str, ...] = ()
-    if n_factors:  # names are not in the file: ask the environment
-        from pbrl.online.trainer import probe_env
-
-        factor_names = tuple(probe_env(cfg.env.id, env_kwargs)["factor_names"])  # type: ignore[arg-type]
     run = f"{cfg.get('name', 'run')}_{run_dir.name}"
-    pool = TrajectoryPool(
-        int(n_envs),
-        int(n_envs * capacity),
-        int(obs_dim),
-        int(act_dim),
-        factor_names,
-        (int(nq), int(nv)) if nq else None,
-        str(cfg.env.id),
-        run,
-    )
-    pool.load(pool_path)
+    try:
+        pool = TrajectoryPool.from_file(pool_path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise SourceError(f"{pool_path} cannot be read: {exc}") from None
     if not pool.has_state:
         raise SourceError(f"{pool_path} holds no simulator state: its clips cannot be rendered")
     info = {

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from pbrl.rewards.nets import attention_mask, transformer
+
 
 def mlp(
     n_in: int,
@@ -81,35 +83,6 @@ class GaussianPolicy(nn.Module):
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs).chunk(2, -1)[0])
-
-
-def attention_mask(valid: torch.Tensor, causal: bool, n_heads: int) -> torch.Tensor:
-    """Boolean ``[B * heads, L, L]`` mask (True = blocked) for ``nn.TransformerEncoder``.
-
-    Keys at invalid (padded) positions are blocked; every position may always attend to
-    itself, so padded queries never see an all-blocked row (which would give NaN).
-    """
-    b, length = valid.shape
-    allowed = valid[:, None, :].expand(b, length, length)
-    if causal:
-        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=valid.device).tril()
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=valid.device)
-    return (~allowed).repeat_interleave(n_heads, 0)
-
-
-def transformer(
-    embed_dim: int, n_layers: int, n_heads: int, dropout: float
-) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        embed_dim,
-        n_heads,
-        4 * embed_dim,
-        dropout,
-        activation="gelu",
-        batch_first=True,
-        norm_first=True,
-    )
-    return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
 
 
 class DecisionTransformer(nn.Module):

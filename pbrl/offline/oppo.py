@@ -31,7 +31,8 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
 from pbrl.offline.common import Agent, Batch, ObsNormalizer, OfflineTrainer
-from pbrl.offline.nets import DecisionTransformer, attention_mask, init_weights, transformer
+from pbrl.offline.nets import DecisionTransformer, init_weights
+from pbrl.rewards.nets import attention_mask, transformer
 
 if TYPE_CHECKING:
     from pbrl.offline.runner import OfflineContext

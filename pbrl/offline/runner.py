@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, scripted_preferences
+from pbrl.data.preferences import oracle_labels
 from pbrl.evaluation import evaluate, peak_rss_mb
 from pbrl.offline.common import C, OfflineTrainer, evaluate_agent, make_config
-from pbrl.teachers.scripted import oracle_labels
 
 # algo.name -> module with build(ctx) -> OfflineTrainer
 ALGORITHMS = {

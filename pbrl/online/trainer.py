@@ -24,13 +24,13 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.pool import TrajectoryPool
+from pbrl.data.preferences import oracle_labels
 from pbrl.evaluation import evaluate, peak_rss_mb
 from pbrl.online.pebble import EntropyReplayBuffer, relabel_buffer, reset_critic
 from pbrl.online.wrappers import PreferenceVecEnv, reward_factor_names
 from pbrl.query import QuerySelector
 from pbrl.rewards import RewardEnsemble, RewardModelConfig
 from pbrl.sim import make_vec_env
-from pbrl.teachers.scripted import oracle_labels
 
 ALGOS = {"sac": SAC, "ppo": PPO}
 

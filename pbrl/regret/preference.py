@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
+from pbrl.data.preferences import sigmoid
 from pbrl.regret.mdp import SegmentStats
-from pbrl.teachers.scripted import sigmoid
 
 MODELS = ("regret", "partial_return")
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
+from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, fit_epochs, trainable_pairs
 
 
 class EnsembleLinear(nn.Module):
@@ -48,8 +49,10 @@ class RewardModelConfig:
     weight_decay: float = 0.0
 
 
-class RewardEnsemble(nn.Module):
+class RewardEnsemble(PreferenceScoring, nn.Module):
     """Reward ensemble; ``reward(obs, act)`` is the member mean used by the policy."""
+
+    markovian = True
 
     def __init__(
         self,
@@ -118,22 +121,6 @@ class RewardEnsemble(nn.Module):
         mask = torch.as_tensor(segments.mask, device=self.device, dtype=torch.float32)
         return (self.members(obs, act) * mask).sum(-1)
 
-    @torch.no_grad()
-    def preference_probs(self, first: Segments, second: Segments) -> np.ndarray:
-        """P(second ≻ first) per member, ``[E, N]``."""
-        logits = self.segment_returns(second) - self.segment_returns(first)
-        return torch.sigmoid(logits).cpu().numpy()
-
-    @torch.no_grad()
-    def accuracy(self, dataset: PreferenceDataset) -> float:
-        """Agreement of the ensemble-mean preference with non-tied, non-skipped labels."""
-        keep = np.flatnonzero(np.isin(dataset.labels, (0.0, 1.0)))
-        if keep.size == 0:
-            return float("nan")
-        q = dataset.queries[keep]
-        p = self.preference_probs(q.first, q.second).mean(0)
-        return float(np.mean((p > 0.5) == (dataset.labels[keep] == 1.0)))
-
     # -- training ----------------------------------------------------------------------------
     def fit_normalization(self, segments: Segments) -> None:
         obs = torch.as_tensor(segments.obs[segments.mask], device=self.device)
@@ -143,15 +130,12 @@ class RewardEnsemble(nn.Module):
         self.in_std.copy_(x.std(0).clamp_min(1e-6) if len(x) > 1 else torch.ones_like(x[0]))
 
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
-        """One training round: epochs until train accuracy > threshold or the epoch cap.
-
-        Returns the last epoch's mean loss and accuracy (``reward_model/...`` scalars).
-        """
+        """One training round (:func:`~pbrl.rewards.base.fit_epochs`); each member trains on
+        its own shuffling of the labels."""
         cfg = self.config
-        idx = dataset.trainable
-        if idx.size == 0:
-            return {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0}
-        data = dataset[idx]
+        data = trainable_pairs(dataset)
+        if data is None:
+            return dict(NOTHING_TO_FIT)
         q = data.queries
         self.fit_normalization(Segments.concatenate([q.first, q.second]))
         tensors = {
@@ -162,20 +146,14 @@ class RewardEnsemble(nn.Module):
         }  # each [N, 2, T, ...]
         y = torch.as_tensor(data.labels, device=self.device, dtype=torch.float32)
         n, e = len(y), cfg.n_members
-        loss_v, acc_v, epoch = float("nan"), 0.0, 0
-        for epoch in range(1, cfg.max_epochs + 1):
-            perms = np.stack([rng.permutation(n) for _ in range(e)])  # [E, N]
-            total_loss, correct, counted = 0.0, 0.0, 0.0
-            for start in range(0, n, cfg.batch_size):
-                bi = torch.as_tensor(perms[:, start : start + cfg.batch_size], device=self.device)
-                loss, c, k = self._step(tensors, y, bi)
-                total_loss += loss * bi.shape[1]
-                correct, counted = correct + c, counted + k
-            loss_v = total_loss / n
-            acc_v = correct / max(counted, 1.0)
-            if acc_v > cfg.acc_threshold:
-                break
-        return {"loss": loss_v, "train_accuracy": acc_v, "epochs": epoch}
+        return fit_epochs(
+            n,
+            cfg.batch_size,
+            cfg.max_epochs,
+            cfg.acc_threshold,
+            permute=lambda: np.stack([rng.permutation(n) for _ in range(e)]),  # [E, N]
+            step=lambda rows: self._step(tensors, y, torch.as_tensor(rows, device=self.device)),
+        )
 
     def _step(
         self, t: dict[str, torch.Tensor], y: torch.Tensor, bi: torch.Tensor

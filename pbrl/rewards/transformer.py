@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
+from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, fit_epochs, trainable_pairs
+from pbrl.rewards.nets import attention_mask, transformer
 
 
 @dataclass
@@ -48,7 +50,9 @@ class PreferenceTransformerConfig:
     relabel_stride: int = 0  # 0: half the segment length; 1: PT's exact "last" relabeling
 
 
-class PreferenceTransformer(nn.Module):
+class PreferenceTransformer(PreferenceScoring, nn.Module):
+    markovian = False
+    prob_batch_size = 256
     in_mean: torch.Tensor  # input standardization (buffers)
     in_std: torch.Tensor
 
@@ -66,10 +70,7 @@ class PreferenceTransformer(nn.Module):
         self.embed = nn.Linear(self.obs_dim + self.act_dim, d)
         self.position = nn.Embedding(cfg.max_len, d)
         self.embed_ln = nn.LayerNorm(d)
-        layer = nn.TransformerEncoderLayer(
-            d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.body = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.body = transformer(d, cfg.n_layers, cfg.n_heads, cfg.dropout)
         self.final_ln = nn.LayerNorm(d)
         self.reward_head = nn.Linear(d, 1)
         self.query_key = nn.Linear(d, 2 * d)  # preference attention
@@ -94,8 +95,6 @@ class PreferenceTransformer(nn.Module):
 
         ``valid`` is False on padding (before or after the steps of the episode).
         """
-        from pbrl.offline.nets import attention_mask
-
         b, t = valid.shape
         x = (torch.cat([obs.float(), act.float()], -1) - self.in_mean) / self.in_std
         if positions is None:
@@ -139,37 +138,39 @@ class PreferenceTransformer(nn.Module):
             torch.as_tensor(s.mask, device=self.device),
         )
 
-    @torch.no_grad()
-    def preference_probs(
-        self, first: Segments, second: Segments, batch_size: int = 256
-    ) -> np.ndarray:
-        """P(second ≻ first), ``[N]``."""
-        self.eval()
-        out = []
-        for i in range(0, len(first), batch_size):
-            a, b = (
-                first[np.arange(i, min(i + batch_size, len(first)))],
-                second[np.arange(i, min(i + batch_size, len(first)))],
-            )
-            out.append(torch.sigmoid(self.score(*self._tensors(b)) - self.score(*self._tensors(a))))
-        return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+    def segment_returns(self, segments: Segments) -> torch.Tensor:
+        """Segment scores ``[1, N]`` (one model: a single "member")."""
+        return self.score(*self._tensors(segments))[None]
 
-    def accuracy(self, dataset: PreferenceDataset) -> float:
-        """Agreement with non-tied, non-skipped labels."""
-        keep = np.flatnonzero(np.isin(dataset.labels, (0.0, 1.0)))
-        if keep.size == 0:
-            return float("nan")
-        q = dataset.queries[keep]
-        p = self.preference_probs(q.first, q.second)
-        return float(np.mean((p > 0.5) == (dataset.labels[keep] == 1.0)))
+    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Per-step reward of steps seen without history (each a one-step window). The
+        model's rewards depend on context: relabel datasets with :meth:`relabel`."""
+        flat_o, flat_a = obs.reshape(-1, 1, obs.shape[-1]), act.reshape(-1, 1, act.shape[-1])
+        valid = torch.ones(flat_o.shape[:2], dtype=torch.bool, device=obs.device)
+        r, _ = self.step_rewards(flat_o, flat_a, valid)
+        return r.reshape(obs.shape[:-1])
+
+    @torch.no_grad()
+    def predict(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        self.eval()
+        out = [
+            self.reward(
+                torch.as_tensor(obs[i : i + batch_size], device=self.device),
+                torch.as_tensor(act[i : i + batch_size], device=self.device),
+            )
+            .cpu()
+            .numpy()
+            for i in range(0, len(obs), batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
-        """Train on every non-skipped label until train accuracy > threshold or the epoch cap."""
+        """One training round (:func:`~pbrl.rewards.base.fit_epochs`) on every non-skipped
+        label, with PT's warm-up and cosine learning-rate schedule over the round."""
         cfg = self.config
-        idx = dataset.trainable
-        if idx.size == 0:
-            return {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0}
-        data = dataset[idx]
+        data = trainable_pairs(dataset)
+        if data is None:
+            return dict(NOTHING_TO_FIT)
         q = data.queries
         if q.first.length > cfg.max_len:
             raise ValueError(
@@ -192,29 +193,30 @@ class PreferenceTransformer(nn.Module):
                 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
             ),
         )
-        loss_v, acc_v, epoch = float("nan"), 0.0, 0
+
+        def step(bi: torch.Tensor) -> tuple[float, float, float]:
+            logits = self.score(*(v[bi] for v in t2)) - self.score(*(v[bi] for v in t1))
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, y[bi])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            sched.step()
+            self.updates += 1
+            decided = (y[bi] != 0.5).float()
+            correct = (((logits > 0).float() == y[bi]).float() * decided).sum().item()
+            return loss.item(), correct, decided.sum().item()
+
         self.train()
-        for epoch in range(1, cfg.max_epochs + 1):
-            perm = torch.as_tensor(rng.permutation(n), device=self.device)
-            total, correct, counted = 0.0, 0.0, 0.0
-            for start in range(0, n, cfg.batch_size):
-                bi = perm[start : start + cfg.batch_size]
-                logits = self.score(*(v[bi] for v in t2)) - self.score(*(v[bi] for v in t1))
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, y[bi])
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                sched.step()
-                self.updates += 1
-                decided = (y[bi] != 0.5).float()
-                correct += (((logits > 0).float() == y[bi]).float() * decided).sum().item()
-                counted += decided.sum().item()
-                total += loss.item() * len(bi)
-            loss_v, acc_v = total / n, correct / max(counted, 1.0)
-            if acc_v > cfg.acc_threshold:
-                break
+        metrics = fit_epochs(
+            n,
+            cfg.batch_size,
+            cfg.max_epochs,
+            cfg.acc_threshold,
+            permute=lambda: torch.as_tensor(rng.permutation(n), device=self.device),
+            step=step,
+        )
         self.eval()
-        return {"loss": loss_v, "train_accuracy": acc_v, "epochs": epoch}
+        return metrics
 
     # -- relabeling --------------------------------------------------------------------------
     @torch.no_grad()

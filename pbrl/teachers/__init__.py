@@ -1,19 +1,11 @@
-"""Teachers answer queries: ``labels = teacher(queries)``.
+"""Teachers answer queries: ``labels = teacher(queries)`` (:class:`Teacher`), or later
+through ``submit``/``collect`` (:class:`AsyncTeacher`: people, remote models).
 
-Every teacher returns a float array with one label per query: 0 (first preferred),
-1 (second preferred), 0.5 (equal) or NaN (skip). Swapping teachers is a config change.
+Every teacher gives one float label per query: 0 (first preferred), 1 (second preferred),
+0.5 (equal) or NaN (skip). Swapping teachers is a config change.
 """
 
-from typing import Protocol
-
-import numpy as np
-
-from pbrl.data import Queries
+from pbrl.teachers.base import AsyncTeacher, Immediate, Teacher, as_async
 from pbrl.teachers.scripted import ScriptedTeacher
 
-
-class Teacher(Protocol):
-    def __call__(self, queries: Queries) -> np.ndarray: ...
-
-
-__all__ = ["ScriptedTeacher", "Teacher"]
+__all__ = ["AsyncTeacher", "Immediate", "ScriptedTeacher", "Teacher", "as_async"]

@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
-from pbrl.gui.store import LabelStore
+from pbrl.data.store import LabelStore
+from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 
 log = logging.getLogger("pbrl")
 
 
-class HumanTeacher:
+class HumanTeacher(AsyncTeacher):
     def __init__(
         self,
         store: str,

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pbrl.data import Queries
+from pbrl.data.preferences import sigmoid
+from pbrl.errors import ConfigError
 
 
-class TeacherConfigError(ValueError):
+class TeacherConfigError(ConfigError):
     """An invalid teacher parameter (raised when the teacher is built)."""
 
 
@@ -80,13 +82,3 @@ class ScriptedTeacher:
         if self.eps_skip > 0:
             labels = np.where(np.maximum(r1, r2) < self.eps_skip * margin, np.nan, labels)
         return labels
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Overflow-free logistic function."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
-
-
-def oracle_labels(queries: Queries) -> np.ndarray:
-    """Noise-free labels by true return (for accuracy diagnostics)."""
-    return ScriptedTeacher()(queries)

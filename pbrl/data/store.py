@@ -40,7 +40,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pbrl.data import PreferenceDataset, Queries, Segments
+from pbrl.data.preferences import PreferenceDataset, Queries, oracle_labels
+from pbrl.data.preferences import parse_label as _parse_label
+from pbrl.data.segments import Segments
 
 SCHEMA_VERSION = 1
 Aggregate = Literal["majority", "first", "per-annotator"]
@@ -136,26 +138,11 @@ class Answer:
 
 
 def parse_label(value: Any) -> float:
-    """0 / 1 / 0.5, ``None`` / NaN (skip), or the page's words left / right / equal / skip."""
-    words = {"left": 0.0, "first": 0.0, "right": 1.0, "second": 1.0, "equal": 0.5, "skip": math.nan}
-    if isinstance(value, str) and value.strip().lower() in words:
-        return words[value.strip().lower()]
-    if value is None:
-        return math.nan
-    if isinstance(value, bool):
-        raise BadInput(f"invalid label {value!r}")
+    """A label from the page or the CLI (see :func:`pbrl.data.preferences.parse_label`)."""
     try:
-        label = float(value)
-    except (TypeError, ValueError):
-        raise BadInput(
-            f"invalid label {value!r}: use left / right / equal / skip, or 0 / 1 / 0.5 / null"
-        ) from None
-    if math.isnan(label) or label in (0.0, 0.5, 1.0):
-        return label
-    raise BadInput(
-        f"invalid label {value!r}: use 0 (left/first better), 1 (right/second), "
-        "0.5 (equally good) or null (skip)"
-    )
+        return _parse_label(value)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def check_annotator(name: Any) -> str:
@@ -189,8 +176,6 @@ def decode_pair(blob: bytes) -> tuple[Segments, Segments]:
 def oracle_label(first: Segments, second: Segments) -> float | None:
     """The scripted oracle's label for one pair (as the trainer's diagnostics compute it),
     or None when the segments carry no true reward (e.g. an offline dataset without one)."""
-    from pbrl.teachers.scripted import oracle_labels
-
     if not (np.any(first.true_reward) or np.any(second.true_reward)):
         return None
     return float(oracle_labels(Queries(first, second))[0])

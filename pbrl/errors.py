@@ -1,0 +1,45 @@
+"""The one user-facing error type, and building typed settings from config values.
+
+Every problem a user can fix (a bad setting, a missing dataset, a malformed label file) is a
+:class:`ConfigError` raised where the input enters; each entry point (``pbrl.train``,
+``pbrl.label``, ``python -m pbrl.regret``) catches it once and prints it as one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user-facing problem with settings or input: the message names it and the fix."""
+
+
+def closest(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """`` (did you mean X?)`` for the nearest valid name, or an empty string."""
+    match = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def make_config(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
+    """``cls(**values)`` for a settings dataclass; an unknown key is a :class:`ConfigError`
+    that names it, the closest valid key and all valid keys (``where`` is the config path)."""
+    assert is_dataclass(cls)
+    names = {f.name for f in fields(cls)}
+    values = dict(values or {})
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {where} key(s) {', '.join(unknown)}{closest(unknown[0], names)}: "
+            f"{cls.__name__} takes {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

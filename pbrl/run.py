@@ -1,0 +1,173 @@
+"""The run contract online and offline runs share: seeding and device, evaluation on the
+true reward (with a random-policy baseline and held-out reward-model accuracy), label
+statistics, and ``summary.json``.
+
+A run directory holds ``config.yaml``, ``summary.json``, ``tb/`` (TensorBoard + CSV) and
+``checkpoint/``; videos go to ``<video.root>/<name>_<run dir name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pbrl.data import PreferenceDataset, Queries
+from pbrl.data.preferences import oracle_labels
+from pbrl.errors import ConfigError
+from pbrl.evaluation import EvalResult, Policy, evaluate, peak_rss_mb
+from pbrl.rewards.base import RewardModel
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunSeeds:
+    """Every seed a run derives from its one ``seed``; evaluation never reuses a training
+    env's seed."""
+
+    seed: int
+
+    @property
+    def eval(self) -> int:  # evaluation episodes of the policy
+        return self.seed + 10_000
+
+    @property
+    def random(self) -> int:  # the random-policy baseline's episodes
+        return self.seed + 20_000
+
+    @property
+    def test_queries(self) -> int:  # held-out pairs for the reward model's test accuracy
+        return self.seed + 30_000
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"device={name!r} is unknown: choose one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name} but this machine has no CUDA device: use device=auto or device=cpu"
+        )
+    return torch.device(name)
+
+
+def setup(
+    seed: int, device: str, torch_threads: int = 0
+) -> tuple[np.random.Generator, torch.device]:
+    """Seed Python, numpy and torch from ``seed``; set torch's intra-op threads (0 keeps
+    torch's default); return the run's generator and its device."""
+    from stable_baselines3.common.utils import set_random_seed
+
+    if torch_threads > 0:
+        torch.set_num_threads(int(torch_threads))
+    set_random_seed(int(seed))
+    return np.random.default_rng(int(seed)), resolve_device(device)
+
+
+def label_stats(prefs: PreferenceDataset) -> dict[str, float]:
+    """``preferences/*`` figures of a batch of labels: skipped and tied fractions, and
+    agreement with the noise-free oracle where it decided."""
+    labels = prefs.labels
+    decided = ~np.isnan(labels)
+    out = {
+        "skipped_fraction": float(np.mean(~decided)),
+        "tie_fraction": float(np.mean(labels == 0.5)),
+    }
+    if decided.any():
+        oracle = oracle_labels(prefs.queries)
+        out["oracle_agreement"] = float(np.mean(labels[decided] == oracle[decided]))
+    return out
+
+
+@dataclass
+class Evaluation:
+    """Evaluation settings of a run: the policy on the true reward (optionally with a video
+    and its learned return), the random baseline, the reward model's held-out accuracy."""
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    seeds: RunSeeds
+    n_episodes: int = 5
+    random_episodes: int = 5
+    test_queries: int = 500
+    video_dir: Path | None = None  # None: no videos
+    video_size: tuple[int, int] = (240, 240)
+
+    def policy(
+        self,
+        act: Policy,
+        reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        video_name: str | None = None,
+        on_reset: Callable[[], None] | None = None,
+    ) -> EvalResult:
+        video = (
+            None if self.video_dir is None or video_name is None else self.video_dir / video_name
+        )
+        return evaluate(
+            self.env_id,
+            act,
+            self.n_episodes,
+            self.seeds.eval,
+            reward_fn=reward_fn,
+            video_path=video,
+            video_size=self.video_size,
+            env_kwargs=self.env_kwargs,
+            on_reset=on_reset,
+        )
+
+    def random(self) -> EvalResult:
+        return evaluate(
+            self.env_id, None, self.random_episodes, self.seeds.random, env_kwargs=self.env_kwargs
+        )
+
+    def test_accuracy(
+        self, model: RewardModel, sample: Callable[[int, np.random.Generator], Queries]
+    ) -> float:
+        """Agreement with the oracle on ``test_queries`` fresh pairs from ``sample(n, rng)``."""
+        queries = sample(self.test_queries, np.random.default_rng(self.seeds.test_queries))
+        return float(model.accuracy(PreferenceDataset(queries, oracle_labels(queries))))
+
+
+@dataclass
+class RunSummary:
+    """``summary.json``: the same fields, of the same types, for every run."""
+
+    exp: str
+    algo: str
+    env_id: str
+    seed: int
+    total_timesteps: int  # env steps online, gradient steps offline
+    num_labels: int  # trainable labels (skips excluded)
+    num_queries: int  # queries asked (or read from a label file)
+    teacher: dict[str, Any] | None  # the teacher's config, {"source": "file", ...}, or None
+    eval_true_return_mean: float
+    eval_true_return_std: float
+    eval_learned_return_mean: float | None
+    random_true_return_mean: float
+    reward_model_test_accuracy: float | None
+    videos: list[str]
+    tensorboard_dir: str
+    resumed: bool
+    started_at: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)  # what a kind of run adds
+
+    def write(self, run_dir: Path) -> dict[str, Any]:
+        out = asdict(self)
+        extra, started = out.pop("extra"), out.pop("started_at")
+        out.update(extra)
+        out["wall_time_s"] = time.time() - started
+        out["peak_rss_mb"] = peak_rss_mb()
+        tmp = run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(out, indent=2))
+        tmp.replace(run_dir / "summary.json")
+        return out

@@ -1,0 +1,65 @@
+"""The two teacher interfaces.
+
+* :class:`Teacher`: ``labels = teacher(queries)``, answered at once (scripted, regret,
+  reward-factor teachers). Labels: 0 first preferred, 1 second, 0.5 equal, NaN skip.
+* :class:`AsyncTeacher`: answers arrive later (people on the labeling page, remote models):
+  ``submit(queries)`` hands a round over, ``collect()`` returns whatever was answered since
+  the last call, ``close()`` releases what the teacher holds. The online loop only speaks
+  this one; :func:`as_async` puts a synchronous teacher behind it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pbrl.data import PreferenceDataset, Queries
+
+
+class Teacher(Protocol):
+    def __call__(self, queries: Queries) -> np.ndarray: ...
+
+
+class AsyncTeacher(ABC):
+    @abstractmethod
+    def submit(self, queries: Queries) -> None:
+        """Hand a round's queries over to be answered."""
+
+    @abstractmethod
+    def collect(self) -> PreferenceDataset | None:
+        """Answers that arrived since the last call (None when there are none)."""
+
+    def close(self) -> None:
+        """Release what the teacher holds (a served page, a connection)."""
+
+    def show_eval_video(
+        self, path: str | Path, step: int | None = None, true_return: float | None = None
+    ) -> None:
+        """A new evaluation video of the policy exists (a page may show it to people)."""
+
+
+class Immediate(AsyncTeacher):
+    """A synchronous :class:`Teacher` behind the asynchronous interface: each submitted round
+    is answered at once, and ``collect`` returns it, annotated with the teacher's class name."""
+
+    def __init__(self, teacher: Teacher) -> None:
+        self.teacher = teacher
+        self.name = type(teacher).__name__
+        self._answered: list[PreferenceDataset] = []
+
+    def submit(self, queries: Queries) -> None:
+        labels = self.teacher(queries)
+        self._answered.append(PreferenceDataset(queries, labels, np.full(len(queries), self.name)))
+
+    def collect(self) -> PreferenceDataset | None:
+        done, self._answered = self._answered, []
+        if not done:
+            return None
+        return done[0] if len(done) == 1 else PreferenceDataset.concatenate(done)
+
+
+def as_async(teacher: Teacher | AsyncTeacher) -> AsyncTeacher:
+    return teacher if isinstance(teacher, AsyncTeacher) else Immediate(teacher)
