@@ -184,6 +184,7 @@ class RewardEnsemble(PreferenceScoring, nn.Module):
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(
             {
+                "kind": "ensemble",
                 "obs_dim": self.obs_dim,
                 "act_dim": self.act_dim,
                 "config": asdict(self.config),

@@ -260,6 +260,7 @@ class PreferenceTransformer(PreferenceScoring, nn.Module):
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(
             {
+                "kind": "transformer",
                 "obs_dim": self.obs_dim,
                 "act_dim": self.act_dim,
                 "config": asdict(self.config),
