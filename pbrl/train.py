@@ -9,18 +9,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pbrl.errors import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pbrl")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem."""
 
 
 def choices(group: str) -> list[str]:
@@ -106,17 +104,17 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
         else:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
         validate(cfg)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        if cfg.algo.get("kind", "online") == "offline":
+            from pbrl.offline import run_offline
+
+            summary = run_offline(cfg, run_dir)
+        else:
+            from pbrl.online.trainer import run_online
+
+            summary = run_online(cfg, run_dir)
     except ConfigError as exc:  # Hydra would print a traceback for an Exception
         fail(exc)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    if cfg.algo.get("kind", "online") == "offline":
-        from pbrl.offline import run_offline
-
-        summary = run_offline(cfg, run_dir)
-    else:
-        from pbrl.online.trainer import run_online
-
-        summary = run_online(cfg, run_dir)
     log.info("summary: %s", run_dir / "summary.json")
     print(
         f"eval_true_return_mean={summary['eval_true_return_mean']:.1f} "
@@ -126,7 +124,7 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def fail(exc: Exception) -> None:
+def fail(exc: Exception) -> NoReturn:
     print(f"pbrl.train: error: {exc}", file=sys.stderr)
     sys.exit(2)
 

@@ -59,11 +59,7 @@ def common_overrides(a: argparse.Namespace) -> list[str]:
 def method_overrides(method: str, a: argparse.Namespace) -> list[str]:
     """Smaller transformers than the papers' (CPU budget); the MLP methods keep theirs."""
     small = {
-        "pt_iql": [
-            "algo.transformer.embed_dim=64",
-            "algo.transformer.n_heads=2",
-            f"algo.transformer.max_epochs={a.reward_epochs}",
-        ],
+        "pt_iql": ["reward.embed_dim=64", "reward.n_heads=2"],  # reward.max_epochs: common
         "cpl": ["algo.hidden=256", "algo.batch_size=16", f"algo.bc_steps={a.steps // 5}"],
         "oppo": [
             "algo.encoder_embed=64",

@@ -28,13 +28,6 @@ TINY = "pbrl-tiny"
 TINY_ALGO = {
     "iql": ["algo.batch_size=32", "algo.hidden=32"],
     "iql_oracle": ["algo.batch_size=32", "algo.hidden=32"],
-    "pt_iql": [
-        "algo.batch_size=32",
-        "algo.hidden=32",
-        "algo.transformer.embed_dim=16",
-        "algo.transformer.n_heads=2",
-        "algo.transformer.max_epochs=2",
-    ],
     "bc": ["algo.batch_size=32", "algo.hidden=32"],
     "cpl": ["algo.batch_size=8", "algo.hidden=32", "algo.bc_steps=4", "algo.bc_coeff=0.5"],
     "oppo": [
@@ -57,6 +50,10 @@ TINY_ALGO = {
         "algo.ema_every=1",
         "algo.critic_hidden=32",
     ],
+}
+TINY_REWARD = {  # reward.kind -> overrides (reward.max_epochs is in TINY_RUN)
+    "ensemble": [],
+    "transformer": ["reward.embed_dim=16", "reward.n_heads=2"],
 }
 TINY_RUN = [
     "dataset=tiny",
@@ -154,7 +151,8 @@ def test_make_dataset_round_trip(store) -> None:  # type: ignore[no-untyped-def]
 def compose_exp(exp: str, extra: list[str]):  # type: ignore[no-untyped-def]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"+exp={exp}", *extra])
-        return compose("config", overrides=[f"+exp={exp}", *extra, *TINY_ALGO[cfg.algo.name]])
+        small = [*TINY_ALGO[cfg.algo.name], *TINY_REWARD[cfg.reward.kind]]
+        return compose("config", overrides=[f"+exp={exp}", *extra, *small])
 
 
 @pytest.mark.parametrize("exp", OFFLINE_EXPS)
@@ -172,10 +170,10 @@ def test_offline_experiment_runs(exp: str, store, tmp_path, monkeypatch) -> None
     assert summary["eval_d4rl_normalized_score_mean"] is not None
     assert list(Path(summary["tensorboard_dir"]).glob("events.out.tfevents.*"))
     assert (tmp_path / "checkpoint" / "trainer.pt").exists()
-    needs_labels = bool(cfg.algo.preferences)
+    needs_labels = bool(cfg.algo.preference)
     assert (summary["num_labels"] > 0) == needs_labels
     assert (tmp_path / "preferences.npz").exists() == needs_labels
-    has_reward_model = cfg.algo.name in ("iql", "pt_iql", "dtr")
+    has_reward_model = bool(cfg.algo.get("learn_reward", False))
     assert (summary["reward_model_test_accuracy"] is not None) == has_reward_model
 
 
@@ -248,4 +246,4 @@ def test_labels_from_a_file(store, tmp_path, monkeypatch) -> None:  # type: igno
         run_dir = tmp_path / path.suffix[1:]
         cfg = compose_exp("offline_tiny", [*TINY_RUN, "algo=cpl", f"dataset.preferences={path}"])
         summary = run_offline(cfg, run_dir)
-        assert summary["teacher"] == "file" and summary["num_queries"] == 12
+        assert summary["teacher"]["source"] == "file" and summary["num_queries"] == 12

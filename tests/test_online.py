@@ -168,10 +168,10 @@ def test_prefppo_runs_on_batched_backends(sim, tmp_path, monkeypatch):
 
 
 def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypatch):
-    from pbrl.online import trainer
+    from pbrl.online import pebble
 
     seen = {}
-    original = trainer.relabel_buffer
+    original = pebble.relabel_buffer
 
     def spy(buffer, model, *args):
         original(buffer, model, *args)
@@ -183,7 +183,7 @@ def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypat
         )
         seen["n"] = n
 
-    monkeypatch.setattr(trainer, "relabel_buffer", spy)
+    monkeypatch.setattr(pebble, "relabel_buffer", spy)
     monkeypatch.chdir(tmp_path)
     run_online(compose_exp("quickstart", ["video.enabled=false"]), tmp_path / "run")
     assert seen["n"] > 0 and seen["max_err"] < 1e-6

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,13 +159,18 @@ class PreferenceDataset:
         )
 
     # -- files -------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically (temp file + rename), so a crash never leaves half a dataset."""
+    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
+        """Write atomically (temp file + rename), so a crash never leaves half a dataset.
+
+        ``meta``: JSON-able values stored in the same file (e.g. the online loop's counters,
+        which must never disagree with the labels); read back by :meth:`load_with_meta`."""
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {"format": "pbrl.preferences", "version": FORMAT_VERSION, "n": len(self)}
+        if meta:
+            header["meta"] = meta
         arrays = {
             **self.queries.first.to_arrays("first/"),
             **self.queries.second.to_arrays("second/"),
@@ -186,6 +192,11 @@ class PreferenceDataset:
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> PreferenceDataset:
+        return PreferenceDataset.load_with_meta(path)[0]
+
+    @staticmethod
+    def load_with_meta(path: str | os.PathLike[str]) -> tuple[PreferenceDataset, dict[str, Any]]:
+        """The dataset and the ``meta`` it was saved with ({} if none)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"preference dataset {path} does not exist")
@@ -205,6 +216,7 @@ class PreferenceDataset:
             Segments.from_arrays(arrays, "second/"),
             arrays["query_id"],
         )
-        return PreferenceDataset(
+        data = PreferenceDataset(
             queries, arrays["labels"], arrays["annotator"], arrays["answered_at"]
         )
+        return data, dict(header.get("meta", {}))

@@ -8,26 +8,27 @@ medium-expert) and roughly match on single-policy data (medium). CORL settings: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from pbrl.data import PreferenceDataset
+from pbrl.data.offline import OfflineDataset
 from pbrl.offline.common import (
     Agent,
     Batch,
+    LearnedReward,
     ObsNormalizer,
+    OfflineAlgoConfig,
     OfflineTrainer,
     PolicyAgent,
     TransitionSampler,
 )
 from pbrl.offline.nets import mlp
 
-if TYPE_CHECKING:
-    from pbrl.offline.runner import OfflineContext
-
 
 @dataclass
-class BCConfig:
+class BCConfig(OfflineAlgoConfig):
+    name: str = "bc"
     batch_size: int = 256
     learning_rate: float = 3e-4
     hidden: int = 256
@@ -73,8 +74,15 @@ class BC(OfflineTrainer):
         return PolicyAgent(self.actor, self.norm, self.device)
 
 
-def build(ctx: OfflineContext) -> BC:
-    cfg = ctx.algo_config(BCConfig)
-    norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
-    sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards=None)
-    return BC(sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.device)
+def build(
+    config: BCConfig,
+    data: OfflineDataset,
+    labels: PreferenceDataset | None,
+    reward: LearnedReward | None,
+    total_steps: int,
+    device: torch.device,
+    seed: int,
+) -> BC:
+    norm = ObsNormalizer(data, config.normalize_obs)
+    sampler = TransitionSampler(data, norm, device, rewards=None)
+    return BC(sampler, norm, data.obs_dim, data.act_dim, config, device)

@@ -1,37 +1,69 @@
-"""What every offline algorithm shares: batches from a dataset, the agent interface and its
-evaluation on the true reward, and the base class the runner trains and checkpoints."""
+"""What every offline algorithm shares: the runner's fields of its config, the reward learned
+from the labels, batches from a dataset, the agent interface, and the base class the runner
+trains and checkpoints.
+
+Every algorithm module has ``build(config, data, labels, reward, total_steps, device, seed)
+-> OfflineTrainer`` (the same signature for all; unused arguments are ignored), and the
+runner's registry (:data:`pbrl.offline.runner.ALGORITHMS`) maps ``algo.name`` to the config
+dataclass and that function.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset
-from pbrl.evaluation import EvalResult, evaluate
+from pbrl.errors import ConfigError
+from pbrl.rewards.base import RewardModel
 
 Batch = dict[str, torch.Tensor]
-C = TypeVar("C")
 
 
-def make_config(cls: type[C], values: dict[str, Any], where: str) -> C:
-    """Build an algorithm's config dataclass, naming unknown keys in the error."""
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown {where} key(s) {', '.join(unknown)}: "
-            f"{cls.__name__} takes {', '.join(sorted(names))}"
+@dataclass
+class OfflineAlgoConfig:
+    """The keys every offline ``conf/algo/<name>.yaml`` has; each algorithm's config
+    dataclass adds its own, so the whole group is the config (no key is stripped)."""
+
+    name: str = ""  # the registry key (pbrl.offline.runner.ALGORITHMS)
+    kind: str = "offline"  # pbrl.train runs offline algos with pbrl.offline.run_offline
+    preference: bool = False  # learns from preference labels (scripted or dataset.preferences)
+    learn_reward: bool = False  # fit the ``reward`` group's model on the labels, relabel the data
+
+    #: ``reward.kind`` values the algorithm can use when it learns a reward (empty: any)
+    reward_kinds: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass
+class LearnedReward:
+    """The reward model fit on the labels, and every dataset transition relabeled by it."""
+
+    model: RewardModel
+    rewards: np.ndarray  # [N] float32, in the dataset's transition order
+
+
+def require_labels(labels: PreferenceDataset | None, algo: str) -> PreferenceDataset:
+    """The labels an algorithm trains on; a :class:`ConfigError` when there are none."""
+    if labels is None:
+        raise ConfigError(
+            f"algo {algo} learns from preference labels: set algo.preference=true and "
+            "max_feedback > 0 (or dataset.preferences=FILE)"
         )
-    return cls(**values)
+    if len(labels.trainable) == 0:
+        raise ConfigError(
+            f"algo {algo} needs preference labels, but all {len(labels)} are skips: "
+            "raise max_feedback or bring a label file with decided labels (dataset.preferences)"
+        )
+    return labels
 
 
-# -- agents and evaluation -----------------------------------------------------------------
+# -- agents --------------------------------------------------------------------------------
 
 
 class Agent(Protocol):
@@ -72,30 +104,6 @@ class PolicyAgent:
     def act(self, obs: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(self.norm(obs[None]), device=self.device)
         return self.fn(x)[0].cpu().numpy()
-
-
-def evaluate_agent(
-    env_id: str,
-    agent: Agent,
-    n_episodes: int,
-    seed: int,
-    env_kwargs: dict[str, Any] | None = None,
-    reward_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-    video_path: str | Path | None = None,
-    video_size: tuple[int, int] = (240, 240),
-) -> EvalResult:
-    """:func:`pbrl.evaluation.evaluate` for agents with memory (``reset`` per episode)."""
-    return evaluate(
-        env_id,
-        agent.act,
-        n_episodes,
-        seed,
-        reward_fn=reward_fn,
-        video_path=video_path,
-        video_size=video_size,
-        env_kwargs=env_kwargs,
-        on_reset=agent.reset,
-    )
 
 
 # -- batches -------------------------------------------------------------------------------

@@ -17,29 +17,31 @@ policy on the data, as in the paper's code. Paper (Meta-World): α 0.1, λ 0.5, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pbrl.data import PreferenceDataset
+from pbrl.data.offline import OfflineDataset
 from pbrl.offline.common import (
     Agent,
     Batch,
+    LearnedReward,
     ObsNormalizer,
+    OfflineAlgoConfig,
     OfflineTrainer,
     PolicyAgent,
     TransitionSampler,
+    require_labels,
 )
 from pbrl.offline.nets import GaussianPolicy
 
-if TYPE_CHECKING:
-    from pbrl.offline.runner import OfflineContext
-
 
 @dataclass
-class CPLConfig:
+class CPLConfig(OfflineAlgoConfig):
+    name: str = "cpl"
+    preference: bool = True
     alpha: float = 0.1  # temperature: A* = alpha log pi
     conservative: float = 0.5  # λ, the weight of the rejected segment's score
     bc_coeff: float = 0.0  # weight of -log pi on dataset transitions
@@ -137,10 +139,16 @@ class CPL(OfflineTrainer):
         return PolicyAgent(self.policy.act, self.norm, self.device)
 
 
-def build(ctx: OfflineContext) -> CPL:
-    cfg = ctx.algo_config(CPLConfig)
-    norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
-    sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards=np.zeros(len(ctx.data)))
-    return CPL(
-        ctx.require_prefs(), sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.device
-    )
+def build(
+    config: CPLConfig,
+    data: OfflineDataset,
+    labels: PreferenceDataset | None,
+    reward: LearnedReward | None,
+    total_steps: int,
+    device: torch.device,
+    seed: int,
+) -> CPL:
+    prefs = require_labels(labels, config.name)
+    norm = ObsNormalizer(data, config.normalize_obs)
+    sampler = TransitionSampler(data, norm, device, rewards=np.zeros(len(data)))
+    return CPL(prefs, sampler, norm, data.obs_dim, data.act_dim, config, device)

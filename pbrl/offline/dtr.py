@@ -24,29 +24,39 @@ from __future__ import annotations
 
 import copy
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from pbrl.data import PreferenceDataset
+from pbrl.data.offline import OfflineDataset
+from pbrl.errors import ConfigError
 from pbrl.offline.common import (
     Agent,
     Batch,
+    LearnedReward,
     ObsNormalizer,
+    OfflineAlgoConfig,
     OfflineTrainer,
     WindowSampler,
     soft_update,
 )
 from pbrl.offline.nets import DecisionTransformer, TwinQ, init_weights
+from pbrl.rewards import RewardEnsemble
 
-if TYPE_CHECKING:
-    from pbrl.offline.runner import OfflineContext
+RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
-class DTRConfig:
+class DTRConfig(OfflineAlgoConfig):
+    name: str = "dtr"
+    preference: bool = True
+    learn_reward: bool = True  # the ensemble of the ``reward`` group (reward=ensemble)
+    reward_kinds: ClassVar[tuple[str, ...]] = ("ensemble",)  # its members are normalized
     embed_dim: int = 256
     n_layers: int = 4
     n_heads: int = 4
@@ -120,7 +130,7 @@ class DTR(OfflineTrainer):
         self,
         sampler: WindowSampler,
         norm: ObsNormalizer,
-        reward_fn: object,
+        reward_fn: RewardFn,
         rtg_scale: float,
         best_return: float,
         obs_dim: int,
@@ -232,7 +242,7 @@ class QGuidedAgent:
         self,
         actor: DecisionTransformer,
         critic: TwinQ,
-        reward_fn: object,
+        reward_fn: RewardFn,
         initial_rtgs: list[float],
         rtg_scale: float,
         norm: ObsNormalizer,
@@ -277,56 +287,67 @@ class QGuidedAgent:
         q = self.critic.min(t(o)[None].expand(c, -1), pred)
         action = pred[int(torch.argmax(q))].cpu().numpy()
         self.acts[-1] = action
-        r = float(self.reward_fn(obs[None].astype(np.float32), action[None])[0])  # type: ignore[operator]
+        r = float(self.reward_fn(obs[None].astype(np.float32), action[None])[0])
         self.rtg = self.rtg - r
         self.t += 1
         return action
 
 
-def build(ctx: OfflineContext) -> DTR:
-    cfg = ctx.algo_config(DTRConfig)
-    ensemble = ctx.reward_ensemble()
+def build(
+    config: DTRConfig,
+    data: OfflineDataset,
+    labels: PreferenceDataset | None,
+    reward: LearnedReward | None,
+    total_steps: int,
+    device: torch.device,
+    seed: int,
+) -> DTR:
+    if reward is None or not isinstance(reward.model, RewardEnsemble):
+        raise ConfigError(
+            f"algo {config.name} needs a reward ensemble learned from the labels: "
+            "set reward=ensemble and algo.learn_reward=true"
+        )
+    ensemble = reward.model
     members = np.concatenate(
         [  # [E, N], in chunks
             ensemble.members(
-                torch.as_tensor(ctx.data.observations[i : i + 65536], device=ctx.device),
-                torch.as_tensor(ctx.data.actions[i : i + 65536], device=ctx.device),
+                torch.as_tensor(data.observations[i : i + 65536], device=device),
+                torch.as_tensor(data.actions[i : i + 65536], device=device),
             )
             .detach()
             .cpu()
             .numpy()
-            for i in range(0, len(ctx.data), 65536)
+            for i in range(0, len(data), 65536)
         ],
         1,
     )
     rewards, mean, std = normalize_ensemble(members)
-    ctx.note_learned_rewards(rewards)
 
     def reward_fn(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             e = (
                 ensemble.members(
-                    torch.as_tensor(obs, device=ctx.device), torch.as_tensor(act, device=ctx.device)
+                    torch.as_tensor(obs, device=device), torch.as_tensor(act, device=device)
                 )
                 .cpu()
                 .numpy()
             )
         return ((e - mean[:, None]) / std[:, None]).mean(0)
 
-    returns = ctx.data.episode_returns(rewards)
+    returns = data.episode_returns(rewards)
     best = float(returns.max())
     rtg_scale = float(np.abs(returns).max()) or 1.0
-    norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
-    sampler = WindowSampler(ctx.data, norm, cfg.context, ctx.device, rewards, rtg_scale)
+    norm = ObsNormalizer(data, config.normalize_obs)
+    sampler = WindowSampler(data, norm, config.context, device, rewards, rtg_scale)
     return DTR(
         sampler,
         norm,
         reward_fn,
         rtg_scale,
         best,
-        ctx.data.obs_dim,
-        ctx.data.act_dim,
-        cfg,
-        ctx.total_steps,
-        ctx.device,
+        data.obs_dim,
+        data.act_dim,
+        config,
+        total_steps,
+        device,
     )

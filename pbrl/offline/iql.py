@@ -1,9 +1,10 @@
-"""Implicit Q-Learning (Kostrikov et al. 2022) on a reward chosen by config:
+"""Implicit Q-Learning (Kostrikov et al. 2022) on the dataset's own reward or a learned one:
 
-* ``reward_source: true_reward`` — the dataset's own reward (the oracle baseline);
-* ``reward_source: ensemble`` — relabeled by a Bradley–Terry MLP ensemble trained on the
-  preference labels (the Uni-RLHF / PT pipeline, "preference IQL");
-* ``reward_source: transformer`` — relabeled by a Preference Transformer.
+* ``algo=iql_oracle`` (``learn_reward: false``) — the dataset's true reward (the oracle);
+* ``algo=iql`` (``learn_reward: true``) — every transition relabeled by the reward model the
+  ``reward`` config group picks, trained on the preference labels: the Bradley–Terry MLP
+  ensemble (``reward=ensemble``, the Uni-RLHF / PT pipeline, "preference IQL") or the
+  Preference Transformer (``reward=transformer``).
 
 Losses, with u = min(Q'_1, Q'_2)(s, a) - V(s):
   L_V = E[|τ - 1(u < 0)| u²]                                  (expectile regression)
@@ -18,15 +19,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from pbrl.data import PreferenceDataset
+from pbrl.data.offline import OfflineDataset
+from pbrl.errors import ConfigError
 from pbrl.offline.common import (
     Agent,
     Batch,
+    LearnedReward,
     ObsNormalizer,
+    OfflineAlgoConfig,
     OfflineTrainer,
     PolicyAgent,
     TransitionSampler,
@@ -34,13 +39,12 @@ from pbrl.offline.common import (
 )
 from pbrl.offline.nets import GaussianPolicy, TwinQ, mlp
 
-if TYPE_CHECKING:
-    from pbrl.offline.runner import OfflineContext
-
 
 @dataclass
-class IQLConfig:
-    reward_source: str = "ensemble"  # true_reward | ensemble | transformer
+class IQLConfig(OfflineAlgoConfig):
+    name: str = "iql"
+    preference: bool = True
+    learn_reward: bool = True  # false: the dataset's true reward (iql_oracle)
     expectile: float = 0.7  # τ of the value's expectile regression
     beta: float = 3.0  # inverse temperature of the advantage weights
     max_weight: float = 100.0  # clip of exp(β A)
@@ -55,6 +59,14 @@ class IQLConfig:
     learned_reward_norm: str = "minmax"  # minmax: learned rewards to [0, 1] first | none
     reward_scale: str = "returns"  # returns: r * 1000 / (max - min episode return) | none
     normalize_obs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.learned_reward_norm not in ("minmax", "none"):
+            raise ConfigError(
+                f"algo.learned_reward_norm={self.learned_reward_norm!r}: use minmax or none"
+            )
+        if self.reward_scale not in ("returns", "none"):
+            raise ConfigError(f"algo.reward_scale={self.reward_scale!r}: use returns or none")
 
 
 # -- losses (pure functions, unit-tested against hand-computed values) ---------------------
@@ -177,26 +189,29 @@ class IQLTrainer(IQL):
         return PolicyAgent(self.actor.act, self.norm, self.device)
 
 
-def build(ctx: OfflineContext) -> IQLTrainer:
-    cfg = ctx.algo_config(IQLConfig)
-    if cfg.reward_source == "true_reward":
-        rewards = ctx.true_rewards()
-    elif cfg.reward_source in ("ensemble", "transformer"):
-        rewards = ctx.learned_rewards(cfg.reward_source)
-        if cfg.learned_reward_norm == "minmax":
-            rewards = minmax_rewards(rewards)
-        elif cfg.learned_reward_norm != "none":
-            raise ValueError(
-                f"algo.learned_reward_norm={cfg.learned_reward_norm!r}: use minmax or none"
+def build(
+    config: IQLConfig,
+    data: OfflineDataset,
+    labels: PreferenceDataset | None,
+    reward: LearnedReward | None,
+    total_steps: int,
+    device: torch.device,
+    seed: int,
+) -> IQLTrainer:
+    if reward is None:
+        rewards = data.rewards
+        if np.isnan(rewards).any():
+            raise ConfigError(
+                f"algo {config.name} has no reward: a preference run hides the dataset's; "
+                "set algo.learn_reward=true (a reward from the labels) or "
+                "algo.preference=false (the true reward)"
             )
     else:
-        raise ValueError(
-            f"algo.reward_source={cfg.reward_source!r}: use true_reward, ensemble or transformer"
-        )
-    if cfg.reward_scale == "returns":
-        rewards = scale_rewards(rewards, ctx.data.episode_returns(rewards))
-    norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
-    sampler = TransitionSampler(ctx.data, norm, ctx.device, rewards)
-    return IQLTrainer(
-        sampler, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.total_steps, ctx.device
-    )
+        rewards = reward.rewards
+        if config.learned_reward_norm == "minmax":
+            rewards = minmax_rewards(rewards)
+    if config.reward_scale == "returns":
+        rewards = scale_rewards(rewards, data.episode_returns(rewards))
+    norm = ObsNormalizer(data, config.normalize_obs)
+    sampler = TransitionSampler(data, norm, device, rewards)
+    return IQLTrainer(sampler, norm, data.obs_dim, data.act_dim, config, total_steps, device)

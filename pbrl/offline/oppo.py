@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,16 +29,24 @@ from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
-from pbrl.offline.common import Agent, Batch, ObsNormalizer, OfflineTrainer
+from pbrl.errors import ConfigError
+from pbrl.offline.common import (
+    Agent,
+    Batch,
+    LearnedReward,
+    ObsNormalizer,
+    OfflineAlgoConfig,
+    OfflineTrainer,
+    require_labels,
+)
 from pbrl.offline.nets import DecisionTransformer, init_weights
 from pbrl.rewards.nets import attention_mask, transformer
 
-if TYPE_CHECKING:
-    from pbrl.offline.runner import OfflineContext
-
 
 @dataclass
-class OPPOConfig:
+class OPPOConfig(OfflineAlgoConfig):
+    name: str = "oppo"
+    preference: bool = True
     z_dim: int = 8  # preference embedding size
     encoder_embed: int = 128
     encoder_layers: int = 3
@@ -131,7 +138,10 @@ class SegmentSource:
     ) -> None:
         decided = np.flatnonzero(np.isin(prefs.labels, (0.0, 1.0)))
         if decided.size == 0:
-            raise ValueError("OPPO needs labels with a winner (0 or 1); all are ties or skips")
+            raise ConfigError(
+                "OPPO needs labels with a winner (0 or 1), but all are ties or skips: "
+                "lower dataset.tie_threshold or bring labels that pick a segment"
+            )
         q = prefs.queries[decided]
         n = len(decided)
         both = Segments.concatenate([q.first, q.second])
@@ -334,10 +344,18 @@ class ContextAgent:
         return pred
 
 
-def build(ctx: OfflineContext) -> OPPO:
-    cfg = ctx.algo_config(OPPOConfig)
-    norm = ObsNormalizer(ctx.data, cfg.normalize_obs)
-    source = SegmentSource(ctx.require_prefs(), ctx.data, norm, ctx.device)
-    trainer = OPPO(source, norm, ctx.data.obs_dim, ctx.data.act_dim, cfg, ctx.device)
-    trainer.gen.manual_seed(int(ctx.cfg.seed) + 1)
+def build(
+    config: OPPOConfig,
+    data: OfflineDataset,
+    labels: PreferenceDataset | None,
+    reward: LearnedReward | None,
+    total_steps: int,
+    device: torch.device,
+    seed: int,
+) -> OPPO:
+    prefs = require_labels(labels, config.name)
+    norm = ObsNormalizer(data, config.normalize_obs)
+    source = SegmentSource(prefs, data, norm, device)
+    trainer = OPPO(source, norm, data.obs_dim, data.act_dim, config, device)
+    trainer.gen.manual_seed(int(seed) + 1)
     return trainer

@@ -1,20 +1,25 @@
 """The offline runner: dataset -> preference labels -> (reward model) -> algorithm -> evaluation.
 
 ``python -m pbrl.train +exp=offline_iql_hopper`` reaches :func:`run_offline` through
-``algo.kind: offline``. The summary follows the online runs' contract (``summary.json``),
-with ``total_timesteps`` counting gradient steps, plus normalized scores.
+``algo.kind: offline``. ``algo.name`` picks the algorithm from :data:`ALGORITHMS`; the whole
+``algo`` group is its config dataclass. The runner makes the labels when the algorithm
+learns from them (``algo.preference``), fits the ``reward`` group's model on them and
+relabels the dataset when it learns a reward (``algo.learn_reward``), then trains and
+evaluates. The summary follows the shared run contract (:class:`pbrl.run.RunSummary`),
+with ``total_timesteps`` counting gradient steps, plus dataset facts and normalized scores.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
@@ -22,136 +27,53 @@ from tqdm import tqdm
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, scripted_preferences
-from pbrl.data.preferences import oracle_labels
-from pbrl.evaluation import evaluate, peak_rss_mb
-from pbrl.offline.common import C, OfflineTrainer, evaluate_agent, make_config
+from pbrl.errors import ConfigError, closest, make_config
+from pbrl.evaluation import EvalResult
+from pbrl.offline import bc, cpl, dtr, iql, oppo
+from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
+from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
+from pbrl.rewards.base import RewardModel
+from pbrl.run import Evaluation, RunSeeds, RunSummary, label_stats, setup
 
-# algo.name -> module with build(ctx) -> OfflineTrainer
-ALGORITHMS = {
-    "iql": "pbrl.offline.iql",
-    "iql_oracle": "pbrl.offline.iql",
-    "pt_iql": "pbrl.offline.iql",
-    "bc": "pbrl.offline.bc",
-    "cpl": "pbrl.offline.cpl",
-    "oppo": "pbrl.offline.oppo",
-    "dtr": "pbrl.offline.dtr",
+C = TypeVar("C", bound=OfflineAlgoConfig)
+
+
+@dataclass(frozen=True)
+class OfflineAlgorithm(Generic[C]):
+    """An offline algorithm: its config dataclass (the ``algo`` group's keys) and its
+    ``build(config, data, labels, reward, total_steps, device, seed)``."""
+
+    config: type[C]
+    build: Callable[
+        [
+            C,
+            OfflineDataset,
+            PreferenceDataset | None,
+            LearnedReward | None,
+            int,
+            torch.device,
+            int,
+        ],
+        OfflineTrainer,
+    ]
+
+
+# algo.name -> the algorithm
+ALGORITHMS: dict[str, OfflineAlgorithm[Any]] = {
+    "iql": OfflineAlgorithm(iql.IQLConfig, iql.build),
+    "iql_oracle": OfflineAlgorithm(iql.IQLConfig, iql.build),
+    "bc": OfflineAlgorithm(bc.BCConfig, bc.build),
+    "cpl": OfflineAlgorithm(cpl.CPLConfig, cpl.build),
+    "oppo": OfflineAlgorithm(oppo.OPPOConfig, oppo.build),
+    "dtr": OfflineAlgorithm(dtr.DTRConfig, dtr.build),
 }
-# keys of conf/algo/*.yaml that are the runner's, not the algorithm config's
-RUNNER_KEYS = ("name", "kind", "preferences", "module", "transformer")
 
 
-class OfflineConfigError(ValueError):
-    """A user-facing problem with an offline run's config or data."""
-
-
-@dataclass
-class OfflineContext:
-    """Everything an algorithm's ``build`` may use. ``data`` carries NaN rewards for
-    algorithms that learn from preferences: the true reward is only for oracles."""
-
-    cfg: DictConfig
-    data: OfflineDataset
-    true_data: OfflineDataset
-    prefs: PreferenceDataset | None
-    run_dir: Path
-    device: torch.device
-    rng: np.random.Generator
-    writer: SummaryWriter
-    total_steps: int
-    reward_model: Any = None
-    reward_metrics: dict[str, float] = field(default_factory=dict)
-
-    def algo_config(self, cls: type[C]) -> C:
-        algo = OmegaConf.to_container(self.cfg.algo, resolve=True)
-        assert isinstance(algo, dict)
-        values = {str(k): v for k, v in algo.items() if k not in RUNNER_KEYS}
-        return make_config(cls, values, "algo")
-
-    def true_rewards(self) -> np.ndarray:
-        return self.true_data.rewards
-
-    def require_prefs(self) -> PreferenceDataset:
-        if self.prefs is None or len(self.prefs.trainable) == 0:
-            raise OfflineConfigError(
-                f"algo {self.cfg.algo.name} needs preference labels: set "
-                "algo.preferences: true and max_feedback > 0"
-            )
-        return self.prefs
-
-    # -- reward models -----------------------------------------------------------------------
-    def reward_ensemble(self) -> Any:
-        """The MLP ensemble (``reward`` config group) trained on the labels, cached in the run."""
-        from pbrl.rewards import RewardEnsemble, RewardModelConfig
-
-        path = self.run_dir / "checkpoint" / "reward_model.pt"
-        if path.exists():
-            self.reward_model = RewardEnsemble.load(path, self.device)
-            return self.reward_model
-        cfg = make_config(RewardModelConfig, OmegaConf.to_container(self.cfg.reward), "reward")  # type: ignore[arg-type]
-        model = RewardEnsemble(self.data.obs_dim, self.data.act_dim, cfg, self.device)
-        self._fit(model)
-        model.save(path)
-        self.reward_model = model
-        return model
-
-    def preference_transformer(self) -> Any:
-        from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
-
-        path = self.run_dir / "checkpoint" / "reward_model.pt"
-        if path.exists():
-            self.reward_model = PreferenceTransformer.load(path, self.device)
-            return self.reward_model
-        values = OmegaConf.to_container(self.cfg.algo.get("transformer", {}), resolve=True)
-        model = PreferenceTransformer(
-            self.data.obs_dim,
-            self.data.act_dim,
-            make_config(
-                PreferenceTransformerConfig,
-                values,  # type: ignore[arg-type]
-                "algo.transformer",
-            ),
-            self.device,
-        )
-        self._fit(model)
-        model.save(path)
-        self.reward_model = model
-        return model
-
-    def _fit(self, model: Any) -> None:
-        t0 = time.time()
-        metrics = model.fit(self.require_prefs(), self.rng)
-        self.reward_metrics = {**metrics, "fit_time_s": time.time() - t0}
-        for k, v in self.reward_metrics.items():
-            self.writer.add_scalar(f"reward_model/{k}", v, 0)
-
-    def learned_rewards(self, kind: str) -> np.ndarray:
-        """Every transition relabeled by a reward model learned from the labels."""
-        if kind == "ensemble":
-            rewards = self.reward_ensemble().predict(self.data.observations, self.data.actions)
-        elif kind == "transformer":
-            rewards = self.preference_transformer().relabel(
-                self.data, int(self.cfg.feedback.segment_length)
-            )
-        else:
-            raise OfflineConfigError(
-                f"unknown learned reward {kind!r}: use ensemble or transformer"
-            )
-        self.note_learned_rewards(rewards)
-        return np.asarray(rewards, dtype=np.float32)
-
-    def note_learned_rewards(self, rewards: np.ndarray) -> None:
-        """Log how well relabeled rewards track the true ones (a diagnostic, never trained on)."""
-        true = self.true_data.rewards
-        if np.std(rewards) > 0 and np.std(true) > 0:
-            corr = float(np.corrcoef(rewards, true)[0, 1])
-            self.reward_metrics["true_reward_corr"] = corr
-            self.writer.add_scalar("reward_model/true_reward_corr", corr, 0)
-
-    def reward_fn(self) -> Any:
-        """Per-step learned reward for evaluation logs (Markovian models only), or None."""
-        from pbrl.rewards import RewardEnsemble
-
-        return self.reward_model.predict if isinstance(self.reward_model, RewardEnsemble) else None
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node as a plain dict (resolved); an empty dict for None."""
+    out = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
 
 
 # -- labels --------------------------------------------------------------------------------
@@ -170,11 +92,18 @@ def make_labels(
         try:
             prefs = load_preferences(Path(str(path)).expanduser(), data, length)
         except (ValueError, FileNotFoundError) as exc:
-            raise OfflineConfigError(f"dataset.preferences: {exc}") from exc
+            raise ConfigError(f"dataset.preferences: {exc}") from exc
         if cfg.max_feedback and len(prefs) > cfg.max_feedback:
             prefs = prefs[np.arange(int(cfg.max_feedback))]
     else:
-        teacher = instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63)))
+        teacher_rng = np.random.default_rng(rng.integers(2**63))
+        try:
+            teacher = instantiate(cfg.teacher, rng=teacher_rng)
+        except InstantiationException as exc:  # a bad teacher setting: report its cause
+            cause: BaseException = exc
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise ConfigError(str(cause)) from exc
         prefs = scripted_preferences(
             data,
             int(cfg.max_feedback),
@@ -187,68 +116,176 @@ def make_labels(
     return prefs
 
 
+def teacher_info(cfg: DictConfig, labels: PreferenceDataset | None) -> dict[str, Any] | None:
+    """The summary's ``teacher``: the scripted teacher's config, the label file, or None."""
+    if labels is None:
+        return None
+    path = cfg.dataset.get("preferences")
+    if path:
+        return {"source": "file", "path": str(Path(str(path)).expanduser())}
+    return _plain(cfg.teacher)
+
+
+# -- the learned reward --------------------------------------------------------------------
+
+
+@runtime_checkable
+class SequenceRelabeler(Protocol):
+    """A non-Markovian reward model that relabels a dataset with segment context."""
+
+    def relabel(self, data: Any, length: int) -> np.ndarray: ...
+
+
+def learn_reward(
+    values: dict[str, Any],
+    data: OfflineDataset,
+    labels: PreferenceDataset,
+    rng: np.random.Generator,
+    path: Path,
+    segment_length: int,
+    device: torch.device,
+) -> tuple[LearnedReward, dict[str, float]]:
+    """The ``reward`` group's model fit on the labels (or the run's saved one) and every
+    transition relabeled by it; returns the fit's metrics (none for a saved model)."""
+    kind = str(values.get("kind", "ensemble"))
+    metrics: dict[str, float] = {}
+    if path.exists():
+        model = load_reward_model(path, device)
+        if kind in REWARD_MODELS and not isinstance(model, REWARD_MODELS[kind][0]):
+            raise ConfigError(
+                f"{path} holds a {type(model).__name__}, but reward.kind={kind}: "
+                "use a fresh run directory or the reward group it was trained with"
+            )
+    else:
+        model = make_reward_model(values, data.obs_dim, data.act_dim, device)
+        t0 = time.time()
+        metrics = {**model.fit(labels, rng), "fit_time_s": time.time() - t0}
+        model.save(path)
+    if model.markovian:
+        rewards = model.predict(data.observations, data.actions)
+    elif isinstance(model, SequenceRelabeler):
+        rewards = model.relabel(data, segment_length)
+    else:
+        raise ConfigError(
+            f"reward.kind={kind}: {type(model).__name__} is not Markovian and cannot relabel "
+            "a dataset; use reward=ensemble or reward=transformer"
+        )
+    return LearnedReward(model, np.asarray(rewards, dtype=np.float32)), metrics
+
+
+def true_reward_corr(rewards: np.ndarray, true: np.ndarray) -> float | None:
+    """Correlation of relabeled and true rewards (a diagnostic, never trained on)."""
+    if np.std(rewards) > 0 and np.std(true) > 0:
+        return float(np.corrcoef(rewards, true)[0, 1])
+    return None
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
-def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    t_start = time.time()
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoint"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    algo = cfg.algo
-    if algo.name not in ALGORITHMS:
-        raise OfflineConfigError(
-            f"unknown offline algo {algo.name!r}: choose one of {', '.join(ALGORITHMS)}"
+def check(cfg: DictConfig) -> OfflineAlgoConfig:
+    """The algorithm's config, after the checks that need no data."""
+    name = str(cfg.algo.name)
+    if name not in ALGORITHMS:
+        raise ConfigError(
+            f"unknown offline algo {name!r}{closest(name, list(ALGORITHMS))}: "
+            f"choose one of {', '.join(ALGORITHMS)}"
         )
+    config: OfflineAlgoConfig = make_config(ALGORITHMS[name].config, _plain(cfg.algo), "algo")
     if "dataset" not in cfg or not cfg.dataset.get("id"):
-        raise OfflineConfigError(
+        raise ConfigError(
             "offline algorithms need a dataset: add +dataset=<name> "
             "(conf/dataset) or dataset.id=<minari id>"
         )
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    device = torch.device(
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    env_kwargs = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
+    if config.learn_reward and not config.preference:
+        raise ConfigError(
+            f"algo {name} learns its reward from preference labels but algo.preference=false: "
+            "set algo.preference=true, or algo.learn_reward=false for the true reward"
+        )
+    if config.preference and not cfg.dataset.get("preferences") and int(cfg.max_feedback) <= 0:
+        raise ConfigError(
+            f"algo {name} learns from preference labels but max_feedback={cfg.max_feedback}: "
+            "set max_feedback > 0 (scripted labels) or dataset.preferences=FILE"
+        )
+    kind = str(cfg.reward.get("kind", "ensemble"))
+    if config.learn_reward and config.reward_kinds and kind not in config.reward_kinds:
+        raise ConfigError(
+            f"algo {name} needs reward={'|'.join(config.reward_kinds)}, not reward.kind={kind}: "
+            f"add reward={config.reward_kinds[0]}"
+        )
+    return config
 
-    # --- data and labels ---------------------------------------------------------------------
-    true_data = load_dataset(cfg.dataset.id)
+
+def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and evaluate one offline run; writes ``summary.json`` into ``run_dir``.
+
+    A problem with the config or the data (unknown algo or dataset, malformed label file,
+    wrong env) is a :class:`pbrl.errors.ConfigError` naming the problem and the fix.
+    """
+    started = time.time()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoint"
+    config = check(cfg)
+    algorithm = ALGORITHMS[config.name]
+    rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.get("torch_threads", 0)))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    env_kwargs = _plain(cfg.env.kwargs)
+    segment_length = int(cfg.feedback.segment_length)
+
+    # --- data and labels -----------------------------------------------------------------
+    true_data = load_dataset(str(cfg.dataset.id))
     if true_data.env_id and true_data.env_id != cfg.env.id:
-        raise OfflineConfigError(
+        raise ConfigError(
             f"dataset {cfg.dataset.id} was collected on {true_data.env_id} "
             f"but env.id={cfg.env.id}: pick the matching env group"
         )
-    prefs = None
-    if algo.get("preferences", False):
-        prefs = make_labels(cfg, true_data, rng, run_dir)
+    labels = None
+    if config.preference:
+        labels = require_labels(make_labels(cfg, true_data, rng, run_dir), config.name)
+    # a preference learner never sees the true reward: it is only for oracles and evaluation
     data = (
-        true_data
-        if not algo.get("preferences", False)
-        else true_data.with_rewards(np.full(len(true_data), np.nan, np.float32))
+        true_data.with_rewards(np.full(len(true_data), np.nan, np.float32))
+        if config.preference
+        else true_data
     )
 
     tb_dir = run_dir / "tb"
     writer = SummaryWriter(str(tb_dir))
     writer.add_text("hyperparameters", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
-    if prefs is not None:
-        labels = prefs.labels
-        writer.add_scalar("preferences/labels", len(prefs.trainable), 0)
-        writer.add_scalar("preferences/tie_fraction", float(np.mean(labels == 0.5)), 0)
-        writer.add_scalar("preferences/skipped_fraction", float(np.mean(np.isnan(labels))), 0)
-        decided = ~np.isnan(labels)
-        if decided.any():
-            agree = np.mean(labels[decided] == oracle_labels(prefs.queries)[decided])
-            writer.add_scalar("preferences/oracle_agreement", float(agree), 0)
+    if labels is not None:
+        writer.add_scalar("preferences/labels", len(labels.trainable), 0)
+        writer.add_scalar("preferences/queries", len(labels), 0)
+        for k, v in label_stats(labels).items():
+            writer.add_scalar(f"preferences/{k}", v, 0)
 
-    # --- the algorithm -------------------------------------------------------------------------
-    import importlib
+    # --- the learned reward ----------------------------------------------------------------
+    reward: LearnedReward | None = None
+    reward_metrics: dict[str, float] = {}
+    if config.learn_reward:
+        assert labels is not None  # check(): learn_reward needs preference
+        reward, reward_metrics = learn_reward(
+            _plain(cfg.reward),
+            data,
+            labels,
+            rng,
+            ckpt_dir / "reward_model.pt",
+            segment_length,
+            device,
+        )
+        corr = true_reward_corr(reward.rewards, true_data.rewards)
+        if corr is not None:
+            reward_metrics["true_reward_corr"] = corr
+        for k, v in reward_metrics.items():
+            writer.add_scalar(f"reward_model/{k}", v, 0)
+    reward_model: RewardModel | None = None if reward is None else reward.model
+    # per-step learned reward for evaluation logs (Markovian models only)
+    reward_fn = (
+        reward_model.predict if reward_model is not None and reward_model.markovian else None
+    )
 
+    # --- the algorithm -------------------------------------------------------------------
     total = int(cfg.total_timesteps)
-    ctx = OfflineContext(cfg, data, true_data, prefs, run_dir, device, rng, writer, total)
-    trainer: OfflineTrainer = importlib.import_module(ALGORITHMS[algo.name]).build(ctx)
+    trainer = algorithm.build(config, data, labels, reward, total, device, int(cfg.seed))
     gen = torch.Generator().manual_seed(int(cfg.seed))
     start, resumed = 0, (ckpt_dir / "trainer.pt").exists()
     if resumed:
@@ -264,20 +301,22 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         tmp.replace(ckpt_dir / "trainer.pt")
 
-    video_dir = Path(cfg.video.root) / f"{cfg.name}_{run_dir.name}"
-    video_size = (int(cfg.video.width), int(cfg.video.height))
+    evaluation = Evaluation(
+        str(cfg.env.id),
+        env_kwargs,
+        RunSeeds(int(cfg.seed)),
+        n_episodes=int(cfg.eval.n_episodes),
+        random_episodes=int(cfg.eval.random_episodes),
+        test_queries=int(cfg.eval.test_queries),
+        video_dir=(
+            Path(cfg.video.root) / f"{cfg.name}_{run_dir.name}" if cfg.video.enabled else None
+        ),
+        video_size=(int(cfg.video.width), int(cfg.video.height)),
+    )
 
-    def eval_now(step: int, n: int, video: Path | None) -> Any:
-        ev = evaluate_agent(
-            cfg.env.id,
-            trainer.agent(),
-            n,
-            int(cfg.seed) + 10_000,
-            env_kwargs,  # type: ignore[arg-type]
-            ctx.reward_fn(),
-            video,
-            video_size,
-        )
+    def eval_now(step: int, video_name: str) -> EvalResult:
+        agent = trainer.agent()
+        ev = evaluation.policy(agent.act, reward_fn, video_name, on_reset=agent.reset)
         writer.add_scalar("eval/true_return", ev.mean, step)
         score = true_data.normalized_score(ev.mean)
         if score is not None:
@@ -287,6 +326,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             writer.add_scalar("eval/d4rl_normalized_score", float(d4rl), step)
         return ev
 
+    # --- training --------------------------------------------------------------------------
     log_every = max(1, min(1000, total // 20))
     every_eval = int(cfg.eval.every)
     every_ckpt = int(cfg.checkpoint_every)
@@ -295,7 +335,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t_train = time.time()
     bar = tqdm(
         range(start, total),
-        desc=f"{algo.name} {cfg.dataset.id}",
+        desc=f"{config.name} {cfg.dataset.id}",
         initial=start,
         total=total,
         disable=not cfg.progress_bar,
@@ -316,8 +356,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if every_ckpt > 0 and (step + 1) % every_ckpt == 0:
             checkpoint(step + 1)
         if every_eval > 0 and (step + 1) % every_eval == 0 and step + 1 < total:
-            vid = video_dir / f"eval_{step + 1:09d}.mp4" if cfg.video.enabled else None
-            ev = eval_now(step + 1, int(cfg.eval.n_episodes), vid)
+            ev = eval_now(step + 1, f"eval_{step + 1:09d}.mp4")
             if ev.video:
                 videos.append(ev.video)
             bar.set_postfix(ret=f"{ev.mean:.0f}")
@@ -325,68 +364,50 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint(total)
     train_time = time.time() - t_train
 
-    # --- evaluation on the true reward ------------------------------------------------------
-    ev = eval_now(
-        total, int(cfg.eval.n_episodes), video_dir / "eval.mp4" if cfg.video.enabled else None
-    )
-    rand = evaluate(
-        cfg.env.id,
-        None,
-        int(cfg.eval.random_episodes),
-        int(cfg.seed) + 20_000,
-        env_kwargs=env_kwargs,
-    )  # type: ignore[arg-type]
+    # --- evaluation on the true reward ----------------------------------------------------
+    ev = eval_now(total, "eval.mp4")
+    rand = evaluation.random()
     writer.add_scalar("eval/random_true_return", rand.mean, total)
     test_acc = None
-    if ctx.reward_model is not None and int(cfg.eval.test_queries) > 0:
-        test_q = true_data.sample_queries(
-            int(cfg.eval.test_queries),
-            int(cfg.feedback.segment_length),
-            np.random.default_rng(int(cfg.seed) + 30_000),
-        )
-        test_acc = float(
-            ctx.reward_model.accuracy(PreferenceDataset(test_q, oracle_labels(test_q)))
+    if reward_model is not None and evaluation.test_queries > 0:
+        test_acc = evaluation.test_accuracy(
+            reward_model, lambda n, r: true_data.sample_queries(n, segment_length, r)
         )
         writer.add_scalar("reward_model/test_accuracy", test_acc, total)
     writer.close()
 
     scores = true_data.normalized_score(np.asarray(ev.true_returns))
     d4rl = true_data.d4rl_normalized_score(np.asarray(ev.true_returns))
-    summary = {
-        "exp": cfg.name,
-        "algo": algo.name,
-        "env_id": cfg.env.id,
-        "seed": int(cfg.seed),
-        "total_timesteps": total,
-        "num_labels": 0 if prefs is None else len(prefs.trainable),
-        "num_queries": 0 if prefs is None else len(prefs),
-        "teacher": (
-            None
-            if prefs is None
-            else ("file" if cfg.dataset.get("preferences") else cfg.teacher._target_.split(".")[-1])
+    return RunSummary(
+        exp=str(cfg.name),
+        algo=config.name,
+        env_id=str(cfg.env.id),
+        seed=int(cfg.seed),
+        total_timesteps=total,
+        num_labels=0 if labels is None else len(labels.trainable),
+        num_queries=0 if labels is None else len(labels),
+        teacher=teacher_info(cfg, labels),
+        eval_true_return_mean=ev.mean,
+        eval_true_return_std=ev.std,
+        eval_learned_return_mean=(
+            float(np.mean(ev.learned_returns)) if reward_fn is not None else None
         ),
-        "dataset_id": cfg.dataset.id,
-        "dataset_transitions": len(true_data),
-        "eval_true_return_mean": ev.mean,
-        "eval_true_return_std": ev.std,
-        "eval_learned_return_mean": (
-            float(np.mean(ev.learned_returns)) if ctx.reward_fn() is not None else None
-        ),
-        "eval_normalized_score_mean": None if scores is None else float(np.mean(scores)),
-        "eval_normalized_score_std": None if scores is None else float(np.std(scores)),
-        "eval_d4rl_normalized_score_mean": None if d4rl is None else float(np.mean(d4rl)),
-        "eval_d4rl_normalized_score_std": None if d4rl is None else float(np.std(d4rl)),
-        "dataset_ref_min_score": true_data.ref_min_score,
-        "dataset_ref_max_score": true_data.ref_max_score,
-        "random_true_return_mean": rand.mean,
-        "reward_model_test_accuracy": test_acc,
-        "reward_model": ctx.reward_metrics or None,
-        "wall_time_s": time.time() - t_start,
-        "train_time_s": train_time,
-        "peak_rss_mb": peak_rss_mb(),
-        "videos": ([ev.video] if ev.video else []) + videos,
-        "tensorboard_dir": str(tb_dir),
-        "resumed": resumed,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        random_true_return_mean=rand.mean,
+        reward_model_test_accuracy=test_acc,
+        videos=([ev.video] if ev.video else []) + videos,
+        tensorboard_dir=str(tb_dir),
+        resumed=resumed,
+        started_at=started,
+        extra={
+            "dataset_id": str(cfg.dataset.id),
+            "dataset_transitions": len(true_data),
+            "eval_normalized_score_mean": None if scores is None else float(np.mean(scores)),
+            "eval_normalized_score_std": None if scores is None else float(np.std(scores)),
+            "eval_d4rl_normalized_score_mean": None if d4rl is None else float(np.mean(d4rl)),
+            "eval_d4rl_normalized_score_std": None if d4rl is None else float(np.std(d4rl)),
+            "dataset_ref_min_score": true_data.ref_min_score,
+            "dataset_ref_max_score": true_data.ref_max_score,
+            "reward_model": reward_metrics or None,
+            "train_time_s": train_time,
+        },
+    ).write(run_dir)

@@ -5,6 +5,9 @@
   the buffer, divided by its running std — computed at sample time, as in PEBBLE.
 * After each reward-model update the whole buffer is relabeled with the new reward.
 * After pre-training the critic is re-initialized (the actor keeps its exploration skill).
+
+:class:`PebbleCallback` does the last two after every reward-model update of a
+:class:`~pbrl.online.feedback.FeedbackCallback` (place it after that one in a ``CallbackList``).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import numpy as np
 import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
-from pbrl.rewards import RewardEnsemble
+from pbrl.online.feedback import FeedbackCallback
+from pbrl.rewards.base import RewardModel
 
 
 def knn_distance(
@@ -70,14 +75,17 @@ class EntropyReplayBuffer(ReplayBuffer):
         return samples._replace(rewards=reward.reshape(-1, 1).to(samples.rewards.dtype))
 
 
-def relabel_buffer(buffer: ReplayBuffer, model: RewardEnsemble, chunk: int = 65536) -> None:
+def relabel_buffer(buffer: ReplayBuffer, model: RewardModel, chunk: int = 65536) -> None:
     """Replace every stored reward with the reward model's ``r(s, a)``."""
     n = buffer.buffer_size if buffer.full else buffer.pos
     if n == 0:
         return
     obs = buffer.observations[:n].reshape(n * buffer.n_envs, -1)
     act = buffer.actions[:n].reshape(n * buffer.n_envs, -1)
-    buffer.rewards[:n] = model.predict(obs, act, chunk).reshape(n, buffer.n_envs)
+    rewards = np.concatenate(
+        [model.predict(obs[i : i + chunk], act[i : i + chunk]) for i in range(0, len(obs), chunk)]
+    )
+    buffer.rewards[:n] = rewards.reshape(n, buffer.n_envs)
 
 
 def reset_critic(model: SAC) -> None:
@@ -88,3 +96,30 @@ def reset_critic(model: SAC) -> None:
     model.critic_target.load_state_dict(model.critic.state_dict())
     optimizer = model.critic.optimizer
     model.critic.optimizer = type(optimizer)(model.critic.parameters(), **optimizer.defaults)
+
+
+class PebbleCallback(BaseCallback):
+    """After each reward-model update of ``feedback``: relabel SAC's replay buffer with the new
+    reward; after the first one, end the state-entropy pre-training (and, with
+    ``reset_critic``, re-initialize the critic)."""
+
+    def __init__(self, feedback: FeedbackCallback, reset_critic: bool = True) -> None:
+        super().__init__()
+        self.feedback, self.reset_critic = feedback, reset_critic
+        self.seen_updates = feedback.state.updates
+
+    def _on_step(self) -> bool:
+        if self.feedback.state.updates != self.seen_updates:
+            self.seen_updates = self.feedback.state.updates
+            self.on_reward_update()
+        return True
+
+    def on_reward_update(self) -> None:
+        model = self.model
+        assert isinstance(model, SAC), "PEBBLE runs on SAC"
+        relabel_buffer(model.replay_buffer, self.feedback.reward_model)  # type: ignore[arg-type]
+        buffer = model.replay_buffer
+        if isinstance(buffer, EntropyReplayBuffer) and buffer.intrinsic:
+            buffer.intrinsic = False  # end of unsupervised pre-training
+            if self.reset_critic:
+                reset_critic(model)

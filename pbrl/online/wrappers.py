@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from pbrl.data.pool import TrajectoryPool
-from pbrl.rewards import RewardEnsemble
+from pbrl.rewards.base import RewardModel
 
 
 def sim_state(venv: VecEnv) -> tuple[np.ndarray, np.ndarray] | None:
@@ -32,15 +32,8 @@ def sim_state(venv: VecEnv) -> tuple[np.ndarray, np.ndarray] | None:
         return None  # not a MuJoCo env
 
 
-def reward_factor_names(info: dict) -> tuple[str, ...]:
-    """Named scalar reward components gymnasium's MuJoCo envs put in ``info``."""
-    return tuple(sorted(k for k, v in info.items() if k.startswith("reward_") and np.isscalar(v)))
-
-
 class PreferenceVecEnv(VecEnvWrapper):
-    def __init__(
-        self, venv: VecEnv, pool: TrajectoryPool | None, reward_model: RewardEnsemble | None
-    ):
+    def __init__(self, venv: VecEnv, pool: TrajectoryPool | None, reward_model: RewardModel | None):
         super().__init__(venv)
         self.pool, self.reward_model = pool, reward_model
         self.last_obs: np.ndarray | None = None

@@ -32,10 +32,10 @@ class AsyncTeacher(ABC):
     def collect(self) -> PreferenceDataset | None:
         """Answers that arrived since the last call (None when there are none)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (an optional hook)
         """Release what the teacher holds (a served page, a connection)."""
 
-    def show_eval_video(
+    def show_eval_video(  # noqa: B027  (an optional hook)
         self, path: str | Path, step: int | None = None, true_return: float | None = None
     ) -> None:
         """A new evaluation video of the policy exists (a page may show it to people)."""

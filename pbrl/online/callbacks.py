@@ -1,0 +1,134 @@
+"""The online loop's other SB3 callbacks: periodic evaluation (with videos), checkpoints,
+and the learned return of training episodes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from pbrl.data import Queries
+from pbrl.online.wrappers import PreferenceVecEnv
+from pbrl.rewards.base import RewardModel
+from pbrl.run import Evaluation
+from pbrl.teachers.base import AsyncTeacher
+
+
+class EvalCallback(BaseCallback):
+    """Every ``every`` env steps: the deterministic policy's true (and learned) return on
+    fresh episodes, and its video; an asynchronous teacher is shown the newest video."""
+
+    def __init__(
+        self,
+        evaluation: Evaluation,
+        every: int,
+        reward_model: RewardModel | None = None,
+        teacher: AsyncTeacher | None = None,
+    ) -> None:
+        super().__init__()
+        self.evaluation, self.every = evaluation, int(every)
+        self.reward_model, self.teacher = reward_model, teacher
+        self.last = 0
+        self.videos: list[str] = []
+
+    def _on_step(self) -> bool:
+        if self.every > 0 and self.num_timesteps - self.last >= self.every:
+            self.evaluate()
+        return True
+
+    def evaluate(self) -> None:
+        self.last = self.num_timesteps
+        ev = self.evaluation.policy(
+            lambda o: self.model.predict(o, deterministic=True)[0],
+            reward_fn=self.reward_model.predict if self.reward_model else None,
+            video_name=f"eval_{self.num_timesteps:09d}.mp4",
+        )
+        self.logger.record("eval/true_return", ev.mean)
+        if self.reward_model is not None:
+            self.logger.record("eval/learned_return", float(np.mean(ev.learned_returns)))
+        if ev.video:
+            self.videos.append(ev.video)
+            if self.teacher is not None:  # the labeling page shows the newest
+                self.teacher.show_eval_video(ev.video, step=self.num_timesteps, true_return=ev.mean)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last": self.last, "videos": self.videos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last, self.videos = int(state["last"]), list(state["videos"])
+
+
+class CheckpointCallback(BaseCallback):
+    """Calls ``save(num_timesteps)`` every ``every`` env steps."""
+
+    def __init__(self, every: int, save: Callable[[int], None], last: int = 0) -> None:
+        super().__init__()
+        if every <= 0:
+            raise ValueError(f"checkpoint_every={every} must be positive")
+        self.every, self.save, self.last = int(every), save, int(last)
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self.last >= self.every:
+            self.save(self.num_timesteps)
+            self.last = self.num_timesteps
+        return True
+
+
+class LearnedReturnLogger(BaseCallback):
+    """``rollout/ep_learned_rew_mean``: training episodes' return under the learned reward
+    (``rollout/ep_rew_mean`` stays the true return)."""
+
+    def __init__(self, wrapper: PreferenceVecEnv) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.wrapper.learned_episode_returns:
+            mean = float(np.mean(self.wrapper.learned_episode_returns))
+            self.logger.record("rollout/ep_learned_rew_mean", mean)
+
+
+class QueryVideos:
+    """Side-by-side clips of the first ``per_round`` queries of each feedback round (an
+    ``on_queries`` hook of :class:`~pbrl.online.feedback.FeedbackCallback`), re-rendered
+    from the segments' simulator state."""
+
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any],
+        folder: Path,
+        per_round: int = 2,
+        size: tuple[int, int] = (240, 240),
+    ) -> None:
+        self.env_id, self.env_kwargs, self.folder = env_id, env_kwargs, Path(folder)
+        self.per_round, self.size = int(per_round), size
+        self.renderer: Any = None
+        self.videos: list[str] = []
+
+    def __call__(self, queries: Queries, round_: int) -> None:
+        if self.per_round <= 0 or queries.first.qpos is None:
+            return
+        from pbrl.video import StateRenderer, segment_frames, side_by_side, write_video
+
+        if self.renderer is None:
+            w, h = self.size
+            self.renderer = StateRenderer(self.env_id, width=w, height=h, **self.env_kwargs)
+        for j in range(min(self.per_round, len(queries))):
+            frames = side_by_side(
+                segment_frames(queries.first, j, self.renderer),
+                segment_frames(queries.second, j, self.renderer),
+            )
+            path = self.folder / f"round{round_:03d}_query_{queries.query_id[j]}.mp4"
+            self.videos.append(str(write_video(frames, path, fps=self.renderer.fps)))
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None

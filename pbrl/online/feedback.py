@@ -1,0 +1,188 @@
+"""The feedback loop as an SB3 callback: when the schedule says so, select queries from the
+trajectory pool, hand them to the teacher, train the reward model on every label so far.
+
+Everything here is typed and Hydra-free: :class:`FeedbackSchedule` holds the settings (the
+``feedback:`` config group plus ``max_feedback``), :class:`FeedbackState` the counters a
+resumed run continues from. Labels and counters are written together, atomically, to one
+file after every round (``labels_path``), so a run killed at any moment never asks for
+labels it already has and never exceeds ``max_feedback``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from pbrl.data import PreferenceDataset, Queries
+from pbrl.data.pool import TrajectoryPool
+from pbrl.errors import ConfigError
+from pbrl.query import QuerySelector
+from pbrl.rewards.base import RewardModel
+from pbrl.run import label_stats
+from pbrl.teachers.base import AsyncTeacher, Teacher, as_async
+
+
+@dataclass
+class FeedbackSchedule:
+    every: int = 5000  # env steps between feedback rounds (B-Pref num_interact)
+    batch_size: int = 50  # queries per round (B-Pref reward_batch)
+    segment_length: int = 50  # steps per segment
+    first_at: int = 1000  # first round no earlier than this many env steps
+    pool_size: int = 100_000  # recent env steps that segments are cut from
+    min_labels: int = 1  # labels needed before the first reward-model update
+    max_feedback: int = 1000  # total queries asked of the teacher
+
+    def __post_init__(self) -> None:
+        for name in ("every", "batch_size", "segment_length", "pool_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"feedback.{name}={getattr(self, name)} must be positive")
+        if self.first_at < 0 or self.min_labels < 0 or self.max_feedback < 0:
+            raise ConfigError(
+                "feedback.first_at, feedback.min_labels and max_feedback must be >= 0"
+            )
+
+    def round_size(self, asked: int) -> int:
+        return int(min(self.batch_size, self.max_feedback - asked))
+
+
+@dataclass
+class FeedbackState:
+    """The counters of the loop (saved with the labels, restored on resume)."""
+
+    next_at: int  # env step of the next round
+    queries: int = 0  # queries asked so far
+    rounds: int = 0  # rounds in which queries were asked
+    updates: int = 0  # reward-model training rounds
+
+
+class FeedbackCallback(BaseCallback):
+    """Runs the schedule inside ``model.learn``; ``updates`` counts reward-model trainings
+    (other callbacks, e.g. PEBBLE's relabeling, react to it)."""
+
+    def __init__(
+        self,
+        schedule: FeedbackSchedule,
+        pool: TrajectoryPool,
+        reward_model: RewardModel,
+        teacher: Teacher | AsyncTeacher,
+        selector: QuerySelector | None = None,
+        rng: np.random.Generator | None = None,
+        start_at: int | None = None,
+        labels_path: str | Path | None = None,
+        on_queries: Callable[[Queries, int], None] | None = None,
+    ) -> None:
+        """``start_at``: first round's env step (default ``schedule.first_at``);
+        ``labels_path``: where labels and counters are saved after every round;
+        ``on_queries(queries, round)``: called with each round's queries (e.g. videos)."""
+        super().__init__()
+        self.schedule, self.pool, self.reward_model = schedule, pool, reward_model
+        self.teacher = as_async(teacher)
+        self.selector = selector or QuerySelector()
+        self.rng = rng if rng is not None else np.random.default_rng()
+        first = schedule.first_at if start_at is None else start_at
+        self.state = FeedbackState(next_at=int(first))
+        self.labels_path = None if labels_path is None else Path(labels_path)
+        self.on_queries = on_queries
+        self.dataset: PreferenceDataset | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return 0 if self.dataset is None else len(self.dataset.trainable)
+
+    # -- persistence -----------------------------------------------------------------------
+    def restore(self, path: str | Path) -> None:
+        """Labels and counters saved by an earlier run of this loop."""
+        self.dataset, meta = PreferenceDataset.load_with_meta(path)
+        if not len(self.dataset):
+            self.dataset = None
+        self.state = FeedbackState(**meta["feedback"])
+
+    def _save(self, asked: Queries) -> None:
+        if self.labels_path is None:
+            return
+        data = self.dataset
+        if data is None:  # nothing answered yet: the counters still have to persist
+            data = PreferenceDataset(asked[np.arange(0)], np.zeros(0))
+        data.save(self.labels_path, meta={"feedback": asdict(self.state)})
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _on_step(self) -> bool:
+        s = self.schedule
+        if self.num_timesteps >= self.state.next_at and self.state.queries < s.max_feedback:
+            self.feedback_round()
+            self.state.next_at = self.num_timesteps + s.every
+        return True
+
+    def feedback_round(self) -> None:
+        """Select queries from the pool, ask the teacher, learn from what it answered."""
+        s = self.schedule
+        n = s.round_size(self.state.queries)
+        model = self.reward_model if self.state.rounds > 0 else None
+        try:
+            queries = self.selector(
+                lambda k: self.pool.sample_queries(k, s.segment_length, self.rng),
+                n,
+                model,
+                self.rng,
+            )
+        except RuntimeError as exc:  # too little data yet: try again next time
+            self.logger.record("preferences/deferred", str(exc), exclude=("tensorboard", "csv"))
+            return
+        self.state.queries += n
+        self.state.rounds += 1
+        self.teacher.submit(queries)
+        new = self.teacher.collect()
+        if self.on_queries is not None:
+            self.on_queries(queries, self.state.rounds)
+        self.learn_from(new, queries)
+
+    def collect_late_answers(self) -> None:
+        """Answers an asynchronous teacher received after the last round."""
+        self.learn_from(self.teacher.collect())
+
+    def learn_from(self, new: PreferenceDataset | None, asked: Queries | None = None) -> None:
+        """Add new labels (saved with the counters), retrain the reward model."""
+        t0 = time.time()
+        if new is not None and len(new):
+            self.dataset = (
+                new if self.dataset is None else PreferenceDataset.concatenate([self.dataset, new])
+            )
+        if asked is not None or (new is not None and len(new)):
+            self._save(asked if asked is not None else new.queries)  # type: ignore[union-attr]
+        if self.dataset is None or self.num_labels < self.schedule.min_labels:
+            return  # too few labels to train on yet
+        metrics = self.reward_model.fit(self.dataset, self.rng)
+        self.state.updates += 1
+        log = self.logger.record
+        log("preferences/labels", self.num_labels)
+        log("preferences/queries", self.state.queries)
+        if new is not None and len(new):
+            for key, value in label_stats(new).items():
+                log(f"preferences/{key}", value)
+        log("reward_model/loss", metrics["loss"])
+        log("reward_model/train_accuracy", metrics["train_accuracy"])
+        log("reward_model/epochs", metrics["epochs"])
+        log("reward_model/true_reward_corr", self.reward_correlation())
+        log("time/reward_learning_s", time.time() - t0)
+
+    def reward_correlation(self, n: int = 4096) -> float:
+        """Pearson correlation of learned and true per-step reward on recent data."""
+        held = min(self.pool.num_steps, n)
+        if held < 2:
+            return float("nan")
+        length = self.schedule.segment_length
+        segs = self.pool.sample_segments(max(1, held // length), length, self.rng)
+        pred = self.reward_model.predict(segs.obs[segs.mask], segs.act[segs.mask])
+        true = segs.true_reward[segs.mask]
+        if true.std() > 0 and pred.std() > 0:
+            return float(np.corrcoef(pred, true)[0, 1])
+        return 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self.state)
