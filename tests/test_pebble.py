@@ -45,11 +45,13 @@ def test_reset_critic_reinitializes_critic_and_target_only():
     actor = [p.detach().clone() for p in model.actor.parameters()]
     critic = [p.detach().clone() for p in model.critic.parameters()]
     reset_critic(model)
-    assert all(torch.equal(a, b) for a, b in zip(actor, model.actor.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(actor, model.actor.parameters(), strict=True))
     assert not any(
-        torch.equal(a, b) for a, b in zip(critic, model.critic.parameters()) if a.ndim == 2
+        torch.equal(a, b)
+        for a, b in zip(critic, model.critic.parameters(), strict=True)
+        if a.ndim == 2
     )
-    for a, b in zip(model.critic.parameters(), model.critic_target.parameters()):
+    for a, b in zip(model.critic.parameters(), model.critic_target.parameters(), strict=True):
         assert torch.equal(a, b)
     assert model.critic.optimizer.state == {} or len(model.critic.optimizer.state) == 0
     model.learn(20)  # still trains

@@ -222,13 +222,21 @@ class TrajectoryPool:
         "current_step",
     )
 
+    @property
+    def obs_dim(self) -> int:
+        return int(self.obs.shape[-1])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.act.shape[-1])
+
     def meta(self) -> dict[str, object]:
         """What the constructor needs to rebuild this pool (saved with its arrays)."""
         return {
             "n_envs": self.n_envs,
             "capacity": self.capacity * self.n_envs,
-            "obs_dim": int(self.obs.shape[-1]),
-            "act_dim": int(self.act.shape[-1]),
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
             "factor_names": list(self.factor_names),
             "state_dims": [int(self.qpos.shape[-1]), int(self.qvel.shape[-1])]
             if self.has_state

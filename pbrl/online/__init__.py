@@ -3,7 +3,7 @@ VecEnv wrapper, the feedback schedule and PEBBLE's relabeling run as SB3 callbac
 
 Wiring a run by hand (no Hydra)::
 
-    pool = TrajectoryPool.for_env(venv, capacity=20_000)
+    pool = make_pool("Reacher-v5", n_envs=1, capacity=20_000)
     model = RewardEnsemble(pool.obs_dim, pool.act_dim)
     env = PreferenceVecEnv(venv, pool, model)
     sac = SAC("MlpPolicy", env, replay_buffer_class=EntropyReplayBuffer)
@@ -17,7 +17,7 @@ Wiring a run by hand (no Hydra)::
 from pbrl.online.callbacks import CheckpointCallback, EvalCallback, LearnedReturnLogger, QueryVideos
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
-from pbrl.online.wrappers import PreferenceVecEnv
+from pbrl.online.wrappers import PreferenceVecEnv, make_pool
 
 __all__ = [
     "CheckpointCallback",
@@ -30,4 +30,5 @@ __all__ = [
     "PebbleCallback",
     "PreferenceVecEnv",
     "QueryVideos",
+    "make_pool",
 ]

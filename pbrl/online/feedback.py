@@ -149,20 +149,22 @@ class FeedbackCallback(BaseCallback):
     def learn_from(self, new: PreferenceDataset | None, asked: Queries | None = None) -> None:
         """Add new labels (saved with the counters), retrain the reward model."""
         t0 = time.time()
-        if new is not None and len(new):
+        if new is not None and len(new) == 0:
+            new = None
+        if new is not None:
             self.dataset = (
                 new if self.dataset is None else PreferenceDataset.concatenate([self.dataset, new])
             )
-        if asked is not None or (new is not None and len(new)):
+        if asked is not None or new is not None:
             self._save(asked if asked is not None else new.queries)  # type: ignore[union-attr]
-        if self.dataset is None or self.num_labels < self.schedule.min_labels:
-            return  # too few labels to train on yet
+        if new is None or self.dataset is None or self.num_labels < self.schedule.min_labels:
+            return  # nothing new, or too few labels to train on yet
         metrics = self.reward_model.fit(self.dataset, self.rng)
         self.state.updates += 1
         log = self.logger.record
         log("preferences/labels", self.num_labels)
         log("preferences/queries", self.state.queries)
-        if new is not None and len(new):
+        if new is not None:
             for key, value in label_stats(new).items():
                 log(f"preferences/{key}", value)
         log("reward_model/loss", metrics["loss"])

@@ -109,10 +109,14 @@ class PebbleCallback(BaseCallback):
         self.seen_updates = feedback.state.updates
 
     def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        # After SB3 stored the step on which the reward model changed, before SAC trains:
+        # relabeling in _on_step would leave that one transition with the old reward.
         if self.feedback.state.updates != self.seen_updates:
             self.seen_updates = self.feedback.state.updates
             self.on_reward_update()
-        return True
 
     def on_reward_update(self) -> None:
         model = self.model

@@ -29,13 +29,12 @@ from pbrl.online.callbacks import CheckpointCallback, EvalCallback, LearnedRetur
 from pbrl.online.checkpoint import Checkpoint
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
-from pbrl.online.wrappers import PreferenceVecEnv
+from pbrl.online.wrappers import PreferenceVecEnv, make_pool
 from pbrl.query import QuerySelector
 from pbrl.rewards import load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
 from pbrl.run import Evaluation, RunSeeds, RunSummary, setup
 from pbrl.sim import make_vec_env
-from pbrl.sim.probe import probe_env
 from pbrl.teachers.base import as_async
 
 log = logging.getLogger("pbrl")
@@ -77,7 +76,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resumed = checkpoint.complete()
     rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.torch_threads))
     env_kwargs: dict[str, Any] = _plain(cfg.env.kwargs) or {}
-    info = probe_env(cfg.env.id, env_kwargs)
     run_name = f"{cfg.name}_{run_dir.name}"
     video_root = Path(cfg.video.root) / run_name
     saved: dict[str, Any] = {}
@@ -96,17 +94,8 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             pool.start_new_episodes()  # the resumed envs start fresh episodes
             reward_model = load_reward_model(checkpoint.dir / "reward_model.pt", device)
         else:
-            pool = TrajectoryPool(
-                cfg.n_envs,
-                schedule.pool_size,
-                info.obs_dim,
-                info.act_dim,
-                info.factor_names,
-                info.state_dims,
-                cfg.env.id,
-                run_name,
-            )
-            reward_model = make_reward_model(_plain(cfg.reward), info.obs_dim, info.act_dim, device)
+            pool = make_pool(cfg.env.id, cfg.n_envs, schedule.pool_size, env_kwargs, run_name)
+            reward_model = make_reward_model(_plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
         if not reward_model.markovian:
             raise ConfigError(
                 f"reward.kind={cfg.reward.kind} scores steps in context, which the online loop "

@@ -14,6 +14,7 @@ batch's device, instead of going through numpy.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from pbrl.data.pool import TrajectoryPool
 from pbrl.rewards.base import RewardModel
+from pbrl.sim.probe import probe_env
 
 
 def sim_state(venv: VecEnv) -> tuple[np.ndarray, np.ndarray] | None:
@@ -30,6 +32,27 @@ def sim_state(venv: VecEnv) -> tuple[np.ndarray, np.ndarray] | None:
         return venv.sim_state()  # every pbrl.sim backend provides it (through VecEnvWrappers)
     except (AttributeError, TypeError):
         return None  # not a MuJoCo env
+
+
+def make_pool(
+    env_id: str,
+    n_envs: int,
+    capacity: int,
+    env_kwargs: dict[str, Any] | None = None,
+    run: str = "",
+) -> TrajectoryPool:
+    """An empty trajectory pool shaped for ``env_id`` (sizes, reward factors, MuJoCo state)."""
+    info = probe_env(env_id, env_kwargs)
+    return TrajectoryPool(
+        n_envs,
+        capacity,
+        info.obs_dim,
+        info.act_dim,
+        info.factor_names,
+        info.state_dims,
+        env_id,
+        run,
+    )
 
 
 class PreferenceVecEnv(VecEnvWrapper):
