@@ -87,6 +87,8 @@ def evaluate(
             env_id, width=video_size[0], height=video_size[1], **(env_kwargs or {})
         ) as renderer:
             frames = renderer.render_sequence(np.stack(qpos), np.stack(qvel))
+            if renderer.fps is None:  # write_video(fps=None) failed with TypeError too
+                raise TypeError(f"{env_id} declares no render_fps: cannot write a video")
             result.video = str(write_video(frames, video_path, fps=renderer.fps))
     return result
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pbrl.data import Queries
-from pbrl.rewards import RewardEnsemble
+from pbrl.rewards.base import RewardModel
 
 METHODS = ("uniform", "disagreement", "entropy")
 
@@ -43,7 +43,7 @@ class QuerySelector:
         self,
         sample: Callable[[int], Queries],
         n: int,
-        model: RewardEnsemble | None,
+        model: RewardModel | None,
         rng: np.random.Generator,
     ) -> Queries:
         """Pick ``n`` queries from candidates drawn by ``sample(k)``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -70,7 +70,7 @@ def validate(cfg: DictConfig) -> None:
     try:
         instantiate(cfg.teacher, rng=np.random.default_rng(0))
     except Exception as exc:
-        cause = exc
+        cause: BaseException = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise ConfigError(str(cause)) from exc
@@ -93,7 +93,7 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
     ]
     base.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     base.resume = None
-    return base, run_dir  # type: ignore[return-value]
+    return cast(DictConfig, base), run_dir  # _main wrote config.yaml from a DictConfig
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import gymnasium as gym
 import imageio_ffmpeg
@@ -26,6 +26,10 @@ import mujoco
 import numpy as np
 
 from pbrl.data.segments import Segments
+
+if TYPE_CHECKING:
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+    from gymnasium.envs.mujoco.mujoco_rendering import OffScreenViewer
 
 Codec = Literal["h264", "vp9"]
 Frames = np.ndarray | Sequence[np.ndarray]
@@ -87,13 +91,14 @@ class StateRenderer:
             camera_id=camera_id,
             **env_kwargs,
         )
-        self._mj: Any = self.env.unwrapped
+        self._mj = cast("MujocoEnv", self.env.unwrapped)
         fast_render_quality(self._mj.model)
         # A fixed seed makes the default camera (placed at the first rendered state) the same
         # for every renderer of this environment.
         self.env.reset(seed=0)
         self.env.render()  # creates the OpenGL context and the camera
-        self._viewer = self._mj.mujoco_renderer.viewer
+        # render() above created it (gymnasium types the attribute as None until then)
+        self._viewer = cast("OffScreenViewer", self._mj.mujoco_renderer.viewer)
         if follow is None:
             follow = _translates(self._mj.model)
         self.follow = bool(follow) and camera_id is None

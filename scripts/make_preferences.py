@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pbrl.data.offline import load_dataset, save_preference_index, scripted_preferences  # noqa: E402
-from pbrl.teachers import ScriptedTeacher  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
+from pbrl.teachers import ScriptedTeacher  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

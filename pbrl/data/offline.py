@@ -129,8 +129,13 @@ class OfflineDataset:
             terminals=np.concatenate([e.terminations for e in episodes]),
             timeouts=np.concatenate([e.truncations for e in episodes]),
             episode_starts=np.concatenate([[0], np.cumsum([len(e) for e in episodes])]),
-            qpos=np.concatenate([e.qpos for e in episodes]) if has_state else None,  # type: ignore[misc]
-            qvel=np.concatenate([e.qvel for e in episodes]) if has_state else None,  # type: ignore[misc]
+            # With has_state the filters keep every episode (they only narrow the type).
+            qpos=np.concatenate([e.qpos for e in episodes if e.qpos is not None])
+            if has_state
+            else None,
+            qvel=np.concatenate([e.qvel for e in episodes if e.qvel is not None])
+            if has_state
+            else None,
             **meta,
         )
 
@@ -574,6 +579,8 @@ def save_preference_index(
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["start_1", "start_2", "length", "label", "annotator"])
-        for a, b, y, who in zip(s1, s2, prefs.labels, prefs.annotator, strict=True):  # type: ignore[arg-type]
+        annotator = prefs.annotator
+        assert annotator is not None  # set in PreferenceDataset.__post_init__
+        for a, b, y, who in zip(s1, s2, prefs.labels, annotator, strict=True):
             w.writerow([int(a), int(b), q.first.length, "" if np.isnan(y) else y, who])
     return path

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def parse_label(value: object) -> float:
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}")
     try:
-        label = float(value)  # type: ignore[arg-type]
+        label = float(cast(Any, value))  # float() itself rejects what is not a number
     except (TypeError, ValueError):
         raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}") from None
     if math.isnan(label) or label in VALID_LABELS:
@@ -100,7 +100,7 @@ class Queries:
     def __len__(self) -> int:
         return len(self.first)
 
-    def __getitem__(self, index: object) -> Queries:
+    def __getitem__(self, index: Any) -> Queries:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         return Queries(self.first[index], self.second[index], self.query_id[index])
@@ -133,7 +133,7 @@ class PreferenceDataset:
         """Indices of labels a reward model trains on (everything but skips)."""
         return np.flatnonzero(~np.isnan(self.labels))
 
-    def __getitem__(self, index: object) -> PreferenceDataset:
+    def __getitem__(self, index: Any) -> PreferenceDataset:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         assert self.annotator is not None and self.answered_at is not None
@@ -154,8 +154,8 @@ class PreferenceDataset:
         return PreferenceDataset(
             queries,
             np.concatenate([p.labels for p in parts]),
-            np.concatenate([p.annotator for p in parts]),  # type: ignore[misc]
-            np.concatenate([p.answered_at for p in parts]),  # type: ignore[misc]
+            np.concatenate([_filled(p.annotator) for p in parts]),
+            np.concatenate([_filled(p.answered_at) for p in parts]),
         )
 
     # -- files -------------------------------------------------------------------------------
@@ -171,7 +171,8 @@ class PreferenceDataset:
         header = {"format": "pbrl.preferences", "version": FORMAT_VERSION, "n": len(self)}
         if meta:
             header["meta"] = meta
-        arrays = {
+        # Any: mypy would check **arrays' values against savez_compressed's allow_pickle: bool
+        arrays: dict[str, Any] = {
             **self.queries.first.to_arrays("first/"),
             **self.queries.second.to_arrays("second/"),
             "query_id": self.queries.query_id.astype(str),
@@ -220,3 +221,9 @@ class PreferenceDataset:
             queries, arrays["labels"], arrays["annotator"], arrays["answered_at"]
         )
         return data, dict(header.get("meta", {}))
+
+
+def _filled(value: np.ndarray | None) -> np.ndarray:
+    """A field ``PreferenceDataset.__post_init__`` fills in (annotator, answered_at)."""
+    assert value is not None
+    return value

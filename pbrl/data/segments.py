@@ -86,7 +86,7 @@ class Segments:
         """Select rows (an int keeps the batch dimension)."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        values = {name: _take(getattr(self, name), index) for name in _ARRAY_FIELDS}
+        values: dict[str, Any] = {name: _take(getattr(self, name), index) for name in _ARRAY_FIELDS}
         return Segments(**values, **self._meta())
 
     # -- statistics ----------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Segments:
         if not parts:
             raise ValueError("Segments.concatenate needs at least one batch")
         meta = parts[0]._meta()
-        values = {}
+        values: dict[str, Any] = {}
         for name in _ARRAY_FIELDS:
             arrays = [getattr(p, name) for p in parts]
             values[name] = None if any(a is None for a in arrays) else np.concatenate(arrays)

@@ -322,9 +322,10 @@ class DeliveryEnv(gym.Env[np.ndarray, np.int64]):
         info = {"reward_factors": phi.copy()}
         return self._obs(), float(phi @ self.weights), terminated, False, info
 
-    def render(self) -> str | None:  # type: ignore[override]
+    def render(self) -> str | None:
         if self.render_mode == "ansi":
-            return self.board.render(tuple(self._obs()))  # type: ignore[arg-type]
+            row, col = self._obs()
+            return self.board.render((int(row), int(col)))
         return None
 
     def _obs(self) -> np.ndarray:

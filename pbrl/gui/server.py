@@ -29,6 +29,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -151,7 +152,7 @@ def create_app(
         db.set_meta(task=task)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cache.start()
         cache.poke()
         yield

@@ -155,8 +155,10 @@ class FeedbackCallback(BaseCallback):
             self.dataset = (
                 new if self.dataset is None else PreferenceDataset.concatenate([self.dataset, new])
             )
-        if asked is not None or new is not None:
-            self._save(asked if asked is not None else new.queries)  # type: ignore[union-attr]
+        if asked is not None:
+            self._save(asked)
+        elif new is not None:
+            self._save(new.queries)
         if new is None or self.dataset is None or self.num_labels < self.schedule.min_labels:
             return  # nothing new, or too few labels to train on yet
         metrics = self.reward_model.fit(self.dataset, self.rng)

@@ -91,8 +91,9 @@ def relabel_buffer(buffer: ReplayBuffer, model: RewardModel, chunk: int = 65536)
 def reset_critic(model: SAC) -> None:
     """Re-initialize SAC's twin critic, its target and its optimizer."""
     for module in model.critic.modules():
-        if hasattr(module, "reset_parameters") and module is not model.critic:
-            module.reset_parameters()  # type: ignore[operator]
+        reset = getattr(module, "reset_parameters", None)
+        if reset is not None and module is not model.critic:
+            reset()
     model.critic_target.load_state_dict(model.critic.state_dict())
     optimizer = model.critic.optimizer
     model.critic.optimizer = type(optimizer)(model.critic.parameters(), **optimizer.defaults)
@@ -121,8 +122,9 @@ class PebbleCallback(BaseCallback):
     def on_reward_update(self) -> None:
         model = self.model
         assert isinstance(model, SAC), "PEBBLE runs on SAC"
-        relabel_buffer(model.replay_buffer, self.feedback.reward_model)  # type: ignore[arg-type]
         buffer = model.replay_buffer
+        assert buffer is not None, "SAC has a replay buffer once learn() runs"
+        relabel_buffer(buffer, self.feedback.reward_model)
         if isinstance(buffer, EntropyReplayBuffer) and buffer.intrinsic:
             buffer.intrinsic = False  # end of unsupervised pre-training
             if self.reset_critic:

@@ -14,7 +14,7 @@ batch's device, instead of going through numpy.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -26,10 +26,15 @@ from pbrl.rewards.base import RewardModel
 from pbrl.sim.probe import probe_env
 
 
+class _SimStateVecEnv(Protocol):
+    def sim_state(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 def sim_state(venv: VecEnv) -> tuple[np.ndarray, np.ndarray] | None:
     """Current ``(qpos, qvel)`` of every sub-env, or None for non-MuJoCo envs."""
     try:
-        return venv.sim_state()  # every pbrl.sim backend provides it (through VecEnvWrappers)
+        # every pbrl.sim backend provides it (through VecEnvWrappers' attribute forwarding)
+        return cast(_SimStateVecEnv, venv).sim_state()
     except (AttributeError, TypeError):
         return None  # not a MuJoCo env
 
@@ -67,11 +72,12 @@ class PreferenceVecEnv(VecEnvWrapper):
         self.learned_episode_returns: deque[float] = deque(maxlen=100)
 
     def reset(self) -> np.ndarray:
-        self.last_obs = self.venv.reset()  # type: ignore[assignment]
+        obs = cast(np.ndarray, self.venv.reset())  # pbrl's envs have array observations
+        self.last_obs = obs
         if self.pool is not None and self.pool.has_state:
             self.state = sim_state(self.venv)
         self.learned_return[:] = 0.0
-        return self.last_obs  # type: ignore[return-value]
+        return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self.actions = np.asarray(actions)
@@ -80,7 +86,8 @@ class PreferenceVecEnv(VecEnvWrapper):
         self.venv.step_async(actions)
 
     def step_wait(self) -> VecEnvStepReturn:
-        obs, true_reward, dones, infos = self.venv.step_wait()
+        step_obs, true_reward, dones, infos = self.venv.step_wait()
+        obs = cast(np.ndarray, step_obs)  # pbrl's envs have array observations
         assert self.last_obs is not None and self.actions is not None, "call reset() first"
         prev_obs, actions = self.last_obs, self.actions
         if self.pool is not None:
@@ -99,9 +106,9 @@ class PreferenceVecEnv(VecEnvWrapper):
             infos[i]["learned_return"] = float(self.learned_return[i])
             self.learned_episode_returns.append(float(self.learned_return[i]))
             self.learned_return[i] = 0.0
-        for i, info in enumerate(infos):
-            info["true_reward"] = float(true_reward[i])
-        self.last_obs = obs  # type: ignore[assignment]
+        for j, info in enumerate(infos):
+            info["true_reward"] = float(true_reward[j])
+        self.last_obs = obs
         return obs, reward, dones, infos
 
     def _record(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ class PreferenceScoring:
     @torch.no_grad()
     def preference_probs(self, first: Segments, second: Segments) -> np.ndarray:
         """P(second ≻ first) per member, ``[E, N]``."""
-        self.eval()  # type: ignore[attr-defined]
+        cast(torch.nn.Module, self).eval()  # mixed in before nn.Module
         n = len(first)
         step = self.prob_batch_size or max(n, 1)
         out = []

@@ -53,6 +53,8 @@ class RewardEnsemble(PreferenceScoring, nn.Module):
     """Reward ensemble; ``reward(obs, act)`` is the member mean used by the policy."""
 
     markovian = True
+    in_mean: torch.Tensor  # input standardization (buffers)
+    in_std: torch.Tensor
 
     def __init__(
         self,

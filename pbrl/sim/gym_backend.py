@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, SupportsFloat
+from typing import TYPE_CHECKING, Any, SupportsFloat, cast
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
+
+if TYPE_CHECKING:
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 
 class TerminalStateInfo(gym.Wrapper):
@@ -18,7 +21,8 @@ class TerminalStateInfo(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
-            data = self.env.unwrapped.data  # type: ignore[attr-defined]
+            # Wrapped only around envs with MuJoCo ``data`` (GymnasiumVecEnv.make).
+            data = cast("MujocoEnv", self.env.unwrapped).data
             info["terminal_qpos"], info["terminal_qvel"] = data.qpos.copy(), data.qvel.copy()
         return obs, reward, terminated, truncated, info
 

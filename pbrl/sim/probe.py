@@ -14,6 +14,13 @@ def reward_factor_names(info: dict[str, Any]) -> tuple[str, ...]:
     return tuple(sorted(k for k, v in info.items() if k.startswith("reward_") and np.isscalar(v)))
 
 
+def _flat_dim(space: gym.Space[Any]) -> int:
+    """Number of scalars in one element of a space with a shape (Box, Discrete, ...)."""
+    if space.shape is None:  # Dict/Tuple spaces (np.prod(None) failed with TypeError too)
+        raise TypeError(f"{space} has no shape: pbrl needs an array observation/action space")
+    return int(np.prod(space.shape))
+
+
 @dataclass(frozen=True)
 class EnvInfo:
     obs_dim: int
@@ -31,8 +38,8 @@ def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvInfo:
     _, _, _, _, info = env.step(env.action_space.sample())
     data = getattr(env.unwrapped, "data", None)
     out = EnvInfo(
-        obs_dim=int(np.prod(env.observation_space.shape)),
-        act_dim=int(np.prod(env.action_space.shape)),
+        obs_dim=_flat_dim(env.observation_space),
+        act_dim=_flat_dim(env.action_space),
         factor_names=reward_factor_names(info),
         state_dims=(len(data.qpos), len(data.qvel)) if data is not None else None,
     )

@@ -28,7 +28,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class HumanTeacher(AsyncTeacher):
         if env_kwargs is not None and not isinstance(env_kwargs, dict):  # a DictConfig from Hydra
             from omegaconf import OmegaConf
 
-            env_kwargs = OmegaConf.to_container(env_kwargs, resolve=True)  # type: ignore[assignment]
+            env_kwargs = cast(dict[str, Any], OmegaConf.to_container(env_kwargs, resolve=True))
         self.task, self.env_kwargs = task, dict(env_kwargs or {})
         self.serve, self.host, self.port, self.token = serve, host, int(port), token
         self.rng = rng
