@@ -8,6 +8,8 @@ Every problem a user can fix (a bad setting, a missing dataset, a malformed labe
 from __future__ import annotations
 
 import difflib
+import os
+import signal
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
@@ -43,3 +45,20 @@ def make_config(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for tests: ``PBRL_FAULT=<name>[:<n>]`` kills this process (SIGKILL) the
+    ``n``-th time (default 1st) execution reaches the named point. A no-op otherwise."""
+    spec = os.environ.get("PBRL_FAULT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return
+    _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
+    if _FAULT_COUNTS[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_COUNTS: dict[str, int] = {}

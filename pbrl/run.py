@@ -171,3 +171,72 @@ class RunSummary:
         tmp.write_text(json.dumps(out, indent=2))
         tmp.replace(run_dir / "summary.json")
         return out
+
+
+class Progress:
+    """One progress style for every long loop: a tqdm bar on a terminal, else a plain line
+    (``pbrl`` logger) every ``every_fraction`` of the work or ``every_s`` seconds."""
+
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        initial: int = 0,
+        unit: str = "steps",
+        enabled: bool = True,
+        every_fraction: float = 0.1,
+        every_s: float = 60.0,
+    ) -> None:
+        import sys
+
+        self.total, self.desc, self.unit, self.enabled = int(total), desc, unit, enabled
+        self.n = self.start = int(initial)
+        self.t0 = self.last_t = time.time()
+        self.every_n = max(1, int(self.total * every_fraction))
+        self.every_s, self.last_n = every_s, self.n
+        self.postfix: dict[str, Any] = {}
+        self.bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, mininterval=1.0)
+
+    def update_to(self, n: int, **postfix: Any) -> None:
+        """Progress is ``n`` of ``total``; ``postfix`` values are shown beside it."""
+        n = min(int(n), self.total)
+        self.postfix.update(postfix)
+        if self.bar is not None:
+            self.bar.update(n - self.n)
+            if postfix:
+                self.bar.set_postfix(self.postfix, refresh=False)
+        elif self.enabled:
+            now = time.time()
+            if n - self.last_n >= self.every_n or now - self.last_t >= self.every_s:
+                self._line(n, now)
+        self.n = n
+
+    def _line(self, n: int, now: float) -> None:
+        import logging
+
+        rate = (n - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - n) / rate if rate > 0 else float("nan")
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        logging.getLogger("pbrl").info(
+            "%s: %d/%d %s (%.0f%%), %.0f %s/s, eta %.0f s%s",
+            self.desc,
+            n,
+            self.total,
+            self.unit,
+            100.0 * n / max(self.total, 1),
+            rate,
+            self.unit,
+            eta,
+            extra,
+        )
+        self.last_n, self.last_t = n, now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.n != self.last_n:
+            self._line(self.n, time.time())

@@ -7,6 +7,7 @@ the problem and the valid choices, with exit code 2, before any work starts.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, cast
@@ -15,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pbrl.errors import ConfigError
+from pbrl.errors import ConfigError, closest
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pbrl")
@@ -59,10 +60,15 @@ def validate(cfg: DictConfig) -> None:
             f"sim={cfg.sim} does not implement {env_id!r}: choose one of "
             f"{', '.join(BATCHED_ENV_IDS)}, or sim=gymnasium"
         )
-    if cfg.total_timesteps <= 0:
-        raise ConfigError(f"total_timesteps={cfg.total_timesteps} must be positive")
+    if not isinstance(cfg.total_timesteps, int) or cfg.total_timesteps <= 0:
+        raise ConfigError(f"total_timesteps={cfg.total_timesteps} must be a positive integer")
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     if cfg.max_feedback < 0:
         raise ConfigError(f"max_feedback={cfg.max_feedback} must be >= 0")
+    from pbrl.run import resolve_device
+
+    resolve_device(str(cfg.device))
     # Build the teacher once here so an invalid parameter fails before training starts.
     import numpy as np
     from hydra.utils import instantiate
@@ -74,6 +80,21 @@ def validate(cfg: DictConfig) -> None:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise ConfigError(str(cause)) from exc
+    if cfg.algo.get("kind", "online") == "offline":
+        try:
+            import minari  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "offline runs read Minari datasets, which need the offline extra: "
+                "pip install -e '.[offline]'"
+            ) from None
+        from pbrl.offline.runner import check
+
+        check(cfg)
+    else:
+        from pbrl.online.trainer import check_config
+
+        check_config(cfg)
 
 
 def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
@@ -91,18 +112,34 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
         for o in HydraConfig.get().overrides.task
         if not o.lstrip("+").startswith(("resume=", "exp="))
     ]
-    base.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+    for o in overrides:
+        key = o.partition("=")[0]
+        if not o.startswith(("+", "~", "hydra.")) and OmegaConf.select(base, key) is None:
+            known = _dotted_keys(base)
+            raise ConfigError(
+                f"resume: {key!r} is not a setting of that run{closest(key, known)} "
+                f"(a new key needs a leading +)"
+            )
+    base.merge_with(
+        OmegaConf.from_dotlist([o.lstrip("+") for o in overrides if not o.startswith("hydra.")])
+    )
     base.resume = None
     return cast(DictConfig, base), run_dir  # _main wrote config.yaml from a DictConfig
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> dict[str, Any]:
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = hydra_dir
     try:
         if cfg.resume:
             cfg, run_dir = resume_config(cfg)
-        else:
-            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            from pbrl.online.checkpoint import Checkpoint
+
+            checkpoint = Checkpoint(run_dir)
+            checkpoint.recover()
+            if checkpoint.complete():
+                checkpoint.verify()  # a damaged checkpoint fails before anything is rewritten
         validate(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         if cfg.algo.get("kind", "online") == "offline":
@@ -114,6 +151,8 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
 
             summary = run_online(cfg, run_dir)
     except ConfigError as exc:  # Hydra would print a traceback for an Exception
+        if run_dir == hydra_dir and not (run_dir / "summary.json").exists():
+            discard(run_dir)  # a run that never started leaves no directory behind
         fail(exc)
     log.info("summary: %s", run_dir / "summary.json")
     print(
@@ -124,14 +163,98 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def discard(run_dir: Path) -> None:
+    """Remove a run directory this invocation made, and the empty folders above it that
+    lie inside the working directory."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    parent = run_dir.resolve().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
 def fail(exc: Exception) -> NoReturn:
     print(f"pbrl.train: error: {exc}", file=sys.stderr)
     sys.exit(2)
 
 
+HYDRA_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--cfg",
+    "-c",
+    "--resolve",
+    "--version",
+    "--shell-completion",
+    "-sc",
+)
+
+
+def check_arguments(argv: list[str]) -> list[str]:
+    """One-line errors for what Hydra would answer with a multi-line one (or not at all),
+    and the extra arguments a resume needs. Returns ``argv`` to hand to Hydra."""
+    if any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
+        return argv
+    check_group_overrides(argv)
+    args = [a for a in argv if not a.startswith("-")]
+    resume = next((a.partition("=")[2] for a in args if a.startswith("resume=")), None)
+    if resume:
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            # log into the resumed run's own folder; write no second .hydra/ there
+            argv = [*argv, f"hydra.run.dir={resume}", "hydra.output_subdir=null"]
+        return argv
+    if not any(a.lstrip("+").startswith("exp=") for a in args):
+        raise ConfigError(
+            "no experiment given: run python -m pbrl.train +exp=NAME with one of "
+            f"{', '.join(choices('exp'))} (or resume=RUN_DIR)"
+        )
+    check_keys(args)
+    return argv
+
+
+def check_keys(args: list[str]) -> None:
+    """A misspelled key (``total_timestep=100``) names the closest valid one."""
+    from hydra import compose, initialize_config_dir
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    structural: list[str] = []
+    plain: list[str] = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or key.lstrip("+~").startswith("hydra") or "," in value:
+            continue  # Hydra's own settings and sweeps are Hydra's to check
+        bare = key.lstrip("+~")
+        (structural if key[0] in "+~" or bare in groups or "/" in bare else plain).append(a)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=structural)
+    known = _dotted_keys(base)
+    for a in plain:
+        key = a.partition("=")[0]
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if not isinstance(node, DictConfig) or leaf not in node:
+            raise ConfigError(
+                f"unknown setting {key!r}{closest(key, known)} (a new key needs a leading +)"
+            )
+
+
+def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        name = f"{prefix}{k}"
+        out.append(name)
+        if isinstance(v, DictConfig):
+            out += _dotted_keys(v, name + ".")
+    return out
+
+
 def main() -> None:
     try:
-        check_group_overrides(sys.argv[1:])
+        sys.argv[1:] = check_arguments(sys.argv[1:])
     except ConfigError as exc:
         fail(exc)
     _main()

@@ -300,7 +300,12 @@ def test_hand_wired_run_from_the_readme(tmp_path, monkeypatch):
     the reward model trains, the replay buffer is relabeled with it."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("<!-- hand-wired example -->\n```python\n", 1)[1].split("```", 1)[0]
-    assert len(block.strip().splitlines()) <= 17  # imports included; the wiring is 8 lines
+    wiring = [
+        line
+        for line in block.splitlines()
+        if line.strip() and not line.startswith(("from ", "import "))
+    ]
+    assert len(wiring) <= 15  # the issue's bound, as formatted by ruff
     monkeypatch.chdir(tmp_path)
     scope: dict = {"STEPS": 1500}
     exec(compile(block, "README.md", "exec"), scope)

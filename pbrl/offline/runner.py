@@ -11,6 +11,7 @@ with ``total_timesteps`` counting gradient steps, plus dataset facts and normali
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, scripted_preferences
@@ -33,7 +33,7 @@ from pbrl.offline import bc, cpl, dtr, iql, oppo
 from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
-from pbrl.run import Evaluation, RunSeeds, RunSummary, label_stats, setup
+from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, label_stats, setup
 
 C = TypeVar("C", bound=OfflineAlgoConfig)
 
@@ -59,6 +59,7 @@ class OfflineAlgorithm(Generic[C]):
 
 
 # algo.name -> the algorithm
+log = logging.getLogger("pbrl")
 ALGORITHMS: dict[str, OfflineAlgorithm[Any]] = {
     "iql": OfflineAlgorithm(iql.IQLConfig, iql.build),
     "iql_oracle": OfflineAlgorithm(iql.IQLConfig, iql.build),
@@ -216,6 +217,31 @@ def check(cfg: DictConfig) -> OfflineAlgoConfig:
     return config
 
 
+def check_segment_length(data: OfflineDataset, length: int, needed: bool) -> None:
+    """No window of ``length`` steps in the dataset is an error; windows from only a few of
+    its episodes (the rest are shorter and were cut off, not terminated) is a warning."""
+    if not needed:
+        return
+    ep_lengths = data.episode_lengths
+    short = float(np.mean(ep_lengths < length))
+    if len(data.window_starts(length)) == 0:
+        raise ConfigError(
+            f"feedback.segment_length={length} is longer than every episode of "
+            f"{data.dataset_id} (longest {int(ep_lengths.max())} steps) that could be compared: "
+            "use a shorter feedback.segment_length"
+        )
+    if short > 0.5:
+        log.warning(
+            "feedback.segment_length=%d is longer than %.0f%% of the episodes of %s "
+            "(median %d steps): pairs come only from the rest, and from episodes that "
+            "terminated early (padded)",
+            length,
+            100 * short,
+            data.dataset_id,
+            int(np.median(ep_lengths)),
+        )
+
+
 def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate one offline run; writes ``summary.json`` into ``run_dir``.
 
@@ -239,6 +265,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"dataset {cfg.dataset.id} was collected on {true_data.env_id} "
             f"but env.id={cfg.env.id}: pick the matching env group"
         )
+    check_segment_length(true_data, segment_length, config.preference)
     labels = None
     if config.preference:
         labels = require_labels(make_labels(cfg, true_data, rng, run_dir), config.name)
@@ -333,15 +360,14 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     videos: list[str] = []
     sums: dict[str, float] = {}
     t_train = time.time()
-    bar = tqdm(
-        range(start, total),
-        desc=f"{config.name} {cfg.dataset.id}",
+    progress = Progress(
+        total,
+        f"{config.name} {cfg.dataset.id}",
         initial=start,
-        total=total,
-        disable=not cfg.progress_bar,
-        mininterval=2,
+        unit="grad steps",
+        enabled=bool(cfg.progress_bar),
     )
-    for step in bar:
+    for step in range(start, total):
         metrics = trainer.train(trainer.sample(gen))
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -359,8 +385,9 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             ev = eval_now(step + 1, f"eval_{step + 1:09d}.mp4")
             if ev.video:
                 videos.append(ev.video)
-            bar.set_postfix(ret=f"{ev.mean:.0f}")
-    bar.close()
+            progress.update_to(step + 1, ret=f"{ev.mean:.0f}")
+        progress.update_to(step + 1)
+    progress.close()
     checkpoint(total)
     train_time = time.time() - t_train
 

@@ -13,7 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from pbrl.data import Queries
 from pbrl.online.wrappers import PreferenceVecEnv
 from pbrl.rewards.base import RewardModel
-from pbrl.run import Evaluation
+from pbrl.run import Evaluation, Progress
 from pbrl.teachers.base import AsyncTeacher
 
 
@@ -55,10 +55,10 @@ class EvalCallback(BaseCallback):
                 self.teacher.show_eval_video(ev.video, step=self.num_timesteps, true_return=ev.mean)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last": self.last, "videos": self.videos}
+        return {"last": self.last}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last, self.videos = int(state["last"]), list(state["videos"])
+        self.last = int(state["last"])
 
 
 class CheckpointCallback(BaseCallback):
@@ -132,3 +132,24 @@ class QueryVideos:
         if self.renderer is not None:
             self.renderer.close()
             self.renderer = None
+
+
+class ProgressCallback(BaseCallback):
+    """Env steps as :class:`pbrl.run.Progress` (a bar on a terminal, else a periodic line),
+    with the latest training episodes' true return beside it."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def _on_step(self) -> bool:
+        info = self.model.ep_info_buffer
+        if info and self.n_calls % 500 == 0:
+            ret = float(np.mean([ep["r"] for ep in info]))
+            self.progress.update_to(self.num_timesteps, ep_return=f"{ret:.1f}")
+        else:
+            self.progress.update_to(self.num_timesteps)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.progress.close()

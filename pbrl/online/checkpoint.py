@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
+from pbrl.data import PreferenceDataset
 from pbrl.data.pool import TrajectoryPool
+from pbrl.errors import ConfigError, fault_point
 from pbrl.rewards.base import RewardModel
 
 LABELS = "preferences.npz"
@@ -66,6 +69,7 @@ class Checkpoint:
             shutil.rmtree(self.new)
         self.new.mkdir(parents=True)
         model.save(self.new / "model.zip")
+        fault_point("checkpoint_write")  # tests: a kill while the checkpoint is half written
         if isinstance(model, SAC):
             model.save_replay_buffer(self.new / "replay_buffer.pkl")
         venv = model.get_env()
@@ -77,15 +81,60 @@ class Checkpoint:
             reward_model.save(self.new / "reward_model.pt")
         if self.labels.exists():
             shutil.copy2(self.labels, self.new / LABELS)
-        blob = {**state, "torch_rng": torch.get_rng_state().tolist()}
+        files = {f.name: _fingerprint(f) for f in sorted(self.new.iterdir()) if f.name != LABELS}
+        blob = {**state, "torch_rng": torch.get_rng_state().tolist(), "files": files}
         (self.new / STATE).write_text(json.dumps(blob))
+        fault_point("checkpoint_switch")  # tests: a kill between the two renames
         if self.dir.exists():
             self.dir.rename(self.old)
+        fault_point("checkpoint_renamed")
         self.new.rename(self.dir)
         if self.old.exists():
             shutil.rmtree(self.old)
 
+    def verify(self) -> None:
+        """A :class:`ConfigError` naming the first damaged file: every file must match the
+        size and CRC recorded when it was written; the labels file must load."""
+        try:
+            state = json.loads((self.dir / STATE).read_text())
+            files = state["files"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{self.dir / STATE} is damaged ({_why(exc)}): {DAMAGED}") from None
+        for name, expected in files.items():
+            path = self.dir / name
+            if not path.exists() or _fingerprint(path) != list(expected):
+                raise ConfigError(f"{path} is truncated or corrupt: {DAMAGED}")
+        if self.labels.exists():
+            try:
+                PreferenceDataset.load_with_meta(self.labels)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConfigError(
+                    f"{self.labels} is damaged ({_why(exc)}): this run cannot be resumed; "
+                    "start a new run"
+                ) from None
+
     def read_state(self) -> dict[str, Any]:
+        self.verify()
         state: dict[str, Any] = json.loads((self.dir / STATE).read_text())
         torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+        state.pop("files")
         return state
+
+
+DAMAGED = (
+    "this run cannot be resumed; start a new run (the labels in checkpoint/preferences.npz "
+    "stay usable, e.g. by an offline run)"
+)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+
+
+def _fingerprint(path: Path) -> list[int]:
+    """``[size, crc32]`` of a file, read in 1 MiB blocks."""
+    crc = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return [path.stat().st_size, crc]

@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.pool import TrajectoryPool
-from pbrl.errors import ConfigError
+from pbrl.errors import ConfigError, fault_point
 from pbrl.query import QuerySelector
 from pbrl.rewards.base import RewardModel
 from pbrl.run import label_stats
@@ -90,6 +90,12 @@ class FeedbackCallback(BaseCallback):
         self.labels_path = None if labels_path is None else Path(labels_path)
         self.on_queries = on_queries
         self.dataset: PreferenceDataset | None = None
+        self._refit_pending = False
+
+    @property
+    def label_rows(self) -> int:
+        """Answers held, skips included."""
+        return 0 if self.dataset is None else len(self.dataset)
 
     @property
     def num_labels(self) -> int:
@@ -116,7 +122,10 @@ class FeedbackCallback(BaseCallback):
         s = self.schedule
         if self.num_timesteps >= self.state.next_at and self.state.queries < s.max_feedback:
             self.feedback_round()
-            self.state.next_at = self.num_timesteps + s.every
+            # Rounds stay on the grid first_at + k * every, whatever the step increments
+            # (vectorized envs) or a resume; a deferred round moves to the next grid point.
+            while self.state.next_at <= self.num_timesteps:
+                self.state.next_at += s.every
         return True
 
     def feedback_round(self) -> None:
@@ -140,6 +149,7 @@ class FeedbackCallback(BaseCallback):
         new = self.teacher.collect()
         if self.on_queries is not None:
             self.on_queries(queries, self.state.rounds)
+        fault_point("feedback_round")  # tests: a kill with answers in hand, not yet saved
         self.learn_from(new, queries)
 
     def collect_late_answers(self) -> None:
@@ -159,8 +169,27 @@ class FeedbackCallback(BaseCallback):
             self._save(asked)
         elif new is not None:
             self._save(new.queries)
+        fault_point("feedback_saved")  # tests: a kill right after the labels were saved
         if new is None or self.dataset is None or self.num_labels < self.schedule.min_labels:
             return  # nothing new, or too few labels to train on yet
+        self._fit(new, t0)
+
+    def refit(self) -> None:
+        """Train the reward model on every label held (e.g. restored labels newer than the
+        model's checkpoint), when learning starts."""
+        self._refit_pending = True
+
+    def _on_training_start(self) -> None:
+        if (
+            self._refit_pending
+            and self.dataset is not None
+            and self.num_labels >= max(self.schedule.min_labels, 1)
+        ):
+            self._fit(None, time.time())
+        self._refit_pending = False
+
+    def _fit(self, new: PreferenceDataset | None, t0: float) -> None:
+        assert self.dataset is not None
         metrics = self.reward_model.fit(self.dataset, self.rng)
         self.state.updates += 1
         log = self.logger.record

@@ -20,20 +20,26 @@ from omegaconf import DictConfig, OmegaConf
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from pbrl.data.pool import TrajectoryPool
 from pbrl.errors import ConfigError, make_config
-from pbrl.online.callbacks import CheckpointCallback, EvalCallback, LearnedReturnLogger, QueryVideos
+from pbrl.online.callbacks import (
+    CheckpointCallback,
+    EvalCallback,
+    LearnedReturnLogger,
+    ProgressCallback,
+    QueryVideos,
+)
 from pbrl.online.checkpoint import Checkpoint
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
+from pbrl.online.logs import run_logger
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
 from pbrl.online.wrappers import PreferenceVecEnv, make_pool
 from pbrl.query import QuerySelector
-from pbrl.rewards import load_reward_model, make_reward_model
+from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
-from pbrl.run import Evaluation, RunSeeds, RunSummary, setup
+from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, setup
 from pbrl.sim import make_vec_env
 from pbrl.teachers.base import as_async
 
@@ -64,16 +70,96 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
-def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    started = time.time()
-    run_dir = Path(run_dir)
+def episode_limit(env_id: str, env_kwargs: dict[str, Any]) -> int | None:
+    """The env's time limit in steps (``max_episode_steps``), or None."""
+    import gymnasium as gym
+
+    import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
+
+    limit = env_kwargs.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
+    return None if limit is None else int(limit)
+
+
+def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
+    """Typed settings of an online run, after every check that needs no simulation: a run
+    that could not learn (no feedback round fits, segments longer than an episode, too few
+    labels for a first reward update) is a :class:`ConfigError`."""
     algo = make_config(OnlineAlgo, _plain(cfg.algo), "algo")
     schedule = make_config(
         FeedbackSchedule, {**_plain(cfg.feedback), "max_feedback": cfg.max_feedback}, "feedback"
     )
+    for key in ("n_envs", "checkpoint_every", "total_timesteps"):
+        if int(cfg[key]) <= 0:
+            raise ConfigError(f"{key}={cfg[key]} must be positive")
+    if int(cfg.eval.every) < 0 or int(cfg.eval.n_episodes) < 1:
+        raise ConfigError("eval.every must be >= 0 (0: at the end only), eval.n_episodes >= 1")
+    if not algo.preference:
+        return algo, schedule
+    reward = _plain(cfg.reward)
+    kind = str(reward.pop("kind", "ensemble"))
+    if kind not in REWARD_MODELS:
+        raise ConfigError(f"reward.kind={kind!r}: choose one of {', '.join(REWARD_MODELS)}")
+    make_config(REWARD_MODELS[kind][1], reward, "reward")
+    if kind != "ensemble":
+        raise ConfigError(
+            f"reward.kind={kind} scores steps in context, which the online loop cannot give "
+            "it step by step: use reward=ensemble online"
+        )
+    try:
+        QuerySelector(**_plain(cfg.query))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"query: {exc}") from None
+    total = int(cfg.total_timesteps)
+    if schedule.max_feedback == 0:
+        raise ConfigError(
+            f"algo={algo.name} learns its reward from preferences but max_feedback=0: give "
+            f"it a label budget, or train on the true reward (algo={algo.sb3})"
+        )
+    first = max(algo.unsupervised_steps, schedule.first_at)
+    if first >= total:
+        raise ConfigError(
+            f"no feedback round fits: the first is at step {first} (algo.unsupervised_steps="
+            f"{algo.unsupervised_steps}, feedback.first_at={schedule.first_at}) but "
+            f"total_timesteps={total}: raise total_timesteps or lower those"
+        )
+    rounds = 1 + (total - 1 - first) // schedule.every
+    asked = min(schedule.max_feedback, rounds * schedule.batch_size)
+    if asked < max(schedule.min_labels, 1):
+        raise ConfigError(
+            f"only {asked} queries fit ({rounds} rounds of {schedule.batch_size}) but "
+            f"feedback.min_labels={schedule.min_labels} are needed before the first reward "
+            "update: raise total_timesteps or feedback.batch_size, or lower feedback.every"
+        )
+    if asked < schedule.max_feedback:
+        log.warning(
+            "only %d of max_feedback=%d queries fit in total_timesteps=%d (%d rounds of %d "
+            "from step %d, every %d)",
+            asked,
+            schedule.max_feedback,
+            total,
+            rounds,
+            schedule.batch_size,
+            first,
+            schedule.every,
+        )
+    limit = episode_limit(str(cfg.env.id), _plain(cfg.env.kwargs) or {})
+    if limit is not None and schedule.segment_length > limit:
+        raise ConfigError(
+            f"feedback.segment_length={schedule.segment_length} is longer than an episode of "
+            f"{cfg.env.id} ({limit} steps): no segment could ever be cut; use "
+            f"feedback.segment_length<={limit}"
+        )
+    return algo, schedule
+
+
+def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.time()
+    run_dir = Path(run_dir)
+    algo, schedule = check_config(cfg)
     checkpoint = Checkpoint(run_dir)
     checkpoint.recover()
     resumed = checkpoint.complete()
+    labels_only = not resumed and checkpoint.labels.exists() and algo.preference
     rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.torch_threads))
     env_kwargs: dict[str, Any] = _plain(cfg.env.kwargs) or {}
     run_name = f"{cfg.name}_{run_dir.name}"
@@ -96,11 +182,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         else:
             pool = make_pool(cfg.env.id, cfg.n_envs, schedule.pool_size, env_kwargs, run_name)
             reward_model = make_reward_model(_plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
-        if not reward_model.markovian:
-            raise ConfigError(
-                f"reward.kind={cfg.reward.kind} scores steps in context, which the online loop "
-                "cannot give it step by step: use reward=ensemble online"
-            )
     wrapper = PreferenceVecEnv(venv, pool, reward_model)
     env: VecEnv = wrapper
     if algo.normalize_reward:
@@ -129,7 +210,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if isinstance(model, SAC) and isinstance(model.replay_buffer, EntropyReplayBuffer):
             model.replay_buffer.intrinsic = algo.preference and algo.unsupervised_steps > 0
     tb_dir = run_dir / "tb"
-    model.set_logger(configure(str(tb_dir), ["tensorboard", "csv"]))
+    model.set_logger(run_logger(tb_dir, int(saved["num_timesteps"]) if resumed else None))
 
     # --- callbacks: feedback (+ PEBBLE), checkpoints, evaluation ---------------------------
     teacher = as_async(instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63))))
@@ -155,7 +236,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 int(cfg.video.queries_per_round),
                 evaluation.video_size,
             )
-            query_videos.videos = list(saved.get("query_videos", []))
         feedback = FeedbackCallback(
             schedule,
             pool,
@@ -171,6 +251,18 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             feedback.restore(checkpoint.labels)
         elif "queries" in saved:
             feedback.state = FeedbackState(**{k: saved[k] for k in feedback.state_dict()})
+        if labels_only:
+            log.warning(
+                "resuming from labels only: the run stopped before its first checkpoint "
+                "(checkpoint_every=%d), so training restarts at step 0 with its %d labels "
+                "(%d queries asked of max_feedback=%d)",
+                int(cfg.checkpoint_every),
+                feedback.num_labels,
+                feedback.state.queries,
+                schedule.max_feedback,
+            )
+        if labels_only or feedback.label_rows > int(saved.get("label_rows", 0)):
+            feedback.refit()  # labels newer than the saved reward model
         callbacks.append(feedback)
         if isinstance(model, SAC):
             callbacks.append(PebbleCallback(feedback, algo.reset_critic))
@@ -183,8 +275,8 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "num_timesteps": step,
             "rng": rng.bit_generator.state,
             **(feedback.state_dict() if feedback else {}),
+            "label_rows": feedback.label_rows if feedback else 0,  # what the model was fit on
             "eval": eval_callback.state_dict(),
-            "query_videos": query_videos.videos if query_videos else [],
         }
         checkpoint.save(model, pool, reward_model, state)
 
@@ -193,6 +285,9 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         eval_callback,
         LearnedReturnLogger(wrapper),
     ]
+    if cfg.progress_bar:
+        progress = Progress(int(cfg.total_timesteps), str(cfg.name), int(model.num_timesteps))
+        callbacks.append(ProgressCallback(progress))
 
     # --- learning --------------------------------------------------------------------------
     remaining = int(cfg.total_timesteps) - int(saved.get("num_timesteps", 0))
@@ -200,7 +295,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model.learn(
             remaining,
             callback=CallbackList(callbacks),
-            progress_bar=bool(cfg.progress_bar),
             reset_num_timesteps=not resumed,
         )
     if query_videos is not None:
@@ -245,12 +339,13 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         eval_learned_return_mean=float(np.mean(ev.learned_returns)) if reward_model else None,
         random_true_return_mean=rand.mean,
         reward_model_test_accuracy=test_acc,
+        # every clip of the run, those made before a resume included
         videos=([ev.video] if ev.video else [])
-        + eval_callback.videos
-        + (query_videos.videos if query_videos else []),
+        + sorted(str(p) for p in video_root.glob("*.mp4") if p.name != "eval.mp4"),
         tensorboard_dir=str(tb_dir),
-        resumed=resumed,
+        resumed=resumed or labels_only,
         started_at=started,
+        extra={"resumed_from": "checkpoint" if resumed else "labels" if labels_only else None},
     ).write(run_dir)
     teacher.close()  # e.g. stops a labeling page served from this process
     env.close()
