@@ -164,14 +164,16 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def discard(run_dir: Path) -> None:
-    """Remove a run directory this invocation made, and the empty folders above it that
-    lie inside the working directory."""
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Undo what Hydra made for a run that never started: its ``.hydra/`` and log, then the
+    run directory and the folders above it, each only if empty and inside the working
+    directory (never the working directory itself)."""
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / f"{HydraConfig.get().job.name}.log").unlink(missing_ok=True)
     cwd = Path.cwd().resolve()
-    parent = run_dir.resolve().parent
-    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
+    folder = run_dir.resolve()
+    while folder != cwd and cwd in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def fail(exc: Exception) -> NoReturn:
