@@ -92,6 +92,14 @@ def csv_steps(run: Path) -> list[int]:
         ]
 
 
+def tensorboard_steps(run: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
 def test_kill_during_a_feedback_round_resumes_without_asking_twice(tmp_path):
     """Killed with round 3's answers in hand but not saved: the resume asks round 3 again
     (its counters were not saved either) and ends at exactly max_feedback."""
@@ -133,6 +141,8 @@ def test_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path):
     steps = csv_steps(run)
     assert steps == sorted(set(steps)), "a step was logged twice"
     assert [s for s in rows_before if s <= 600] == [s for s in steps if s <= 600]
+    tb_steps = tensorboard_steps(run, "rollout/ep_rew_mean")
+    assert tb_steps == sorted(set(tb_steps)), "TensorBoard holds a step twice"
     rounds = sorted(Path(v).name for v in summary["videos"] if "round" in Path(v).name)
     assert [r[:8] for r in rounds] == [f"round{i:03d}" for i in range(1, 6)]
 
