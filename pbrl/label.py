@@ -2,20 +2,23 @@
 
     python -m pbrl.label queries --from-run outputs/quickstart/2025-... --num 50 --store labels.sqlite
     python -m pbrl.label serve --store labels.sqlite            # open http://127.0.0.1:8000
-    python -m pbrl.label export --store labels.sqlite --out prefs.npz
+    python -m pbrl.label queries --from-dataset pbrl/hopper/medium-v0 --num 50 --store labels.sqlite
+    python -m pbrl.label export --store labels.sqlite --out prefs.npz   # + prefs.stats.json
 
-Bad input (a missing store, a run without a checkpoint, an unsafe bind address) is reported
-as one line naming the problem and what to do, with exit code 2.
+Bad input (a missing store, a read-only or foreign store, a run without a checkpoint, an
+unsafe bind address, a bad option) is reported as one line naming the problem and what to do,
+with exit code 2. ``stats`` and ``export`` open the store read-only: they change nothing in it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pbrl.data.store import AGGREGATES, LabelStore, StoreError
 
@@ -24,15 +27,25 @@ class CliError(Exception):
     pass
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of this CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"pbrl.label: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m pbrl.label",
         description="Label pairs of clips in a browser (pbrl's human teacher).",
     )
@@ -94,14 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="random-policy rollouts of a MuJoCo env (to try the page)",
     )
     src.add_argument(
-        "--from-dataset", metavar="DATASET", help="offline dataset (not yet available)"
+        "--from-dataset",
+        metavar="DATASET_ID",
+        help="a local Minari dataset that recorded qpos/qvel (scripts/make_dataset.py): "
+        "pairs of segments from its episodes",
     )
     q.add_argument("--num", type=_positive, default=None, help="number of pairs")
     q.add_argument(
         "--segment-length",
         type=_positive,
         default=None,
-        help="steps per clip (default: the run's feedback.segment_length; 50 for --from-env)",
+        help="steps per clip (default: the run's feedback.segment_length; 50 for --from-env "
+        "and --from-dataset)",
     )
     q.add_argument("--seed", type=int, default=0)
     q.add_argument(
@@ -114,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the answers as a pbrl preference dataset (.npz)")
     e.add_argument("--store", required=True)
-    e.add_argument("--out", required=True)
+    e.add_argument(
+        "--out",
+        required=True,
+        help="dataset .npz to write; <out stem>.stats.json is written next to it",
+    )
     e.add_argument(
         "--aggregate",
         choices=AGGREGATES,
@@ -140,19 +161,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_serve_args(args: argparse.Namespace) -> None:
+    """Refuse settings the server would only trip over later (one line each)."""
+    if not 1 <= args.port <= 65535:
+        raise CliError(f"--port {args.port} is out of range: use a port from 1 to 65535")
+    if not (math.isfinite(args.lease_s) and args.lease_s > 0):
+        raise CliError(
+            f"--lease-s {args.lease_s:g} is invalid: use the seconds a shown pair stays "
+            "reserved for its annotator, > 0 (default 300)"
+        )
+    if args.prerender < 0:
+        raise CliError(f"--prerender {args.prerender} is invalid: use 0 (render on demand) or more")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
+    from pbrl.gui.clips import default_cache_dir, make_cache_dir
     from pbrl.gui.server import check_bind, serve
 
+    check_serve_args(args)
     check_bind(args.host, args.token)
-    if not Path(args.store).exists():  # a trainer with teacher=human fills it at its first round
+    existed = Path(args.store).exists()
+    # Opening for writing refuses a read-only store (file, folder or file system), a path
+    # under a regular file and a file that is not a pbrl store, before anything is served.
+    store = LabelStore(args.store)
+    store.close()
+    make_cache_dir(args.cache or default_cache_dir(store.path))
+    if not existed:  # a trainer with teacher=human fills it at its first round
         print(
-            f"pbrl.label: {args.store} does not exist yet: created it empty; pairs appear on "
+            f"pbrl.label: {args.store} did not exist: created it empty; pairs appear on "
             "the page when a teacher=human run or `pbrl.label queries` adds them",
             flush=True,
         )
-    LabelStore(args.store)
     print(
-        f"pbrl.label: serving {Path(args.store).resolve()} on http://{args.host}:{args.port}/"
+        f"pbrl.label: serving {store.path} on http://{args.host}:{args.port}/"
         + ("?token=..." if args.token else ""),
         flush=True,
     )
@@ -176,11 +217,12 @@ def cmd_queries(args: argparse.Namespace) -> None:
     from pbrl.gui import sources
 
     if args.from_dataset:
-        raise CliError(
-            "--from-dataset is not yet available: offline datasets arrive later. "
-            "Use --from-queries FILE (a pbrl preference dataset .npz) or --from-run RUN_DIR"
+        if args.num is None:
+            raise CliError("--from-dataset needs --num N (how many pairs to sample)")
+        queries, info = sources.queries_from_dataset(
+            args.from_dataset, args.num, args.segment_length or 50, args.seed
         )
-    if args.from_run:
+    elif args.from_run:
         if args.num is None:
             raise CliError("--from-run needs --num N (how many pairs to sample)")
         queries, info = sources.queries_from_run(
@@ -214,14 +256,19 @@ def cmd_queries(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    store = LabelStore(args.store, create=False)
+    store = LabelStore(args.store, readonly=True)
     data = store.export(args.aggregate, only_answered=args.only_answered, sources=args.source)
     if data is None:
         raise CliError(f"{store.path} holds no answers yet: nothing to export")
-    out = data.save(args.out)
-    stats = store.stats("first" if args.aggregate == "first" else "majority")
+    out = Path(args.out)
+    out = out if out.suffix == ".npz" else out.with_suffix(".npz")  # what data.save writes
     stats_path = out.with_name(out.stem + ".stats.json")
-    stats_path.write_text(json.dumps(stats, indent=2))
+    try:
+        out = data.save(out)
+        stats = store.stats("first" if args.aggregate == "first" else "majority")
+        stats_path.write_text(json.dumps(stats, indent=2))
+    except OSError as exc:
+        raise CliError(f"cannot write {out} or {stats_path.name}: {exc}") from None
     n_skip = int(sum(1 for x in data.labels if x != x))
     print(
         f"pbrl.label: wrote {len(data)} labels ({args.aggregate}; {n_skip} skipped) to {out}; "
@@ -230,7 +277,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    stats = LabelStore(args.store, create=False).stats(args.aggregate)
+    stats = LabelStore(args.store, readonly=True).stats(args.aggregate)
     if args.json:
         print(json.dumps(stats, indent=2))
         return

@@ -107,6 +107,17 @@ class StateRenderer:
         self._closed = False
 
     @property
+    def model(self) -> mujoco.MjModel:
+        """The renderer's own MuJoCo model (its visual settings, e.g. geom colours, may be
+        changed: the renderer only sets states and draws them)."""
+        return self._mj.model
+
+    @property
+    def camera(self) -> mujoco.MjvCamera:
+        """The camera drawn from (``distance``, ``elevation``, ``azimuth``, ``lookat``)."""
+        return self._viewer.cam
+
+    @property
     def nq(self) -> int:
         return int(self._mj.model.nq)
 

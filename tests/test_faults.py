@@ -226,6 +226,7 @@ def test_a_damaged_checkpoint_file_is_named_and_nothing_is_rewritten(
         (["+exp=quickstart", "checkpoint_every=0"], "checkpoint_every=0 must be positive"),
         (["+exp=quickstart", "max_feedback=0"], "max_feedback=0"),
         (["+exp=pebble_halfcheetah", "total_timesteps=3000"], "no feedback round fits"),
+        (["+exp=human_quickstart", "teacher.store=/dev/null/labels.sqlite"], "teacher.store:"),
     ],
 )
 def test_bad_settings_fail_in_one_line_and_leave_no_run_directory(args, needle, tmp_path):

@@ -6,6 +6,7 @@ downloads a browser. ``PBRL_UPDATE_SCREENSHOT=1`` also writes docs/label_page.pn
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -107,6 +108,15 @@ def test_keyboard_labeling_in_chromium(browser: object, tmp_path: Path) -> None:
         page = browser.new_page(viewport={"width": 1200, "height": 900})  # type: ignore[attr-defined]
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        sent: list[object] = []  # the label of every answer the page posts
+        page.on(
+            "request",
+            lambda r: (
+                sent.append(json.loads(r.post_data or "{}").get("label"))
+                if r.url.endswith("/api/answer")
+                else None
+            ),
+        )
         page.goto(server.url + "/?annotator=alice")
         page.wait_for_function("document.body.dataset.query", timeout=30000)
         wait_playing(page)
@@ -132,6 +142,8 @@ def test_keyboard_labeling_in_chromium(browser: object, tmp_path: Path) -> None:
             expected[shown] = label
             assert answers(store) == expected, key  # stored in SQLite, with the right label
             wait_playing(page)  # the next pair plays at once: its clips were cached
+        # The skip key sends the word "skip": a missing label is refused by the server.
+        assert sent == ["left", "right", "equal", "equal", "skip"]
         assert page.inner_text("#mine") == "5" and page.inner_text("#answered") == "5"
         assert page.inner_text("#pending") == str(N - 5)
 

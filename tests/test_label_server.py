@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -205,9 +206,11 @@ def test_non_loopback_bind_without_token_is_refused(
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, words in [
+        (["queries", "--store", str(tmp_path / "s.sqlite"), "--from-dataset", "x"], "--num"),
+        (["serve"], "required: --store"),
         (
-            ["queries", "--store", str(tmp_path / "s.sqlite"), "--from-dataset", "x"],
-            "not yet available",
+            ["queries", "--store", str(tmp_path / "s.sqlite"), "--num", "x"],
+            "'x' is not a whole number",
         ),
         (["queries", "--store", str(tmp_path / "s.sqlite"), "--from-run", str(tmp_path)], "--num"),
         (
@@ -479,3 +482,300 @@ def test_eight_simultaneous_clients_get_distinct_queries(tmp_path: Path) -> None
     assert len({a[2] for a in acked}) >= 2  # the work was actually shared
     rows = LabelStore(path).answers()
     assert len(rows) == 80 and sorted(r["id"] for r in rows) == sorted(a[0] for a in acked)
+
+
+# -- issue 11: strict answers, bounded bodies, safe starts, read-only commands ----------------
+@pytest.mark.parametrize(
+    "label", ["missing", None, "nan", "", "NaN-literal", "null"], ids=lambda x: repr(x)
+)
+def test_an_answer_without_a_label_is_refused_not_skipped(
+    client: TestClient, store: LabelStore, label: object
+) -> None:
+    held = lease(client)
+    body: dict[str, object] = {"annotator": "alice", "lease_id": held["lease_id"]}
+    if label == "NaN-literal":  # Python's JSON reader takes a bare NaN
+        r = client.post(
+            "/api/answer",
+            content=json.dumps(body)[:-1] + ', "label": NaN}',
+            headers={"content-type": "application/json"},
+        )
+    else:
+        if label != "missing":
+            body["label"] = label
+        r = client.post("/api/answer", json=body)
+    assert r.status_code == 422, r.text
+    assert '"skip"' in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert store.counts()["answers"] == 0
+    r = client.post("/api/answer", json={**body, "label": "skip"})  # the explicit skip
+    assert r.status_code == 200 and r.json()["answer"]["label"] is None
+    assert store.answers()[0]["label"] is None
+
+
+def test_page_sends_skip_for_the_s_key() -> None:
+    from importlib import resources
+
+    app_js = (resources.files("pbrl.gui") / "static" / "app.js").read_text()
+    assert 's: "skip", S: "skip"' in app_js  # the key map; answer() posts the word as label
+    assert "label: choice" in app_js
+
+
+def test_request_bodies_are_capped(client: TestClient, store: LabelStore) -> None:
+    held = lease(client)
+    body = {"annotator": "alice", "lease_id": held["lease_id"], "label": "left"}
+    big = json.dumps({**body, "pad": "x" * 10_000_000}).encode()
+    r = client.post("/api/answer", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield json.dumps(body)[:-1].encode() + b', "pad": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = client.post("/api/answer", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert store.counts()["answers"] == 0
+    assert client.post("/api/answer", json=body).status_code == 200  # a normal answer
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--port", "99999"], "--port 99999 is out of range: use a port from 1 to 65535"),
+        (["--port", "0"], "--port 0 is out of range"),
+        (["--lease-s", "0"], "--lease-s 0 is invalid"),
+        (["--lease-s", "-5"], "--lease-s -5 is invalid"),
+        (["--lease-s", "nan"], "--lease-s nan is invalid"),
+        (["--prerender", "-1"], "--prerender -1 is invalid"),
+        (["--store", "{tmp}/somefile.txt/labels.sqlite"], "somefile.txt is a file, not a folder"),
+        (["--store", "{tmp}"], "is a folder, not a label store file"),
+        (["--store", "{tmp}/music.sqlite"], "is not a pbrl label store (its tables are songs)"),
+        (["--cache", "{tmp}/somefile.txt/clips"], "cannot make the clip folder"),
+    ],
+)
+def test_serve_refuses_bad_settings_before_serving(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    words: str,
+) -> None:
+    import sqlite3
+
+    import pbrl.gui.server
+
+    real_create_app = pbrl.gui.server.create_app
+
+    def serve(store: str, **kwargs: Any) -> None:  # builds the app, never listens
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("host", "port", "log_level")}
+        real_create_app(store, **kwargs)
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(pbrl.gui.server, "serve", serve)
+    (tmp_path / "somefile.txt").write_text("not a folder")
+    conn = sqlite3.connect(tmp_path / "music.sqlite")
+    conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.commit()
+    conn.close()
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    store = [] if "--store" in argv else ["--store", str(tmp_path / "labels.sqlite")]
+    with pytest.raises(SystemExit) as exc:
+        label_main(["serve", *store, *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pbrl.label: error:") and words in err and "\n" not in err, err
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which root obeys file permissions (as everyone else does)."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions do not apply")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_serve_refuses_a_read_only_store_at_start(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "ro" / "labels.sqlite"
+    LabelStore(path).add_queries(pair_queries([1.0], [0.0]), source="s")
+    (tmp_path / "ro" / "labels_clips").mkdir()
+    locked = path if what == "file" else path.parent
+    locked.chmod(0o444 if what == "file" else 0o555)
+    cmd = [sys.executable, "-m", "pbrl.label", "serve", "--store", str(path)]
+    try:
+        result = subprocess.run(
+            [*_without_root_powers(), *cmd, "--port", str(free_port()), "--prerender", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,  # a server that started anyway would run until this kills it
+        )
+    finally:
+        locked.chmod(0o755 if what == "folder" else 0o644)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip()
+    assert err.startswith("pbrl.label: error:") and "\n" not in err, err
+    assert ("is read-only" if what == "file" else "ro is not writable") in err
+
+
+@pytest.mark.parametrize("command", ["stats", "export"])
+def test_read_only_commands_change_nothing_and_refuse_foreign_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    import sqlite3
+
+    foreign = tmp_path / "music.sqlite"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.commit()
+    conn.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    extra = ["--out", str(tmp_path / "out.npz")] if command == "export" else []
+    for path, words in [
+        (foreign, "is not a pbrl label store (its tables are songs)"),
+        (empty, "is not a pbrl label store (an empty database)"),
+        (tmp_path / "none.sqlite", "does not exist"),
+    ]:
+        before = path.read_bytes() if path.exists() else None
+        with pytest.raises(SystemExit) as exc:
+            label_main([command, "--store", str(path), *extra])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pbrl.label: error:") and words in err and "\n" not in err, err
+        assert (path.read_bytes() if path.exists() else None) == before  # untouched
+        assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+    conn = sqlite3.connect(foreign)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["songs"]
+    conn.close()
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_export_writes_stats_where_the_readme_says(
+    store: LabelStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = store.lease("alice")
+    assert held is not None
+    store.answer(held.lease_id, "alice", "left")
+    out = tmp_path / "sub" / "prefs"  # no suffix: the dataset gets .npz, stats sit beside it
+    label_main(["export", "--store", str(store.path), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert (tmp_path / "sub" / "prefs.npz").is_file()
+    stats = tmp_path / "sub" / "prefs.stats.json"
+    assert json.loads(stats.read_text())["progress"]["answers"] == 1
+    assert f"to {tmp_path / 'sub' / 'prefs.npz'}" in printed and str(stats) in printed
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    labeling = readme.split("## Labeling by people")[1].split("\n## ")[0]
+    assert "`<out stem>.stats.json`" in labeling and "prefs.stats.json" in labeling
+    assert "<out>.stats.json" not in labeling
+
+
+# -- queries from an offline dataset -------------------------------------------------------------
+def _hopper_episode(rng: np.random.Generator, length: int, state: bool) -> object:
+    from pbrl.data.offline import Episode
+
+    term, trunc = np.zeros(length, bool), np.zeros(length, bool)
+    trunc[-1] = True
+    qpos = np.concatenate(  # upright-ish Hopper states: x, z = 1.25, small angles
+        [
+            np.linspace(0, 1, length + 1)[:, None],
+            np.full((length + 1, 1), 1.25),
+            0.05 * rng.normal(size=(length + 1, 4)),
+        ],
+        axis=1,
+    )
+    qvel = 0.1 * rng.normal(size=(length + 1, 6))
+    return Episode(
+        np.concatenate([qpos[:, 1:], qvel], 1),
+        rng.uniform(-1, 1, (length, 3)).astype(np.float32),
+        np.ones(length),
+        term,
+        trunc,
+        qpos if state else None,
+        qvel if state else None,
+    )
+
+
+def test_queries_from_a_local_minari_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("minari", reason="needs the `offline` extra (minari[hdf5])")
+    from pbrl.data.offline import save_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    rng = np.random.default_rng(0)
+    save_minari(
+        "pbrl-test/hopper/state-v0",
+        [_hopper_episode(rng, n, True) for n in (12, 9)],
+        "Hopper-v5",
+    )
+    save_minari("pbrl-test/hopper/nostate-v0", [_hopper_episode(rng, 10, False)], "Hopper-v5")
+    path = tmp_path / "labels.sqlite"
+    base = ["queries", "--store", str(path), "--num", "3", "--segment-length", "4"]
+    label_main([*base, "--from-dataset", "pbrl-test/hopper/state-v0", "--seed", "1"])
+    assert "added 3 pairs of Hopper-v5 (4 steps each)" in capsys.readouterr().out
+    db = LabelStore(path)
+    rows = db.upcoming(10)
+    assert len(rows) == 3 and {r["env_id"] for r in rows} == {"Hopper-v5"}
+    first, _ = db.segments(rows[0]["id"])
+    assert first.qpos is not None and first.qpos.shape == (1, 5, 6) and first.length == 4
+    assert db.query(rows[0]["id"])["source"] == "pbrl-test/hopper/state-v0"
+    with TestClient(create_app(path, prerender=0, width=64, height=64)) as c:  # clips render
+        held = lease(c)
+        r = c.get(held["clips"]["left"])
+        assert r.status_code == 200 and r.headers["content-type"] == "video/mp4"
+
+    for dataset, words in [
+        ("pbrl-test/hopper/nostate-v0", "recorded no simulator state (qpos/qvel"),
+        ("pbrl/hopper/medium-v0", "`python scripts/make_dataset.py --env hopper --kinds medium`"),
+        (
+            "pbrl-tiny/hopper/medium-replay-v0",
+            "make_dataset.py --preset tiny --env hopper --kinds medium-replay --namespace pbrl-tiny",
+        ),
+        ("mujoco/hopper/medium-v0", "`minari download mujoco/hopper/medium-v0`"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            label_main([*base, "--from-dataset", dataset])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pbrl.label: error:") and words in err and "\n" not in err, err
+        if dataset.startswith("pbrl"):
+            assert "minari download" not in err  # pbrl's own ids are not on Minari's server
+    assert LabelStore(path).counts()["total"] == 3
+
+
+# -- clips people can watch ----------------------------------------------------------------------
+def test_short_clips_loop_and_reacher_is_visible(tmp_path: Path) -> None:
+    """Reacher's 25-step segments last 0.5 s: the clip repeats them to >= 2 s; its camera
+    looks from above, close, with a bright target (the default view is a small grey patch)."""
+    import imageio_ffmpeg
+
+    from pbrl.gui.clips import LOOP_HOLD_S
+
+    queries, info = sources.queries_from_env("Reacher-v5", 1, segment_length=25, seed=0)
+    store = LabelStore(tmp_path / "labels.sqlite")
+    store.add_queries(queries, source="s")
+    with TestClient(create_app(store.path, prerender=0, width=128, height=128)) as c:
+        held = lease(c)
+        r = c.get(held["clips"]["left"])
+        assert r.status_code == 200
+    clip = tmp_path / "left.mp4"
+    clip.write_bytes(r.content)
+    reader = imageio_ffmpeg.read_frames(str(clip))
+    meta = reader.__next__()
+    frames = np.stack([np.frombuffer(f, np.uint8).reshape(128, 128, 3) for f in reader]).astype(int)
+    assert len(frames) / meta["fps"] >= 2.0, (len(frames), meta["fps"])
+    period = 26 + round(LOOP_HOLD_S * meta["fps"])  # 26 states, then the last one held
+    assert len(frames) % period == 0
+    assert np.abs(frames[0] - frames[period]).mean() < 2  # the segment starts over
+    red = (frames[..., 0] > 150) & (frames[..., 1] < 70) & (frames[..., 2] < 70)
+    assert red.sum(axis=(1, 2)).min() >= 15  # the target is visible in every frame
+    assert frames.mean() > 150  # a bright floor, not the default dim grey (~80)
+    png = os.environ.get("PBRL_SAVE_CLIP_FRAME")  # look at it: PBRL_SAVE_CLIP_FRAME=x.png
+    if png:
+        import imageio.v3 as iio
+
+        iio.imwrite(png, frames[10].astype(np.uint8))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +22,9 @@ from pbrl.data.store import (
     Conflict,
     LabelStore,
     LeaseExpired,
+    NotAStore,
     NotFound,
+    NotWritable,
     aggregate_labels,
     parse_label,
 )
@@ -76,9 +80,8 @@ def fill(store: LabelStore, n: int = 4, **kwargs: object) -> Queries:
         (0, 0.0),
         (1, 1.0),
         (0.5, 0.5),
-        (None, math.nan),
         ("RIGHT", 1.0),
-        (float("nan"), math.nan),
+        (" Skip ", math.nan),
     ],
 )
 def test_parse_label(given: object, expected: float) -> None:
@@ -90,6 +93,25 @@ def test_parse_label(given: object, expected: float) -> None:
 def test_parse_label_rejects(bad: object) -> None:
     with pytest.raises(BadInput):
         parse_label(bad)
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), np.float32("nan"), "", "nan", "null"])
+def test_a_skip_must_be_explicit(store: LabelStore, missing: object) -> None:
+    """A person's answer without a label is refused, not stored as a skip; label files
+    (offline data) still read an empty cell as a skip."""
+    from pbrl.data.preferences import parse_label as parse_file_label
+
+    with pytest.raises(BadInput, match='(missing|empty).*"skip"'):
+        parse_label(missing)
+    assert math.isnan(parse_file_label(missing))  # the default (files) is unchanged
+    fill(store, 1)
+    lease = store.lease("alice")
+    assert lease is not None
+    with pytest.raises(BadInput, match="skip"):
+        store.answer(lease.lease_id, "alice", missing)
+    assert store.counts()["answers"] == 0
+    store.answer(lease.lease_id, "alice", "skip")
+    assert math.isnan(store.answers()[0]["label"] or math.nan)
 
 
 @pytest.mark.parametrize(
@@ -292,10 +314,120 @@ def test_queries_without_state_or_with_bad_ids_are_refused(store: LabelStore) ->
 def test_missing_or_foreign_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LabelStore(tmp_path / "nope.sqlite", create=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LabelStore(tmp_path / "nope.sqlite", readonly=True)
+    assert not (tmp_path / "nope.sqlite").exists()
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database" * 100)
     with pytest.raises(ValueError, match="label store"):
         LabelStore(junk)
+
+
+def _foreign_db(path: Path) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.execute("INSERT INTO songs VALUES ('x')")
+    conn.commit()
+    conn.close()
+    return path
+
+
+def _tables_and_journal(path: Path) -> tuple[set[str], str]:
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    return tables, mode
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+def test_foreign_or_empty_files_are_refused_and_left_unchanged(
+    tmp_path: Path, readonly: bool
+) -> None:
+    foreign = _foreign_db(tmp_path / "music.sqlite")
+    with pytest.raises(NotAStore, match=r"is not a pbrl label store \(its tables are songs\)"):
+        LabelStore(foreign, readonly=readonly)
+    assert _tables_and_journal(foreign) == ({"songs"}, "delete")
+    assert not Path(f"{foreign}-wal").exists()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    if readonly:  # a read-only command on an empty file: refused, nothing written
+        with pytest.raises(NotAStore, match="not a pbrl label store .an empty database"):
+            LabelStore(empty, readonly=True)
+        assert empty.stat().st_size == 0 and not Path(f"{empty}-wal").exists()
+    else:  # `queries` / a trainer may start a store in an empty file
+        LabelStore(empty)
+        assert LabelStore(empty, readonly=True).counts()["total"] == 0
+
+
+def test_readonly_store_reads_and_writes_nothing(store: LabelStore, tmp_path: Path) -> None:
+    fill(store, 2)
+    lease = store.lease("alice")
+    assert lease is not None
+    store.answer(lease.lease_id, "alice", "left")
+    store.close()
+    before = store.path.read_bytes()
+    ro = LabelStore(store.path, readonly=True)
+    assert ro.counts()["answers"] == 1 and ro.stats()["progress"]["total"] == 2
+    assert len(ro.export()) == 1
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.set_meta(task="x")
+    ro.close()
+    assert store.path.read_bytes() == before
+
+
+def test_store_under_a_file_or_in_a_folder_is_refused(tmp_path: Path) -> None:
+    afile = tmp_path / "somefile.txt"
+    afile.write_text("x")
+    with pytest.raises(NotWritable, match="somefile.txt is a file, not a folder"):
+        LabelStore(afile / "labels.sqlite")
+    with pytest.raises(NotWritable, match="somefile.txt is a file, not a folder"):
+        LabelStore(afile / "deeper" / "labels.sqlite")
+    with pytest.raises(NotAStore, match="is a folder, not a label store file"):
+        LabelStore(tmp_path)
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which root obeys file permissions (as everyone else does)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: file permissions do not apply")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_read_only_store_is_refused_for_writing_but_readable(tmp_path: Path, what: str) -> None:
+    path = tmp_path / "ro" / "labels.sqlite"
+    store = LabelStore(path)
+    fill(store, 1)
+    store.close()
+    (path if what == "file" else path.parent).chmod(0o444 if what == "file" else 0o555)
+    script = (
+        "import sys\n"
+        "from pbrl.data.store import LabelStore, StoreError\n"
+        f"print(LabelStore({str(path)!r}, readonly=True).counts()['total'])\n"
+        "try:\n"
+        f"    LabelStore({str(path)!r})\n"
+        "except StoreError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    try:
+        out = subprocess.run(
+            [*_without_root_powers(), sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+    assert out.returncode == 0, out.stderr
+    total, error = out.stdout.strip().split("\n")
+    assert total == "1"
+    words = "is read-only" if what == "file" else "is not writable"
+    assert error.startswith("NotWritable") and words in error, error
 
 
 # -- several processes at once ---------------------------------------------------------------------

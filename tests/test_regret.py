@@ -398,3 +398,116 @@ def test_cli_subprocess_missing_board_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "board file" in result.stderr and "does not exist" in result.stderr
+
+
+def test_cli_pairs_writes_what_fit_and_stats_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``pairs`` makes PAIRS.npz (the scripted DeliveryTeacher's labels); a board may be a
+    plain list of rows or {"name", "grid"}."""
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps(Board.load(BOARD).grid.tolist()))  # the list-of-rows form
+    for board, model in ((BOARD, "regret"), (rows, "partial_return")):
+        pairs = tmp_path / f"{model}.npz"
+        argv = ["pairs", "--board", str(board), "--num", "40", "--model", model]
+        assert main([*argv, "--out", str(pairs), "--seed", "3"]) == 0
+        assert f"wrote {pairs}: 40 pairs of 3-step segments" in capsys.readouterr().out
+        _, (starts, moves, labels) = _labeled_pairs(Board.load(BOARD), 40, model, seed=3)
+        with np.load(pairs) as f:
+            np.testing.assert_array_equal(f["starts"], starts)
+            np.testing.assert_array_equal(f["moves"], moves)
+            np.testing.assert_array_equal(f["labels"], labels)
+        fit = ["fit", "--board", str(board), "--pairs", str(pairs), "--folds", "2"]
+        assert main([*fit, "--iterations", "5", "--library-size", "10"]) == 0
+        stats = ["stats", "--board", str(board), "--pairs", str(pairs)]
+        assert main([*stats, "--out", str(tmp_path / "stats")]) == 0  # .npz is added
+        assert (tmp_path / "stats.npz").is_file()
+    sampled = tmp_path / "sampled.npz"
+    argv = ["pairs", "--board", str(BOARD), "--num", "300", "--beta", "0.5"]
+    assert main([*argv, "--out", str(sampled)]) == 0
+    with np.load(sampled) as f:
+        assert set(np.unique(f["labels"])) == {0.0, 1.0}  # sampled: no ties
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--library-size", "0"], "--library-size 0 is invalid: use at least 1"),
+        (["--learning-rate", "nan"], "--learning-rate nan is invalid: use a finite"),
+        (["--learning-rate", "-1"], "--learning-rate -1 is invalid"),
+        (["--temperature", "0"], "--temperature 0 is invalid: use a finite soft-max"),
+        (["--temperature", "inf"], "--temperature inf is invalid"),
+        (["--iterations", "0"], "--iterations 0 is invalid"),
+        (["--gamma", "0"], "--gamma 0 is invalid: use 0 < gamma <= 1"),
+        (["--gamma", "1.5"], "--gamma 1.5 is invalid"),
+        (["--folds", "x"], "argument --folds: invalid int value: 'x' \\(see"),
+        (["--library-prior", "cauchy"], "argument --library-prior: invalid choice"),
+        (["--out", "{tmp}/a_file/fit.json"], "a_file is a file, not a folder"),
+        (["--out", "{tmp}"], "is a folder: pass a file path"),
+    ],
+)
+def test_cli_fit_arguments_are_checked_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    pairs = tmp_path / "p.npz"
+    _write_pairs(pairs, n=10)
+    (tmp_path / "a_file").write_text("x")
+    argv = ["fit", "--board", str(BOARD), "--pairs", str(pairs), "--folds", "2"]
+    argv += ["--iterations", "1", *[a.format(tmp=tmp_path) for a in args]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "p.regret_fit.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num", "0"], "--num 0 is invalid: use at least 1 pair"),
+        (["--segment-length", "0"], "--segment-length 0 is invalid"),
+        (["--beta", "-1"], "--beta -1 is invalid: use a finite beta > 0"),
+        (["--model", "both"], "argument --model: invalid choice"),
+        ([], "the following arguments are required: --num"),
+    ],
+)
+def test_cli_pairs_arguments_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    argv = ["pairs", "--board", str(BOARD), "--out", str(tmp_path / "p.npz"), *args]
+    if args and args[0] != "--num":
+        argv += ["--num", "5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_cli_unwritable_out_folder_is_one_line(tmp_path: Path) -> None:
+    """A read-only output folder: refused before the fit, one line, exit 2 (root too)."""
+    import os
+    import shutil
+
+    pairs = tmp_path / "p.npz"
+    _write_pairs(pairs, n=10)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # root ignores permissions unless it gives up that power
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions do not apply")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    try:
+        result = subprocess.run(
+            [*prefix, sys.executable, "-m", "pbrl.regret", "fit", "--board", str(BOARD)]
+            + ["--pairs", str(pairs), "--out", str(locked / "fit.json")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "locked is not writable" in result.stderr

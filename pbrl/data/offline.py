@@ -352,6 +352,26 @@ def save_minari(
     return Path(dataset.storage.data_path).parent
 
 
+# Namespaces of the datasets scripts/make_dataset.py builds for pbrl's configs (conf/dataset/):
+# its default and the seconds-sized smoke-test preset. They exist only where they were built.
+PBRL_NAMESPACES: dict[str, tuple[str, ...]] = {"pbrl": (), "pbrl-tiny": ("--preset", "tiny")}
+_PBRL_ID = re.compile(r"^(?P<ns>[^/]+)/(?P<env>[^/]+)/(?P<kind>[a-z-]+)-v(?P<version>\d+)$")
+
+
+def make_dataset_command(dataset_id: str) -> str | None:
+    """The ``scripts/make_dataset.py`` command that builds ``dataset_id``, for ids in pbrl's
+    own namespaces (:data:`PBRL_NAMESPACES`); None for any other id."""
+    m = _PBRL_ID.match(dataset_id)
+    if m is None or m["ns"] not in PBRL_NAMESPACES:
+        return None
+    args = [*PBRL_NAMESPACES[m["ns"]], "--env", m["env"], "--kinds", m["kind"]]
+    if m["ns"] != "pbrl":
+        args += ["--namespace", m["ns"]]
+    if m["version"] != "0":
+        args += ["--version", m["version"]]
+    return "python scripts/make_dataset.py " + " ".join(args)
+
+
 def load_dataset(dataset_id: str) -> OfflineDataset:
     """Read a Minari dataset from the local store into flat arrays.
 
@@ -363,10 +383,16 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
         ds = minari.load_dataset(dataset_id)
     except FileNotFoundError as exc:
         local = sorted(minari.list_local_datasets())
+        build = make_dataset_command(dataset_id)
+        how = (
+            f"Build it here with `{build}` (pbrl's datasets are not on Minari's server)"
+            if build
+            else f"Build one with scripts/make_dataset.py, or download it with "
+            f"`minari download {dataset_id}`"
+        )
         raise DatasetNotFoundError(
             f"dataset {dataset_id!r} is not in the local Minari store {minari_root()} "
-            f"(MINARI_DATASETS_PATH). Build it with scripts/make_dataset.py, or download it with "
-            f"`minari download {dataset_id}`. Local datasets: {', '.join(local) or 'none'}"
+            f"(MINARI_DATASETS_PATH). {how}. Local datasets: {', '.join(local) or 'none'}"
         ) from exc
     except ValueError as exc:  # malformed id
         raise DatasetNotFoundError(

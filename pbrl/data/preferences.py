@@ -29,34 +29,53 @@ FORMAT_VERSION = 1
 LABEL_WORDS = {"left": 0.0, "first": 0.0, "right": 1.0, "second": 1.0, "equal": 0.5, "skip": SKIP}
 
 
-def parse_label(value: object) -> float:
+def parse_label(value: object, strict: bool = False) -> float:
     """One label from what a person, a file or a request gives: 0 / 1 / 0.5, ``None`` or NaN
     (skip), or the words left / first / right / second / equal / skip.
 
     The one label validator of pbrl: :func:`check_labels`, the label store and the offline
     label files all go through it. Raises ``ValueError`` naming the value and the choices.
+
+    ``strict``: a skip must be the word ``skip``; a missing value (``None``, NaN, an empty
+    string, "nan", "null") is refused instead of read as a skip. Files leave skipped cells
+    empty (the default); people's answers must say what they mean (the label store).
     """
+    missing = value is None
     if isinstance(value, str):
         word = value.strip().lower()
         if word in LABEL_WORDS:
             return LABEL_WORDS[word]
-        if word in ("", "nan", "none", "null"):
-            return SKIP
-    if value is None:
+        missing = word in ("", "nan", "none", "null")
+    if missing:
+        if strict:
+            raise ValueError(_missing_label(value))
         return SKIP
+    choices = STRICT_LABEL_CHOICES if strict else LABEL_CHOICES
     if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}")
+        raise ValueError(f"invalid label {value!r}: {choices}")
     try:
         label = float(cast(Any, value))  # float() itself rejects what is not a number
     except (TypeError, ValueError):
-        raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}") from None
-    if math.isnan(label) or label in VALID_LABELS:
+        raise ValueError(f"invalid label {value!r}: {choices}") from None
+    if math.isnan(label):
+        if strict:
+            raise ValueError(_missing_label(value))
         return label
-    raise ValueError(f"invalid label {value!r}: {LABEL_CHOICES}")
+    if label in VALID_LABELS:
+        return label
+    raise ValueError(f"invalid label {value!r}: {choices}")
+
+
+def _missing_label(value: object) -> str:
+    what = "label is missing (or null)" if value is None else f"label {value!r} is empty"
+    return f'{what}: send left, right or equal (0, 1, 0.5), or "skip" to skip the pair'
 
 
 LABEL_CHOICES = (
     "use 0 (first/left preferred), 1 (second/right preferred), 0.5 (equal) or NaN/null (skip)"
+)
+STRICT_LABEL_CHOICES = (
+    'use left, right or equal (0, 1, 0.5), or "skip" to skip the pair (a skip must be explicit)'
 )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ import numpy as np
 from pbrl.data.preferences import PreferenceDataset, Queries, oracle_labels
 from pbrl.data.preferences import parse_label as _parse_label
 from pbrl.data.segments import Segments
+from pbrl.errors import ConfigError
 
 SCHEMA_VERSION = 1
 Aggregate = Literal["majority", "first", "per-annotator"]
@@ -116,6 +118,55 @@ class LeaseExpired(StoreError):
     status = 410
 
 
+class NotAStore(StoreError, ConfigError):
+    """A file that is not a pbrl label store (another SQLite database, an empty file...)."""
+
+
+class NotWritable(StoreError, ConfigError):
+    """A store that cannot be written (read-only file, folder or file system)."""
+
+    status = 503
+
+
+_TABLES = ("meta", "queries", "leases", "answers")
+
+
+def check_writable(path: str | Path) -> Path:
+    """Raise :class:`NotWritable` (one line) unless a store at ``path`` can be created or
+    written: its folder exists or can be made, and the file and folder are writable (SQLite
+    writes ``-wal`` and ``-shm`` files next to the store)."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise NotWritable(f"{path} is a folder, not a label store file: pass a file path")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotWritable(
+            f"cannot create {path}: {existing} is a file, not a folder; "
+            "pass a store path inside a folder"
+        )
+    if existing != folder:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise NotWritable(
+                f"cannot create {path}: folder {existing} is not writable; "
+                "pass a store path in a folder you can write"
+            )
+        return path
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise NotWritable(
+            f"folder {folder} is not writable (SQLite writes {path.name}-wal and "
+            f"{path.name}-shm next to the store): make it writable or copy the store elsewhere"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise NotWritable(
+            f"{path} is read-only: make it writable (chmod u+w) or copy it elsewhere; "
+            "only `pbrl.label stats` and `export` read a store without writing"
+        )
+    return path
+
+
 # -- small records ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Lease:
@@ -137,10 +188,14 @@ class Answer:
     answered_at: float
 
 
-def parse_label(value: Any) -> float:
-    """A label from the page or the CLI (see :func:`pbrl.data.preferences.parse_label`)."""
+def parse_label(value: Any, strict: bool = True) -> float:
+    """A person's answer (see :func:`pbrl.data.preferences.parse_label`).
+
+    Strict by default: a skip must be the word ``skip``; a missing label (``None``, NaN, "")
+    is refused (:class:`BadInput`) rather than stored as a skip.
+    """
     try:
-        return _parse_label(value)
+        return _parse_label(value, strict=strict)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
 
@@ -217,48 +272,144 @@ class LabelStore:
     up to ``timeout`` seconds), readers never block writers (WAL).
     """
 
-    def __init__(self, path: str | Path, create: bool = True, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        create: bool = True,
+        timeout: float = 30.0,
+        readonly: bool = False,
+    ) -> None:
+        """Open (or, with ``create``, make) the store at ``path``.
+
+        ``readonly``: open it with SQLite's ``mode=ro`` (reports, exports): nothing in the file
+        changes, not even its journal mode, and a file that is not a pbrl store is refused.
+        Otherwise the store must be writable: a read-only file or folder is refused here, at
+        once, rather than at the first answer.
+        """
         self.path = Path(path).expanduser().resolve()
-        if not self.path.exists():
-            if not create:
+        self.readonly = bool(readonly)
+        if not self.path.is_file():
+            if self.path.exists():
+                raise NotAStore(
+                    f"{self.path} is a folder, not a label store file: pass a file path"
+                )
+            if not create or self.readonly:
                 raise FileNotFoundError(
                     f"label store {self.path} does not exist: create it with "
                     "`python -m pbrl.label queries ... --store PATH` or a teacher=human run"
                 )
+        if not self.readonly:
+            check_writable(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self._local = threading.local()
-        self._init_schema(self._conn())
+        self._immutable = False
+        if not self.readonly:
+            self._init_schema(self._conn())
+            return
+        try:
+            self._check_schema(self._conn())
+        except NotWritable:
+            # A WAL store in a folder this process cannot write: SQLite cannot make the
+            # -shm file it reads through. Without a -wal file every commit is in the store
+            # itself (and nobody can write it from here either): read it as immutable.
+            if Path(f"{self.path}-wal").exists():
+                raise
+            self.close()
+            self._immutable = True
+            self._check_schema(self._conn())
 
     # -- connections ---------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+                if self.readonly:
+                    conn = sqlite3.connect(
+                        self.path.as_uri()
+                        + "?mode=ro"
+                        + ("&immutable=1" if self._immutable else ""),
+                        timeout=self.timeout,
+                        isolation_level=None,
+                        uri=True,
+                    )
+                else:
+                    conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
                 conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")  # acknowledged == on disk
-                conn.execute("PRAGMA foreign_keys=ON")
+                if not self.readonly:
+                    conn.execute("PRAGMA synchronous=FULL")  # acknowledged == on disk
+                    conn.execute("PRAGMA foreign_keys=ON")
             except sqlite3.DatabaseError as exc:
-                raise ValueError(f"{self.path} is not a pbrl label store (SQLite): {exc}") from exc
+                raise self._foreign(str(exc)) from exc
             self._local.conn = conn
         return conn
 
-    def _init_schema(self, conn: sqlite3.Connection) -> None:
-        with self._write(conn):
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+    def _foreign(self, why: str) -> NotAStore:
+        return NotAStore(
+            f"{self.path} is not a pbrl label store ({why}): pass a store made by "
+            "`python -m pbrl.label queries` or a teacher=human run"
+        )
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        """Refuse a file that is not a pbrl store (or is newer than this pbrl); writes nothing."""
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if not tables:
+                raise self._foreign("an empty database")
+            if not set(_TABLES) <= tables:
+                raise self._foreign(f"its tables are {', '.join(sorted(tables))}")
             row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
-            elif int(row["value"]) > SCHEMA_VERSION:
-                raise ValueError(
-                    f"{self.path}: label store schema {row['value']} is newer than "
-                    f"this pbrl ({SCHEMA_VERSION}): upgrade pbrl"
-                )
+        except sqlite3.OperationalError as exc:  # e.g. a WAL store in a read-only folder
+            raise NotWritable(f"cannot read label store {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # "file is not a database"
+            raise self._foreign(str(exc)) from exc
+        if row is None:
+            raise self._foreign("no schema version in its meta table")
+        if int(row["value"]) > SCHEMA_VERSION:
+            raise NotAStore(
+                f"{self.path}: label store schema {row['value']} is newer than "
+                f"this pbrl ({SCHEMA_VERSION}): upgrade pbrl"
+            )
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        except sqlite3.DatabaseError as exc:
+            raise self._foreign(str(exc)) from exc
+        if tables - {"sqlite_sequence"}:  # not a new, empty file: it must be a pbrl store
+            self._check_schema(conn)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # persistent: every connection uses it
+            with self._write(conn):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+            # A file opened read-only by SQLite (read-only file system, ...) fails only at the
+            # first write: write once and roll back, so a store that cannot take answers is
+            # refused now rather than at the first answer.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE meta SET value=value WHERE key='schema'")
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise NotWritable(
+                    f"label store {self.path} stayed locked by another process for "
+                    f"{self.timeout:.0f} s ({exc}): try again"
+                ) from exc
+            raise NotWritable(
+                f"cannot write label store {self.path} ({exc}): make the file and its "
+                "folder writable, or copy the store elsewhere"
+            ) from exc
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:

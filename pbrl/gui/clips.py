@@ -9,6 +9,11 @@ person watches.
 
 Files are named from the store's row number and a hash of the query id, never from request
 text, and written atomically (``write_video`` renames a finished temporary file).
+
+A segment shorter than ``MIN_CLIP_S`` seconds (Reacher's 25 steps last 0.5 s) plays several
+times in one clip, with its last frame held briefly between repeats, so a person can watch
+it. Some environments get a camera and colours for people (``CLIP_STYLES``: Reacher is seen
+from above, close, with a bright target); training-time evaluation videos are unchanged.
 """
 
 from __future__ import annotations
@@ -16,17 +21,127 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pbrl.data.store import LabelStore
 
 log = logging.getLogger("pbrl.label")
 SIDES = ("left", "right")  # left = the query's first segment (label 0), right = second (label 1)
 CONTAINER = {"h264": ("mp4", "video/mp4"), "vp9": ("webm", "video/webm")}
+MIN_CLIP_S = 2.0  # a shorter segment is repeated within its clip until it plays this long
+LOOP_HOLD_S = 0.25  # the last frame is held this long between repeats: the end is visible
+
+
+@dataclass(frozen=True)
+class ClipStyle:
+    """How clips of one environment family are drawn for people (the labeling page only).
+
+    ``camera``: attributes of the free camera (``distance``, ``elevation``, ``azimuth``,
+    ``lookat``); ``geom_rgba`` / ``geom_radius``: colours and (visual) sizes of named geoms;
+    ``headlight``: (ambient, diffuse) brightness of the camera's light.
+    """
+
+    camera: dict[str, Any] = field(default_factory=dict)
+    geom_rgba: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    geom_radius: dict[str, float] = field(default_factory=dict)
+    headlight: tuple[float, float] | None = None
+
+
+CLIP_STYLES: dict[str, ClipStyle] = {
+    # The default camera shows Reacher's 0.4 m arena as a small, grey, oblique patch with a
+    # 1.8 cm dark-red target: from straight above and close, with a brighter floor, a bright
+    # (larger) target and a dark arm, the fingertip's distance to the target is easy to see.
+    "Reacher": ClipStyle(
+        camera={"distance": 0.7, "elevation": -90.0, "azimuth": 90.0, "lookat": (0.0, 0.0, 0.0)},
+        geom_rgba={
+            "target": (0.9, 0.0, 0.0, 1.0),
+            "fingertip": (0.0, 0.75, 0.1, 1.0),
+            "link0": (0.1, 0.15, 0.45, 1.0),
+            "link1": (0.1, 0.15, 0.45, 1.0),
+        },
+        geom_radius={"target": 0.015, "fingertip": 0.013},
+        headlight=(0.45, 0.55),
+    ),
+}
+
+
+def clip_style(env_id: str) -> ClipStyle | None:
+    """The :class:`ClipStyle` of ``env_id``'s family (``Reacher-v5`` -> ``Reacher``), if any."""
+    name = env_id.split("/")[-1]
+    for family, style in CLIP_STYLES.items():
+        if name.split("-")[0] == family:
+            return style
+    return None
+
+
+def apply_style(renderer: Any, style: ClipStyle) -> None:
+    """Set ``style`` on a :class:`~pbrl.video.StateRenderer` (geoms it lacks are skipped)."""
+    import mujoco
+
+    model = renderer.model
+    for name, value in style.camera.items():
+        if isinstance(getattr(renderer.camera, name), np.ndarray):
+            getattr(renderer.camera, name)[:] = value
+        else:
+            setattr(renderer.camera, name, value)
+
+    def geom(name: str) -> int:
+        return int(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_GEOM, name))
+
+    for name, rgba in style.geom_rgba.items():
+        if geom(name) >= 0:
+            model.geom_rgba[geom(name)] = rgba
+    for name, radius in style.geom_radius.items():
+        if geom(name) >= 0:
+            model.geom_size[geom(name), 0] = radius
+    if style.headlight is not None:
+        model.vis.headlight.ambient[:] = style.headlight[0]
+        model.vis.headlight.diffuse[:] = style.headlight[1]
+
+
+def loop_frames(
+    frames: np.ndarray, fps: float, min_seconds: float = MIN_CLIP_S, hold_s: float = LOOP_HOLD_S
+) -> np.ndarray:
+    """``frames`` repeated (the last one held ``hold_s`` between repeats) until they play at
+    least ``min_seconds`` at ``fps``; a clip that long already is returned as it is."""
+    if len(frames) >= min_seconds * fps:
+        return frames
+    hold = np.repeat(frames[-1:], max(1, round(hold_s * fps)), axis=0)
+    once = np.concatenate([frames, hold])
+    repeats = math.ceil(min_seconds * fps / len(once))
+    return np.concatenate([once] * repeats)
+
+
+def default_cache_dir(store_path: str | Path) -> Path:
+    """``<store>_clips`` beside the store."""
+    path = Path(store_path)
+    return path.with_name(path.stem + "_clips")
+
+
+def make_cache_dir(cache_dir: str | Path) -> Path:
+    """Make the clip folder; a ``ValueError`` (one line) if it cannot be made or written."""
+    path = Path(cache_dir).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot make the clip folder {path} ({exc.strerror}): pass --cache DIR in a "
+            "folder you can write"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"the clip folder {path} is not writable: pass --cache DIR in a folder you can write"
+        )
+    return path
 
 
 class RenderError(RuntimeError):
@@ -47,8 +162,7 @@ class ClipCache:
         if codec not in CONTAINER:
             raise ValueError(f"unknown codec {codec!r}: use h264 (MP4) or vp9 (WebM)")
         self.store_path = Path(store_path)
-        self.dir = Path(cache_dir).expanduser().resolve()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = make_cache_dir(cache_dir)
         self.width, self.height, self.codec = int(width), int(height), codec
         self.suffix, self.media_type = CONTAINER[codec]
         self.prerender, self.poll_s = int(prerender), float(poll_s)
@@ -133,7 +247,7 @@ class ClipCache:
             import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
         except Exception:  # an env module that fails to import must not stop the page
             log.exception("importing pbrl.envs failed")
-        store = LabelStore(self.store_path, create=False)
+        store = LabelStore(self.store_path, readonly=True)  # the worker only reads
         renderers: dict[tuple[str, str], Any] = {}
         try:
             while not self._stop.is_set():
@@ -177,16 +291,15 @@ class ClipCache:
                     renderer = video.StateRenderer(key[0], self.width, self.height, **kwargs)
                 except Exception as exc:
                     raise RenderError(f"cannot make a renderer for {key[0]}: {exc}") from exc
+                style = clip_style(key[0])
+                if style is not None:
+                    apply_style(renderer, style)
                 renderers[key] = renderer
             t0 = time.time()
+            fps = renderer.fps or 30.0
             for side, segs in zip(SIDES, (first, second), strict=True):
-                frames = video.segment_frames(segs, 0, renderer)
-                video.write_video(
-                    frames,
-                    self.path(seq, query_id, side),
-                    fps=renderer.fps or 30.0,
-                    codec=self.codec,
-                )
+                frames = loop_frames(video.segment_frames(segs, 0, renderer), fps)
+                video.write_video(frames, self.path(seq, query_id, side), fps=fps, codec=self.codec)
             self.rendered += 1
             log.debug("rendered %s in %.2f s", query_id, time.time() - t0)
         except Exception as exc:

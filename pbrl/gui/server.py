@@ -7,7 +7,8 @@ Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` mess
 ``GET  /api/status``       task, progress (``?annotator=`` adds "your count"), eval video
 ``POST /api/next``         ``{annotator}`` -> the lease on the next pair (or ``null``)
 ``POST /api/answer``       ``{annotator, lease_id, query_id?, label}`` label: left / right /
-                           equal / skip (or 0 / 1 / 0.5 / null) -> progress and the next lease
+                           equal / skip (or 0 / 1 / 0.5); a missing or null label is a 422,
+                           not a skip -> progress and the next lease
 ``POST /api/undo``         ``{annotator}``: retract the latest answer, show that pair again
 ``POST /api/renew``        ``{annotator, lease_id}``: keep a lease while the page is open
 ``POST /api/release``      ``{annotator}``: give back held leases (page closed)
@@ -15,6 +16,9 @@ Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` mess
 ``GET  /clips/{id}/{side}``  a pair's clip (left = first segment), rendered on demand
 ``GET  /eval/latest``      the newest evaluation video the trainer announced
 =========================  ==================================================================
+
+Request bodies over ``MAX_BODY_BYTES`` (64 KiB; an answer is about 200 bytes) are refused with
+413 before they are read or parsed.
 
 With a token, every request must carry it: ``Authorization: Bearer TOKEN``, an
 ``X-Pbrl-Token`` header, a ``?token=`` parameter (the page's first load; it then gets an
@@ -27,6 +31,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +45,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pbrl.data.store import (
     AGGREGATES,
@@ -51,7 +58,7 @@ from pbrl.data.store import (
     StoreError,
     check_annotator,
 )
-from pbrl.gui.clips import SIDES, ClipCache, RenderError
+from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
 
 log = logging.getLogger("pbrl.label")
 STATIC = {  # the only files the page serves from its package folder
@@ -61,6 +68,7 @@ STATIC = {  # the only files the page serves from its package folder
 }
 LOOPBACK_NAMES = ("localhost",)
 TOKEN_COOKIE = "pbrl_token"
+MAX_BODY_BYTES = 64 * 1024  # the API's bodies are a few hundred bytes
 
 TASKS = {  # what the person is asked to judge, by environment family
     "InvertedPendulum": "Keep the pole balanced upright on the cart for as long as possible.",
@@ -112,7 +120,48 @@ class AnswerBody(BaseModel):
     annotator: str
     lease_id: str
     query_id: str | None = None
-    label: float | str | None = None
+    # As sent (the store parses it): a missing label stays None and is refused there, and
+    # `true` is not coerced to 1.
+    label: Any = None
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, judged by its Content-Length
+    before anything is read, or while a body without one (chunked) arrives."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, int(limit)
+
+    def _too_large(self) -> str:
+        return f"request body too large: at most {self.limit // 1024} KiB"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                size = -1
+            if size < 0 or size > self.limit:
+                status = 413 if size > self.limit else 400
+                detail = self._too_large() if status == 413 else "bad Content-Length header"
+                await JSONResponse({"detail": detail}, status)(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, limited, send)
 
 
 class LeaseBody(BaseModel):
@@ -142,7 +191,7 @@ def create_app(
     db = store if isinstance(store, LabelStore) else LabelStore(store, create=False)
     cache = ClipCache(
         db.path,
-        cache_dir or db.path.with_name(db.path.stem + "_clips"),
+        cache_dir or default_cache_dir(db.path),
         width=width,
         height=height,
         codec=codec,
@@ -162,6 +211,7 @@ def create_app(
         title="pbrl labeling", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.store, app.state.clips = db, cache
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     static_dir = resources.files("pbrl.gui") / "static"
 
     # -- access control ---------------------------------------------------------------------
@@ -196,6 +246,15 @@ def create_app(
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, exc.status)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def store_unavailable(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # e.g. the store became read-only or its disk filled up after the page started
+        log.error("label store %s: %s", db.path, exc)
+        return JSONResponse(
+            {"detail": f"the label store cannot be written right now ({exc}): tell the operator"},
+            503,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,10 +8,15 @@
   length and the run name from the run's ``config.yaml``.
 * :func:`queries_from_file`: a pbrl preference dataset ``.npz`` (labels are ignored).
 * :func:`queries_from_env`: random-policy rollouts of a MuJoCo environment (to try the page).
+* :func:`queries_from_dataset`: a local Minari dataset (``scripts/make_dataset.py`` or
+  ``minari download``) that recorded the simulator state (``qpos``/``qvel`` in its episode
+  ``infos``). Pairs are sampled as offline preference labels are (Uni-RLHF: each segment
+  from one episode); the environment's id and arguments come from the dataset.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -163,5 +168,53 @@ def queries_from_env(
         "env_id": env_id,
         "env_kwargs": env_kwargs,
         "run": "random",
+        "segment_length": int(segment_length),
+    }
+
+
+# Arguments the clip renderer sets itself: never taken from a dataset's environment spec.
+_RENDER_KWARGS = ("render_mode", "width", "height", "camera_id", "camera_name")
+
+
+def dataset_env_kwargs(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The environment's constructor arguments recorded in a Minari dataset's ``env_spec``."""
+    spec = metadata.get("env_spec")
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError:
+            spec = None
+    kwargs = spec.get("kwargs") if isinstance(spec, dict) else None
+    if not isinstance(kwargs, dict):
+        return {}
+    return {k: v for k, v in kwargs.items() if k not in _RENDER_KWARGS}
+
+
+def queries_from_dataset(
+    dataset_id: str, n: int, segment_length: int = 50, seed: int = 0
+) -> tuple[Queries, dict[str, Any]]:
+    """``n`` pairs of ``segment_length``-step segments from a local Minari dataset."""
+    try:
+        from pbrl.data.offline import load_dataset
+    except ImportError as exc:  # minari is an optional extra
+        raise SourceError(
+            f"--from-dataset needs Minari ({exc}): pip install -e '.[offline]'"
+        ) from None
+    data = load_dataset(dataset_id)  # DatasetNotFoundError says how to build or download it
+    if not data.has_state:
+        raise SourceError(
+            f"dataset {dataset_id} recorded no simulator state (qpos/qvel in its episode "
+            "infos), so its clips cannot be rendered: build one with scripts/make_dataset.py, "
+            "which records it"
+        )
+    if not data.env_id:
+        raise SourceError(
+            f"dataset {dataset_id} names no environment: its clips cannot be rendered"
+        )
+    queries = data.sample_queries(int(n), int(segment_length), np.random.default_rng(seed))
+    return queries, {
+        "env_id": data.env_id,
+        "env_kwargs": dataset_env_kwargs(data.metadata),
+        "run": dataset_id,
         "segment_length": int(segment_length),
     }

@@ -1,9 +1,14 @@
 """``python -m pbrl.regret``: analyse delivery-domain preference data under both models.
 
+``pairs`` synthetic labeled pairs: random segments on a board, labeled by the regret or
+          partial-return model under the board's true reward; writes PAIRS.npz.
 ``fit``   k-fold likelihood analysis with the board's true reward (only the scale fitted)
           and reward learning, per preference model; prints a table, writes JSON.
 ``stats`` per-pair differences (second minus first) in partial return, start value,
           end value and regret; writes ``.npz``.
+
+A board is a JSON file: a list of rows of cell codes, or ``{"name": ..., "grid": [rows]}``
+(as ``envs/boards/small.json``).
 
 PAIRS.npz holds ``starts [N, 2, 2]`` (row, col of each segment's start), ``moves
 [N, 2, T, 2]`` (row/column deltas; ``(0, 0)`` once the episode has ended) and ``labels
@@ -14,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -35,14 +43,89 @@ from pbrl.regret.mdp import (
     SegmentError,
     SegmentStats,
     encode_segments,
+    sample_segments,
     segment_stats,
     value_iteration,
 )
-from pbrl.regret.preference import MODELS, accuracy, fit_scale, log_likelihood, utility
+from pbrl.regret.preference import (
+    MODELS,
+    accuracy,
+    compare,
+    fit_scale,
+    log_likelihood,
+    utility,
+)
+
+PROG = "python -m pbrl.regret"
 
 
 class InputError(ValueError):
     """Bad command-line input: reported as one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are :class:`InputError` (one line, exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+# -- argument checks --------------------------------------------------------------------------
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _positive_int(args: argparse.Namespace, name: str, use: str) -> None:
+    value = getattr(args, name)
+    if value is not None and value < 1:
+        raise InputError(f"{_flag(name)} {value} is invalid: use {use}")
+
+
+def _positive_float(args: argparse.Namespace, name: str, use: str) -> None:
+    value = getattr(args, name)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise InputError(f"{_flag(name)} {value:g} is invalid: use {use}")
+
+
+def check_out(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output path that cannot be written, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder: pass a file path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{flag} {path}: {folder} is a file, not a folder; pass another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        writable = path if path.exists() else folder
+        raise InputError(f"{flag} {path}: {writable} is not writable; pass another path")
+    return path
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every numeric option in its range, and the output writable (one line each)."""
+    gamma = getattr(args, "gamma", None)
+    if gamma is not None and not (math.isfinite(gamma) and 0.0 < gamma <= 1.0):
+        raise InputError(f"--gamma {gamma:g} is invalid: use 0 < gamma <= 1 (1 = the paper)")
+    if args.command == "fit":
+        _positive_int(args, "iterations", "at least 1 Adam iteration")
+        _positive_int(args, "library_size", "at least 1 random reward (default 1000)")
+        _positive_float(args, "learning_rate", "a finite learning rate > 0 (default 0.5)")
+        _positive_float(args, "temperature", "a finite soft-max temperature > 0 (default 1e-3)")
+    if args.command == "pairs":
+        _positive_int(args, "num", "at least 1 pair")
+        _positive_int(args, "segment_length", "at least 1 move per segment")
+        _positive_float(args, "beta", "a finite beta > 0, or leave it out for noiseless labels")
+    check_out(output_path(args))
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """Where the command writes (``np.savez`` adds ``.npz`` to a name without it)."""
+    if args.command == "fit":
+        return Path(args.out) if args.out else Path(args.pairs).with_suffix(".regret_fit.json")
+    out = Path(args.out)
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
 
 
 def load_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,7 +198,14 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     stats = true_stats(board, starts, moves, args.gamma)
     rng = np.random.default_rng(args.seed)
     folds = kfold(n, args.folds, rng)
-    library = PolicyLibrary.build(tables, rng, n_rewards=args.library_size)
+    library = PolicyLibrary.build(
+        tables, rng, n_rewards=args.library_size, prior=args.library_prior
+    )
+    if len(library) == 0:
+        raise InputError(
+            f"the policy library is empty: all {args.library_size} random rewards gave an "
+            "optimal policy for the true reward; pass a larger --library-size"
+        )
 
     result: dict[str, Any] = {
         "board": str(args.board),
@@ -209,19 +299,58 @@ def run_stats(args: argparse.Namespace) -> dict[str, np.ndarray]:
     }
 
 
+# -- pairs ------------------------------------------------------------------------------------
+def run_pairs(args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """``num`` random segment pairs on the board, labeled by ``model`` under the true reward
+    (noiseless, ties 0.5; with ``beta``: sampled, ``P(σ2 ≻ σ1) = sigmoid(beta · Δu)``)."""
+    board = Board.load(args.board)
+    n, length = args.num, args.segment_length
+    rng = np.random.default_rng(args.seed)
+    starts, moves = sample_segments(board.tables, 2 * n, length, rng)
+    starts, moves = starts.reshape(n, 2, 2), moves.reshape(n, 2, length, 2)
+    u = utility(true_stats(board, starts, moves, args.gamma), args.model).reshape(n, 2)
+    scale = math.inf if args.beta is None else args.beta
+    labels = compare(u[:, 0], u[:, 1], scale, rng)
+    return {"starts": starts, "moves": moves, "labels": labels}
+
+
 # -- entry point ------------------------------------------------------------------------------
+BOARD_HELP = 'board JSON file: a list of rows of cell codes, or {"name": ..., "grid": [rows]}'
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pbrl.regret", description=__doc__.split("\n")[0]
-    )
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--board", required=True, help="board JSON file (list of rows of codes)")
-        p.add_argument("--pairs", required=True, help="PAIRS.npz with starts, moves, labels")
+    def gamma(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--gamma", type=float, default=1.0, help="discount of the exact V* (1 = paper)"
         )
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--board", required=True, help=BOARD_HELP)
+        p.add_argument("--pairs", required=True, help="PAIRS.npz with starts, moves, labels")
+        gamma(p)
+
+    pairs = sub.add_parser("pairs", help="write synthetic labeled pairs (PAIRS.npz) for a board")
+    pairs.add_argument("--board", required=True, help=BOARD_HELP)
+    pairs.add_argument("--num", type=int, required=True, help="number of segment pairs")
+    pairs.add_argument(
+        "--model", choices=MODELS, default="regret", help="preference model that labels them"
+    )
+    pairs.add_argument("--out", required=True, help="PAIRS.npz to write")
+    pairs.add_argument(
+        "--segment-length", type=int, default=3, help="moves per segment (the paper: 3)"
+    )
+    pairs.add_argument(
+        "--beta",
+        type=float,
+        default=None,
+        help="sampled labels, P(second) = sigmoid(beta * utility difference) "
+        "(default: noiseless, ties 0.5)",
+    )
+    pairs.add_argument("--seed", type=int, default=0, help="segments and sampled labels")
+    gamma(pairs)
 
     fit = sub.add_parser("fit", help="likelihood analysis and reward learning, k-fold")
     common(fit)
@@ -238,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--learning-rate", type=float, default=0.5, help="Adam learning rate")
     fit.add_argument("--temperature", type=float, default=1e-3, help="library soft-max temperature")
     fit.add_argument("--library-size", type=int, default=1000, help="random rewards in the library")
+    fit.add_argument(
+        "--library-prior",
+        choices=("log_uniform", "gaussian"),
+        default="log_uniform",
+        help="distribution of the library's random rewards (gaussian: the paper's)",
+    )
 
     stats = sub.add_parser("stats", help="per-pair stat differences (second minus first)")
     common(stats)
@@ -246,26 +381,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # fits of a 6-vector: extra threads only spin (a default fit took 12 min, now 1 min)
     torch.set_num_threads(1)
     try:
+        args = build_parser().parse_args(argv)
+        check_args(args)
+        out = output_path(args)
         if args.command == "fit":
             result = run_fit(args)
-            out = Path(args.out) if args.out else Path(args.pairs).with_suffix(".regret_fit.json")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=2) + "\n")
+            _write(out, lambda: out.write_text(json.dumps(result, indent=2) + "\n"))
             print(_fit_table(result))
             print(f"\nwrote {out}")
         else:
-            arrays = run_stats(args)
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
             # Any: mypy would check **arrays' values against savez's ``allow_pickle: bool``
-            to_save: dict[str, Any] = arrays
-            np.savez(out, **to_save)
-            print(f"wrote {out}: {', '.join(arrays)} for {len(arrays['labels'])} pairs")
+            arrays: dict[str, Any] = run_pairs(args) if args.command == "pairs" else run_stats(args)
+            _write(out, lambda: np.savez(out, **arrays))
+            labels = arrays["labels"]
+            if args.command == "pairs":
+                how = "noiseless" if args.beta is None else f"sampled, beta {args.beta:g}"
+                print(
+                    f"wrote {out}: {len(labels)} pairs of {args.segment_length}-step segments "
+                    f"on {args.board}, labeled by the {args.model} model ({how}): "
+                    f"{int(np.sum(labels == 0))} first preferred, "
+                    f"{int(np.sum(labels == 1))} second, {int(np.sum(labels == 0.5))} ties"
+                )
+            else:
+                print(f"wrote {out}: {', '.join(arrays)} for {len(labels)} pairs")
     except (InputError, BoardError, SegmentError, PlanningError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _write(out: Path, write: Callable[[], object]) -> None:
+    """Run ``write()`` after making ``out``'s folder; a failure is one :class:`InputError`."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write()
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None

@@ -33,7 +33,7 @@ from typing import Any, cast
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
-from pbrl.data.store import LabelStore
+from pbrl.data.store import LabelStore, StoreError, check_writable
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 
@@ -79,6 +79,10 @@ class HumanTeacher(AsyncTeacher):
             except ValueError as exc:
                 raise TeacherConfigError(f"teacher.serve: {exc}") from None
         self.store_path = Path(store).expanduser()
+        try:
+            check_writable(self.store_path)  # before training starts, not at the first round
+        except StoreError as exc:
+            raise TeacherConfigError(f"teacher.store: {exc}") from None
         self.min_labels, self.wait_timeout_s = int(min_labels), wait_timeout_s
         self.wait_for_round, self.poll_s = bool(wait_for_round), float(poll_s)
         self.answers_per_query, self.aggregate = int(answers_per_query), aggregate
