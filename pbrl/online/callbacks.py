@@ -8,13 +8,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
 
 from pbrl.data import Queries
+from pbrl.evaluation import Policy
 from pbrl.online.wrappers import PreferenceVecEnv
 from pbrl.rewards.base import RewardModel
 from pbrl.run import Evaluation, Progress
 from pbrl.teachers.base import AsyncTeacher
+
+
+def deterministic_policy(model: BaseAlgorithm) -> Policy:
+    """The policy's deterministic action for raw env observations (normalized as in training
+    when a VecNormalize normalizes observations)."""
+    venv = model.get_env()
+    normalize = venv.normalize_obs if isinstance(venv, VecNormalize) and venv.norm_obs else None
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        x = normalize(obs) if normalize is not None else obs
+        return np.asarray(model.predict(x, deterministic=True)[0])
+
+    return act
 
 
 class EvalCallback(BaseCallback):
@@ -42,7 +58,7 @@ class EvalCallback(BaseCallback):
     def evaluate(self) -> None:
         self.last = self.num_timesteps
         ev = self.evaluation.policy(
-            lambda o: self.model.predict(o, deterministic=True)[0],
+            deterministic_policy(self.model),
             reward_fn=self.reward_model.predict if self.reward_model else None,
             video_name=f"eval_{self.num_timesteps:09d}.mp4",
         )

@@ -30,6 +30,7 @@ from pbrl.online.callbacks import (
     LearnedReturnLogger,
     ProgressCallback,
     QueryVideos,
+    deterministic_policy,
 )
 from pbrl.online.checkpoint import Checkpoint
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
@@ -59,6 +60,8 @@ class OnlineAlgo:
     entropy_k: int = 5  # k of the k-NN entropy estimate
     reset_critic: bool = False  # re-initialize SAC's critic after pre-training (PEBBLE)
     normalize_reward: bool = False  # SB3 VecNormalize on the (learned) reward (PrefPPO)
+    normalize_obs: bool = False  # SB3 VecNormalize on the policy's observations (the reward
+    # model and the trajectory pool always see raw observations)
     kwargs: dict[str, Any] = field(default_factory=dict)  # the SB3 algorithm's arguments
 
     def __post_init__(self) -> None:
@@ -78,6 +81,15 @@ def episode_limit(env_id: str, env_kwargs: dict[str, Any]) -> int | None:
 
     limit = env_kwargs.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
     return None if limit is None else int(limit)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:  # validate() and run_online() both check a config
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
@@ -131,16 +143,10 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
             "update: raise total_timesteps or feedback.batch_size, or lower feedback.every"
         )
     if asked < schedule.max_feedback:
-        log.warning(
-            "only %d of max_feedback=%d queries fit in total_timesteps=%d (%d rounds of %d "
-            "from step %d, every %d)",
-            asked,
-            schedule.max_feedback,
-            total,
-            rounds,
-            schedule.batch_size,
-            first,
-            schedule.every,
+        _warn_once(
+            f"only {asked} of max_feedback={schedule.max_feedback} queries fit in "
+            f"total_timesteps={total} ({rounds} rounds of {schedule.batch_size} from step "
+            f"{first}, every {schedule.every})"
         )
     limit = episode_limit(str(cfg.env.id), _plain(cfg.env.kwargs) or {})
     if limit is not None and schedule.segment_length > limit:
@@ -184,12 +190,16 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             reward_model = make_reward_model(_plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
     wrapper = PreferenceVecEnv(venv, pool, reward_model)
     env: VecEnv = wrapper
-    if algo.normalize_reward:
+    if algo.normalize_reward or algo.normalize_obs:
         if resumed:
             env = VecNormalize.load(str(checkpoint.dir / "vecnormalize.pkl"), wrapper)
         else:
-            gamma = float(algo.kwargs.get("gamma", 0.99))
-            env = VecNormalize(wrapper, norm_obs=False, norm_reward=True, gamma=gamma)
+            env = VecNormalize(
+                wrapper,
+                norm_obs=algo.normalize_obs,
+                norm_reward=algo.normalize_reward,
+                gamma=float(algo.kwargs.get("gamma", 0.99)),
+            )
 
     # --- agent -----------------------------------------------------------------------------
     cls = ALGOS[algo.sb3]
@@ -305,7 +315,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # --- evaluation on the true reward --------------------------------------------------------
     ev = evaluation.policy(
-        lambda obs: model.predict(obs, deterministic=True)[0],
+        deterministic_policy(model),
         reward_fn=reward_model.predict if reward_model else None,
         video_name="eval.mp4",
     )
