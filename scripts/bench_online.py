@@ -41,6 +41,8 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         "SAC-true": ["algo=sac", "max_feedback=0"],
         "PEBBLE-oracle": [*pebble, "teacher=oracle"],
         "PEBBLE-mistake0.1": [*pebble, "teacher=mistake"],
+        # before the faster default: B-Pref's 3 x 256 reward ensemble
+        "PEBBLE-oracle-bpref-net": [*pebble, "teacher=oracle", "reward=ensemble"],
     }
 
 
@@ -71,6 +73,22 @@ def run(name: str, overrides: list[str], out: Path, seed: int, env_id: str, step
     return json.loads(summary.read_text())
 
 
+def reward_learning_s(summary: dict) -> float:
+    """Seconds the run spent learning its reward (cumulative, from its progress.csv)."""
+    import csv
+
+    path = Path(summary["tensorboard_dir"]) / "progress.csv"
+    if not path.is_absolute():
+        path = ROOT / path
+    best = 0.0
+    if path.exists():
+        with path.open() as fh:
+            for row in csv.DictReader(fh):
+                value = row.get("time/reward_learning_total_s") or ""
+                best = max(best, float(value)) if value else best
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=50_000, help="env steps per run")
@@ -82,10 +100,13 @@ def main() -> None:
     args = p.parse_args()
 
     results: dict[str, list[dict]] = {}
-    for name, overrides in variants(args.steps, args.labels).items():
-        if args.only and name not in args.only:
-            continue
-        for seed in args.seeds:
+    chosen = {
+        k: v
+        for k, v in variants(args.steps, args.labels).items()
+        if not args.only or k in args.only
+    }
+    for seed in args.seeds:  # interleaved: every variant of a seed before the next seed
+        for name, overrides in chosen.items():
             results.setdefault(name, []).append(
                 run(
                     name,
@@ -104,13 +125,13 @@ def main() -> None:
     base_time = np.mean([r["wall_time_s"] for r in base]) if base else float("nan")
     header = (
         "| variant | seeds | labels | true return | ratio to SAC-true (from random) | wall time s | "
-        "wall-time ratio | peak RSS MB | reward-model test acc |"
+        "wall-time ratio | reward learning s | peak RSS MB | reward-model test acc |"
     )
     lines = [
         f"{args.env}, {args.steps} steps per run; random policy return {random_ret:.1f}",
         "",
         header,
-        "|" + "---|" * 9,
+        "|" + "---|" * 10,
     ]
     rows = []
     for name, runs in results.items():
@@ -126,6 +147,7 @@ def main() -> None:
             "return_ratio": (ret.mean() - random_ret) / (base_ret - random_ret),
             "wall_s": wall.mean(),
             "wall_ratio": wall.mean() / base_time,
+            "reward_learning_s": float(np.mean([reward_learning_s(r) for r in runs])),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "test_acc": float(np.mean(acc)) if acc else float("nan"),
         }
@@ -133,6 +155,7 @@ def main() -> None:
         lines.append(
             f"| {name} | {row['seeds']} | {row['labels']} | {ret.mean():.1f} ± {ret.std():.1f} | "
             f"{row['return_ratio']:.2f} | {row['wall_s']:.0f} | {row['wall_ratio']:.2f} | "
+            f"{row['reward_learning_s']:.0f} | "
             f"{row['peak_rss_mb']:.0f} | {row['test_acc']:.3f} |"
         )
     table = "\n".join(lines)

@@ -91,6 +91,7 @@ class FeedbackCallback(BaseCallback):
         self.on_queries = on_queries
         self.dataset: PreferenceDataset | None = None
         self._refit_pending = False
+        self.reward_learning_s = 0.0  # fits, selection diagnostics: this process's total
 
     @property
     def label_rows(self) -> int:
@@ -202,7 +203,10 @@ class FeedbackCallback(BaseCallback):
         log("reward_model/train_accuracy", metrics["train_accuracy"])
         log("reward_model/epochs", metrics["epochs"])
         log("reward_model/true_reward_corr", self.reward_correlation())
-        log("time/reward_learning_s", time.time() - t0)
+        spent = time.time() - t0
+        self.reward_learning_s += spent
+        log("time/reward_learning_s", spent)
+        log("time/reward_learning_total_s", self.reward_learning_s)
 
     def reward_correlation(self, n: int = 4096) -> float:
         """Pearson correlation of learned and true per-step reward on recent data."""
