@@ -1,0 +1,82 @@
+"""The rough edges a new user hit (issue 11, items 9, 14, 16): quiet runs, one progress style,
+one-line errors for a missing extra and for segments the data cannot give."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pbrl.data.offline import Episode, OfflineDataset
+from pbrl.errors import ConfigError
+from pbrl.run import Progress
+from pbrl.train import CONF_DIR, validate
+
+
+def test_mujoco_deprecation_and_opengl_notes_are_silenced():
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "import pbrl, gymnasium as gym\n"
+        "import OpenGL.GL  # noqa: F401  (the import that logs the accelerate note)\n"
+        "for _ in range(3): gym.make('HalfCheetah-v5').reset(seed=0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"MUJOCO_GL": "egl", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "settotalmass" not in out.stderr + out.stdout
+    assert "OpenGL_accelerate" not in out.stderr + out.stdout
+
+
+def test_progress_is_a_plain_line_when_output_is_not_a_terminal(caplog):
+    caplog.set_level(logging.INFO, logger="pbrl")
+    progress = Progress(1000, "pebble", every_fraction=0.25, every_s=1e9)
+    for n in range(0, 1001, 50):
+        progress.update_to(n, ep_return="12.5")
+    progress.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "pbrl"]
+    assert progress.bar is None  # pytest's captured stderr is not a terminal
+    assert 4 <= len(lines) <= 5, lines
+    assert lines[0].startswith("pebble: 250/1000 steps (25%)") and "ep_return 12.5" in lines[0]
+
+
+def test_an_offline_run_without_the_offline_extra_is_one_line(monkeypatch):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+exp=offline_tiny"])
+    monkeypatch.setitem(sys.modules, "minari", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[offline\]'"):
+        validate(cfg)
+
+
+def _episode(length: int, terminated: bool) -> Episode:
+    rng = np.random.default_rng(length)
+    term, trunc = np.zeros(length, bool), np.zeros(length, bool)
+    (term if terminated else trunc)[-1] = True
+    return Episode(
+        rng.normal(size=(length + 1, 4)), rng.normal(size=(length, 2)), np.ones(length), term, trunc
+    )
+
+
+def test_segment_length_against_the_dataset(caplog):
+    from pbrl.offline.runner import check_segment_length
+
+    short = OfflineDataset.from_episodes(
+        [_episode(5, False), _episode(6, False)], dataset_id="short"
+    )
+    with pytest.raises(ConfigError, match="longer than every episode of short"):
+        check_segment_length(short, 10, needed=True)
+    check_segment_length(short, 10, needed=False)  # BC and the oracle compare nothing
+    mixed = OfflineDataset.from_episodes(
+        [_episode(5, False), _episode(6, False), _episode(30, False)], dataset_id="mixed"
+    )
+    with caplog.at_level(logging.WARNING, logger="pbrl"):
+        check_segment_length(mixed, 10, needed=True)
+    assert any("longer than 67% of the episodes of mixed" in r.getMessage() for r in caplog.records)
