@@ -75,17 +75,6 @@ trainer = pc.PreferenceComparisons(
 )
 trainer.train(total_timesteps=steps, total_comparisons=comparisons)
 env = gym.make("HalfCheetah-v4")
-returns = []
-for ep in range(episodes):
-    obs, _ = env.reset(seed=seed + 10_000 + ep)
-    done, ret = False, 0.0
-    while not done:
-        act, _ = agent.predict(obs, deterministic=True)
-        obs, r, term, trunc, _ = env.step(act)
-        ret += float(r)
-        done = term or trunc
-    returns.append(ret)
-print("RESULT " + json.dumps({"returns": returns}))
 """
 
 SB3_JOB = r"""
@@ -101,6 +90,10 @@ venv = make_vec_env("HalfCheetah-v5", n_envs=n_envs, seed=seed)
 agent = PPO("MlpPolicy", venv, seed=seed, n_steps=256, verbose=0)  # SB3's defaults otherwise
 agent.learn(steps)
 env = gym.make("HalfCheetah-v5")
+"""
+
+# Appended to both jobs: the final policy's true return over deterministic episodes.
+EVALUATE = r"""
 returns = []
 for ep in range(episodes):
     obs, _ = env.reset(seed=seed + 10_000 + ep)
@@ -215,7 +208,7 @@ def run_one(
             job, python = SB3_JOB, sys.executable
             argv = [str(seed), steps, str(N_ENVS), str(EVAL_EPISODES)]
         script = out / f"_{variant.split()[0].lower()}_job.py"
-        script.write_text(job)
+        script.write_text(job + EVALUATE)
         wall, stdout = timed([python, str(script), *argv], log)
         line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
         ret = float(np.mean(json.loads(line[7:])["returns"]))
