@@ -11,3 +11,15 @@ register(
     entry_point="pbrl.envs.delivery:DeliveryEnv",
     max_episode_steps=200,
 )
+
+# Classic-control tasks with their reward factors in ``info`` (pbrl.envs.factors; HERON).
+register(
+    id="pbrl/MountainCarContinuous-v0",
+    entry_point="pbrl.envs.factors:mountain_car",
+    max_episode_steps=999,
+)
+register(
+    id="pbrl/Pendulum-v1",
+    entry_point="pbrl.envs.factors:pendulum",
+    max_episode_steps=200,
+)
