@@ -131,3 +131,27 @@ def test_every_factor_env_reports_factors_that_add_up_to_its_reward(env_id, fact
         assert sum(info[k] for k in named) == pytest.approx(reward, abs=1e-6)
         if terminated or truncated:
             env.reset()
+
+
+@pytest.mark.parametrize("sim", ["mujoco_batch", "mujoco_warp"])
+def test_batched_backends_report_the_same_factors_as_gymnasium(sim):
+    """Every batched task puts gymnasium's reward terms in each sub-env's info, adding up to
+    the step's reward, so rankings work on any backend."""
+    from pbrl.sim import BATCHED_ENV_IDS, make_vec_env
+    from pbrl.sim.probe import probe_env
+
+    if sim == "mujoco_warp":
+        pytest.importorskip("mujoco_warp")
+    for env_id in BATCHED_ENV_IDS:
+        expected = set(probe_env(env_id).factor_names)
+        venv = make_vec_env(sim, env_id, 2, seed=0)
+        venv.reset()
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            act = rng.uniform(-1, 1, (2, *venv.action_space.shape))
+            _, reward, _, infos = venv.step(act)
+            for i, info in enumerate(infos):
+                named = {k for k in info if k.startswith("reward_")}
+                assert named == expected, env_id
+                assert sum(info[k] for k in named) == pytest.approx(float(reward[i]), abs=1e-4)
+        venv.close()

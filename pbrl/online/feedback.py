@@ -197,7 +197,7 @@ class FeedbackCallback(BaseCallback):
         log("preferences/labels", self.num_labels)
         log("preferences/queries", self.state.queries)
         if new is not None:
-            for key, value in label_stats(new).items():
+            for key, value in {**label_stats(new), **self.teacher.stats()}.items():
                 log(f"preferences/{key}", value)
         log("reward_model/loss", metrics["loss"])
         log("reward_model/train_accuracy", metrics["train_accuracy"])

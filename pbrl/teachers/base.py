@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,6 +21,13 @@ from pbrl.data import PreferenceDataset, Queries
 
 class Teacher(Protocol):
     def __call__(self, queries: Queries) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A teacher with figures about its last answers (logged as ``preferences/<name>``)."""
+
+    def stats(self) -> dict[str, float]: ...
 
 
 class AsyncTeacher(ABC):
@@ -34,6 +41,10 @@ class AsyncTeacher(ABC):
 
     def close(self) -> None:  # noqa: B027  (an optional hook)
         """Release what the teacher holds (a served page, a connection)."""
+
+    def stats(self) -> dict[str, float]:
+        """Figures about the answers collected last (``preferences/<name>``)."""
+        return {}
 
     def show_eval_video(  # noqa: B027  (an optional hook)
         self, path: str | Path, step: int | None = None, true_return: float | None = None
@@ -53,6 +64,9 @@ class Immediate(AsyncTeacher):
     def submit(self, queries: Queries) -> None:
         labels = self.teacher(queries)
         self._answered.append(PreferenceDataset(queries, labels, np.full(len(queries), self.name)))
+
+    def stats(self) -> dict[str, float]:
+        return self.teacher.stats() if isinstance(self.teacher, ReportsStats) else {}
 
     def collect(self) -> PreferenceDataset | None:
         done, self._answered = self._answered, []

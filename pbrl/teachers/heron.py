@@ -151,6 +151,9 @@ class HeronTeacher:
         labels, self.last_levels = heron_compare(z1, z2, margins, self.directions)
         return labels
 
+    def stats(self) -> dict[str, float]:
+        return {f"heron_{k}": v for k, v in self.level_fractions().items()}
+
     def level_fractions(self) -> dict[str, float]:
         """Fraction of the last batch decided at each level, and undecided (skipped)."""
         n = max(len(self.last_levels), 1)
