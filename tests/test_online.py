@@ -86,7 +86,10 @@ def test_every_experiment_composes(name):
 @pytest.mark.parametrize("name", ONLINE_EXPS)
 def test_every_online_experiment_runs_tiny(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = compose_exp(name, ["env.id=InvertedPendulum-v5"] if "halfcheetah" in name else [])
+    # HalfCheetah runs swap in a cheaper env, except HERON's: its ranking names HalfCheetah's
+    # reward factors
+    faster = "halfcheetah" in name and not name.startswith("heron")
+    cfg = compose_exp(name, ["env.id=InvertedPendulum-v5"] if faster else [])
     summary = run_online(cfg, tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
