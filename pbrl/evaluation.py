@@ -18,7 +18,14 @@ class EvalResult:
     true_returns: list[float] = field(default_factory=list)
     learned_returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    terminated: list[bool] = field(default_factory=list)  # ended by the env, not the time limit
+    # per-episode totals of each reward factor the env reports (``info["reward_<name>"]``)
+    factor_totals: dict[str, list[float]] = field(default_factory=dict)
     video: str | None = None
+
+    def factor_means(self) -> dict[str, float]:
+        """Mean total of each reward factor over the episodes."""
+        return {k: float(np.mean(v)) for k, v in self.factor_totals.items()}
 
     @property
     def mean(self) -> float:
@@ -58,6 +65,8 @@ def evaluate(
         if on_reset is not None:
             on_reset()
         done, ret, learned, length = False, 0.0, 0.0, 0
+        factors: dict[str, float] = {}
+        terminated = False
         while not done:
             if ep == 0 and data is not None:
                 qpos.append(data.qpos.copy())
@@ -71,14 +80,20 @@ def evaluate(
                         0
                     ]
                 )
-            obs, r, terminated, truncated, _ = env.step(act)
+            obs, r, terminated, truncated, info = env.step(act)
             ret, length, done = ret + float(r), length + 1, terminated or truncated
+            for key, value in info.items():
+                if key.startswith("reward_") and np.ndim(value) == 0:
+                    factors[key[7:]] = factors.get(key[7:], 0.0) + float(value)
         if ep == 0 and data is not None:
             qpos.append(data.qpos.copy())
             qvel.append(data.qvel.copy())
         result.true_returns.append(ret)
         result.learned_returns.append(learned)
         result.lengths.append(length)
+        result.terminated.append(bool(terminated))
+        for key, total in factors.items():
+            result.factor_totals.setdefault(key, []).append(total)
     env.close()
     if video_path is not None and qpos:
         from pbrl.video import StateRenderer, write_video

@@ -1,13 +1,17 @@
-"""The labeling command line: ``python -m pbrl.label {serve,queries,export,stats}``.
+"""The labeling command line: ``python -m pbrl.label {serve,queries,export,stats,ranking}``.
 
     python -m pbrl.label queries --from-run outputs/quickstart/2025-... --num 50 --store labels.sqlite
     python -m pbrl.label serve --store labels.sqlite            # open http://127.0.0.1:8000
     python -m pbrl.label queries --from-dataset pbrl/hopper/medium-v0 --num 50 --store labels.sqlite
     python -m pbrl.label export --store labels.sqlite --out prefs.npz   # + prefs.stats.json
+    python -m pbrl.label ranking --db labels/heron_hopper.sqlite --run heron_hopper  # HERON
+    python -m pbrl.label ranking --db labels/heron_hopper.sqlite --run heron_hopper \
+        --env Hopper-v5 --set survive,forward,ctrl
 
 Bad input (a missing store, a read-only or foreign store, a run without a checkpoint, an
 unsafe bind address, a bad option) is reported as one line naming the problem and what to do,
-with exit code 2. ``stats`` and ``export`` open the store read-only: they change nothing in it.
+with exit code 2. ``stats``, ``export`` and ``ranking`` without ``--set``/``--env`` open the
+store read-only: they change nothing in it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
-from pbrl.data.store import AGGREGATES, LabelStore, StoreError
+from pbrl.data.store import AGGREGATES, LabelStore, Ranking, StoreError
 
 
 class CliError(Exception):
@@ -158,6 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--store", required=True)
     t.add_argument("--aggregate", choices=("majority", "first"), default="majority")
     t.add_argument("--json", action="store_true", help="print JSON")
+
+    r = sub.add_parser(
+        "ranking",
+        help="print (or --set) a run's ranking of reward factors (HERON, teacher.ranking=store)",
+    )
+    r.add_argument("--db", "--store", dest="store", required=True, help="label store")
+    r.add_argument("--run", default=None, help="run name (teacher.run; default: list the runs)")
+    r.add_argument(
+        "--set",
+        metavar="A,B,C",
+        default=None,
+        help="store a new ranking: every factor of the run once, most important first",
+    )
+    r.add_argument(
+        "--lower",
+        metavar="A,B",
+        default="",
+        help="with --set: factors for which lower is better (default: higher is better)",
+    )
+    r.add_argument(
+        "--env",
+        metavar="ENV_ID",
+        default=None,
+        help="register the run as a run of this environment (its factors) if the store "
+        "does not know it yet",
+    )
+    r.add_argument("--annotator", default="cli", help="who gives the ranking (with --set)")
+    r.add_argument("--history", action="store_true", help="every ranking saved, oldest first")
+    r.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -302,7 +337,103 @@ def cmd_stats(args: argparse.Namespace) -> None:
         )
 
 
-COMMANDS = {"serve": cmd_serve, "queries": cmd_queries, "export": cmd_export, "stats": cmd_stats}
+def _describe(ranking: Ranking) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ranking.created_at))
+    order = " > ".join(
+        f"{f}{'' if up else ' (lower is better)'}"
+        for f, up in zip(ranking.factors, ranking.higher_is_better, strict=True)
+    )
+    return f"#{ranking.ranking_id} by {ranking.annotator} at {when}: {order}"
+
+
+def cmd_ranking(args: argparse.Namespace) -> None:
+    writes = args.set is not None or args.env is not None
+    if args.run is None:
+        if writes:
+            raise CliError("--set and --env need --run NAME (the run the ranking is for)")
+        runs = LabelStore(args.store, readonly=True).runs()
+        if args.json:
+            print(
+                json.dumps(
+                    [{"name": r.name, "env_id": r.env_id, "factors": r.factors} for r in runs],
+                    indent=2,
+                )
+            )
+            return
+        if not runs:
+            print(f"{args.store} knows no runs yet (pass --run NAME --env ENV_ID to add one)")
+        for info in runs:
+            print(f"{info.name}: {info.env_id}, factors {', '.join(info.factors) or 'none'}")
+        return
+    if args.lower and args.set is None:
+        raise CliError("--lower goes with --set (the directions of a new ranking)")
+    if not writes and not Path(args.store).exists():
+        raise CliError(
+            f"label store {args.store} does not exist: a teacher=heron run with "
+            "teacher.ranking=store creates it, or add --env ENV_ID --set A,B,C"
+        )
+    store = LabelStore(args.store) if writes else LabelStore(args.store, readonly=True)
+    if args.env is not None:
+        known = {r.name: r for r in store.runs()}
+        if args.run in known and known[args.run].env_id != args.env:
+            raise CliError(
+                f"run {args.run!r} is a run of {known[args.run].env_id}, not {args.env}: "
+                "pick another --run name"
+            )
+        if args.run not in known:
+            from pbrl.sim.probe import probe_env
+
+            try:
+                factors = probe_env(args.env).factor_names
+            except Exception as exc:  # gymnasium's unknown-id errors span lines
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CliError(f"--env {args.env}: cannot make it ({first})") from None
+            store.register_run(args.run, args.env, factors)
+    info = store.run(args.run)
+    if args.set is not None:
+        names = [n.strip() for n in args.set.split(",") if n.strip()]
+        lower = {n.strip().removeprefix("reward_") for n in args.lower.split(",") if n.strip()}
+        unknown = lower - {n.removeprefix("reward_") for n in names}
+        if unknown:
+            raise CliError(f"--lower names {', '.join(sorted(unknown))}, which --set does not rank")
+        higher = [n.removeprefix("reward_") not in lower for n in names]
+        store.set_ranking(args.run, names, higher, args.annotator)
+    history = store.rankings(args.run)
+    if args.json:
+        out: dict[str, Any] = {
+            "run": info.name,
+            "env_id": info.env_id,
+            "factors": list(info.factors),
+            "ranking": history[-1].to_json() if history else None,
+        }
+        if args.history:
+            out["history"] = [h.to_json() for h in history]
+        print(json.dumps(out, indent=2))
+        return
+    if not history:
+        how = (
+            f"python -m pbrl.label ranking --db {args.store} --run {info.name} --set "
+            f"{','.join(info.factors)}, or the page's /rank?run={quote(info.name, safe='')}"
+        )
+        if args.env is not None:  # registering the run was the point
+            print(f"run {info.name} ({info.env_id}), factors {', '.join(info.factors)}: {how}")
+            return
+        raise CliError(
+            f"nobody has ranked the factors of run {info.name!r} ({', '.join(info.factors)}) "
+            f"yet: {how}"
+        )
+    print(f"run {info.name} ({info.env_id}), factors {', '.join(info.factors)}")
+    for ranking in history if args.history else history[-1:]:
+        print(("  " if args.history else "ranking ") + _describe(ranking))
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "queries": cmd_queries,
+    "export": cmd_export,
+    "stats": cmd_stats,
+    "ranking": cmd_ranking,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

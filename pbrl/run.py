@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.preferences import oracle_labels
@@ -45,6 +46,11 @@ class RunSeeds:
     @property
     def test_queries(self) -> int:  # held-out pairs for the reward model's test accuracy
         return self.seed + 30_000
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain containers, interpolations resolved ({} for None)."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
 def resolve_device(name: str) -> torch.device:

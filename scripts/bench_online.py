@@ -73,22 +73,6 @@ def run(name: str, overrides: list[str], out: Path, seed: int, env_id: str, step
     return json.loads(summary.read_text())
 
 
-def reward_learning_s(summary: dict) -> float:
-    """Seconds the run spent learning its reward (cumulative, from its progress.csv)."""
-    import csv
-
-    path = Path(summary["tensorboard_dir"]) / "progress.csv"
-    if not path.is_absolute():
-        path = ROOT / path
-    best = 0.0
-    if path.exists():
-        with path.open() as fh:
-            for row in csv.DictReader(fh):
-                value = row.get("time/reward_learning_total_s") or ""
-                best = max(best, float(value)) if value else best
-    return best
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=50_000, help="env steps per run")
@@ -147,7 +131,7 @@ def main() -> None:
             "return_ratio": (ret.mean() - random_ret) / (base_ret - random_ret),
             "wall_s": wall.mean(),
             "wall_ratio": wall.mean() / base_time,
-            "reward_learning_s": float(np.mean([reward_learning_s(r) for r in runs])),
+            "reward_learning_s": float(np.mean([r.get("reward_learning_s") or 0.0 for r in runs])),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "test_acc": float(np.mean(acc)) if acc else float("nan"),
         }

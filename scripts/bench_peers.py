@@ -134,21 +134,6 @@ def imitation_python(args: argparse.Namespace) -> str:
     return str(python)
 
 
-def reward_learning_s(progress_csv: Path) -> float | None:
-    """Seconds a pbrl run spent learning its reward (cumulative column of progress.csv)."""
-    import csv
-
-    if not progress_csv.exists():
-        return None
-    with progress_csv.open() as fh:
-        values = [
-            float(r["time/reward_learning_total_s"])
-            for r in csv.DictReader(fh)
-            if r.get("time/reward_learning_total_s")
-        ]
-    return max(values) if values else None
-
-
 def job_env() -> dict[str, str]:
     return {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
 
@@ -199,6 +184,7 @@ def run_one(
         extra = {
             "labels": summary["num_labels"],
             "test_accuracy": summary["reward_model_test_accuracy"],
+            "reward_learning_s": summary.get("reward_learning_s"),
         }
     else:
         if variant.startswith("imitation"):

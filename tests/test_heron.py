@@ -67,6 +67,13 @@ def test_teacher_margins_are_sigma_times_the_batch_std_of_segment_totals():
         "level2_ctrl": 0.5,
         "undecided": 0.0,
     }
+    # every batch so far, for summary.json: a second call with one pair undecided
+    teacher(Queries(segments(a[:1], names), segments(a[:1], names)))
+    described = teacher.describe()
+    assert described["ranking"] == ["survive", "forward", "ctrl"]
+    assert described["higher_is_better"] == [True, True, True]
+    assert described["decided_by_level"] == {"survive": 0.0, "forward": 1 / 3, "ctrl": 1 / 3}
+    assert described["undecided"] == pytest.approx(1 / 3)
 
 
 def test_mean_aggregate_and_padded_steps():
@@ -155,3 +162,17 @@ def test_batched_backends_report_the_same_factors_as_gymnasium(sim):
                 assert named == expected, env_id
                 assert sum(info[k] for k in named) == pytest.approx(float(reward[i]), abs=1e-4)
         venv.close()
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "pbrl/MountainCarContinuous-v0"])
+def test_evaluation_reports_factor_totals_that_add_up_to_the_return(env_id):
+    from pbrl.evaluation import evaluate
+
+    result = evaluate(env_id, None, n_episodes=2, seed=0)
+    totals = result.factor_totals
+    assert set(totals) >= ({"goal", "action"} if "Mountain" in env_id else {"forward", "ctrl"})
+    summed = np.sum([totals[k] for k in totals], axis=0)
+    np.testing.assert_allclose(summed, result.true_returns, rtol=1e-6, atol=1e-6)
+    assert len(result.terminated) == 2
+    if "Mountain" in env_id:  # the goal factor is 100 exactly when the episode terminated
+        np.testing.assert_array_equal(np.array(totals["goal"]) == 100.0, result.terminated)

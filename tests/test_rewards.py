@@ -61,6 +61,16 @@ def test_stops_at_accuracy_threshold():
     assert metrics["train_accuracy"] > 0.8 and metrics["epochs"] < 200
 
 
+def test_max_updates_caps_a_rounds_gradient_steps():
+    data = labeled(200, seed=3)  # 200 pairs / batch 16 = 13 steps per epoch
+    capped = RewardModelConfig(batch_size=16, max_epochs=50, acc_threshold=1.0, max_updates=20)
+    metrics = RewardEnsemble(4, 2, capped).fit(data, np.random.default_rng(0))
+    assert metrics["updates"] == 20 and metrics["epochs"] == 2  # stopped inside epoch 2
+    free = RewardModelConfig(batch_size=16, max_epochs=3, acc_threshold=1.0)
+    metrics = RewardEnsemble(4, 2, free).fit(data, np.random.default_rng(0))
+    assert metrics["updates"] == 3 * 13 and metrics["epochs"] == 3
+
+
 def test_skipped_labels_are_not_trained_on():
     ds = labeled(4, seed=0)
     ds.labels[:] = np.nan

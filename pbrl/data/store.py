@@ -6,7 +6,8 @@ processes. Every change is one ``BEGIN IMMEDIATE`` transaction committed with
 ``synchronous=FULL``, so an answer the page has acknowledged survives a crash (or SIGKILL)
 of the page server or of the trainer at any moment, and a half-done change never lands.
 
-Tables (``schema`` 1):
+Tables (``schema`` 2; a schema-1 store is migrated in place, in one transaction, the first
+time a writer opens it):
 
 * ``queries``: one row per segment pair, with the pair itself (a ``.npz`` blob of both
   :class:`~pbrl.data.Segments` rows, simulator state included, so clips can be re-rendered
@@ -19,6 +20,13 @@ Tables (``schema`` 1):
   0.5 equal, NULL skip / can't tell), time shown and time answered. An undone answer is kept
   with ``retracted_at`` set; at most one live answer per (query, annotator).
 * ``meta``: key/value strings (task description, latest evaluation video, ...).
+* ``runs`` (schema 2): one row per run (the trainer's run name, the ``source`` of its queries):
+  its environment and that environment's reward-factor names. Registered by ``add_queries``,
+  by a ``teacher=heron`` run whose ranking comes from the store, or by
+  ``python -m pbrl.label ranking --env``.
+* ``rankings`` (schema 2): a person's ranking of a run's reward factors (HERON), most
+  important first, with a direction per factor, the annotator and the time. Every ranking
+  saved is kept; the latest is the run's ranking.
 """
 
 from __future__ import annotations
@@ -46,11 +54,12 @@ from pbrl.data.preferences import parse_label as _parse_label
 from pbrl.data.segments import Segments
 from pbrl.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: queries, leases, answers, meta; 2: + runs, rankings
 Aggregate = Literal["majority", "first", "per-annotator"]
 AGGREGATES: tuple[str, ...] = ("majority", "first", "per-annotator")
 QUERY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 ANNOTATOR = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+RUN_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,6 +101,22 @@ CREATE TABLE IF NOT EXISTS answers (
 CREATE UNIQUE INDEX IF NOT EXISTS answers_once ON answers (query_id, annotator)
     WHERE retracted_at IS NULL;
 CREATE INDEX IF NOT EXISTS answers_by_annotator ON answers (annotator, answered_at);
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY,
+    env_id TEXT NOT NULL DEFAULT '',
+    env_kwargs TEXT NOT NULL DEFAULT '{}',
+    factors TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rankings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL REFERENCES runs (name),
+    factors TEXT NOT NULL,
+    higher_is_better TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rankings_by_run ON rankings (run, id);
 """
 
 
@@ -188,6 +213,44 @@ class Answer:
     answered_at: float
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """A run the store knows: its environment and that environment's reward factors."""
+
+    name: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    factors: tuple[str, ...]  # bare names (``forward``, not ``reward_forward``), as reported
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A person's ranking of a run's reward factors (HERON): most important first."""
+
+    ranking_id: int
+    run: str
+    factors: tuple[str, ...]
+    higher_is_better: tuple[bool, ...]  # one per factor, in rank order
+    annotator: str
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.ranking_id,
+            "run": self.run,
+            "factors": list(self.factors),
+            "higher_is_better": list(self.higher_is_better),
+            "annotator": self.annotator,
+            "created_at": self.created_at,
+        }
+
+
+def factor_name(name: str) -> str:
+    """A reward factor's bare name: ``reward_forward`` and ``forward`` are both ``forward``."""
+    return name.strip().removeprefix("reward_")
+
+
 def parse_label(value: Any, strict: bool = True) -> float:
     """A person's answer (see :func:`pbrl.data.preferences.parse_label`).
 
@@ -226,6 +289,14 @@ def decode_pair(blob: bytes) -> tuple[Segments, Segments]:
     with np.load(io.BytesIO(blob), allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     return Segments.from_arrays(arrays, "first/"), Segments.from_arrays(arrays, "second/")
+
+
+def _blob_factor_names(blob: bytes) -> tuple[str, ...]:
+    """The reward-factor names of a stored pair, without decoding its arrays."""
+    with np.load(io.BytesIO(blob), allow_pickle=False) as f:
+        if "first/factor_names" not in f.files:
+            return ()
+        return tuple(str(x) for x in f["first/factor_names"].tolist())
 
 
 def oracle_label(first: Segments, second: Segments) -> float | None:
@@ -392,6 +463,13 @@ class LabelStore:
                 if row is None:
                     conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                     conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+                elif int(row["value"]) < SCHEMA_VERSION:
+                    # The new tables exist now (CREATE IF NOT EXISTS above); fill them and
+                    # bump the version in the same transaction: a crash leaves schema 1.
+                    self._migrate(conn, int(row["value"]))
+                    conn.execute(
+                        "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
+                    )
             # A file opened read-only by SQLite (read-only file system, ...) fails only at the
             # first write: write once and roll back, so a store that cannot take answers is
             # refused now rather than at the first answer.
@@ -410,6 +488,50 @@ class LabelStore:
                 f"cannot write label store {self.path} ({exc}): make the file and its "
                 "folder writable, or copy the store elsewhere"
             ) from exc
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring a store of schema ``version`` up to date (inside the caller's transaction)."""
+        if version < 2:
+            # Schema 2 adds runs and rankings: register every run that submitted queries,
+            # with its environment and factor names (read off one stored pair per run).
+            sources = conn.execute(
+                "SELECT source, MIN(seq) AS seq FROM queries WHERE source != '' GROUP BY source"
+            ).fetchall()
+            for src in sources:
+                q = conn.execute(
+                    "SELECT env_id, env_kwargs, created_at, segments FROM queries WHERE seq=?",
+                    (src["seq"],),
+                ).fetchone()
+                self._add_run(
+                    conn,
+                    src["source"],
+                    q["env_id"],
+                    q["env_kwargs"],
+                    _blob_factor_names(q["segments"]),
+                    q["created_at"],
+                )
+
+    @staticmethod
+    def _add_run(
+        conn: sqlite3.Connection,
+        name: str,
+        env_id: str,
+        env_kwargs: str,
+        factors: Sequence[str],
+        now: float,
+    ) -> None:
+        """Register ``name`` unless known; a known run without factor names gets these."""
+        names = json.dumps([factor_name(f) for f in factors])
+        conn.execute(
+            "INSERT OR IGNORE INTO runs (name, env_id, env_kwargs, factors, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (name, env_id, env_kwargs, names, now),
+        )
+        if factors:
+            conn.execute(
+                "UPDATE runs SET factors=? WHERE name=? AND factors='[]' AND env_id=?",
+                (names, name, env_id),
+            )
 
     @contextmanager
     def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
@@ -491,6 +613,9 @@ class LabelStore:
                 " needed, oracle, segments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            if source and len(queries):  # the run is known from its queries (rank page)
+                first = queries.first
+                self._add_run(conn, source, first.env_id, kwargs, first.factor_names, now)
         return [r[0] for r in rows]
 
     def query(self, query_id: str) -> sqlite3.Row:
@@ -1018,3 +1143,175 @@ class LabelStore:
             "aggregated_vs_oracle": rate(vs_oracle),
             "oracle_known": sum(o is not None for o in oracle.values()),
         }
+
+    # -- runs and their rankings of reward factors (HERON) ------------------------------------
+    def _has_runs(self, conn: sqlite3.Connection) -> bool:
+        """False for a schema-1 store opened read-only (its tables predate runs/rankings)."""
+        row = conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name IN ('runs', 'rankings')"
+        ).fetchone()
+        return int(row[0]) == 2
+
+    @staticmethod
+    def _run_info(row: sqlite3.Row) -> RunInfo:
+        return RunInfo(
+            row["name"],
+            row["env_id"],
+            json.loads(row["env_kwargs"]),
+            tuple(json.loads(row["factors"])),
+            row["created_at"],
+        )
+
+    @staticmethod
+    def _ranking(row: sqlite3.Row) -> Ranking:
+        return Ranking(
+            int(row["id"]),
+            row["run"],
+            tuple(json.loads(row["factors"])),
+            tuple(bool(x) for x in json.loads(row["higher_is_better"])),
+            row["annotator"],
+            row["created_at"],
+        )
+
+    def register_run(
+        self,
+        name: str,
+        env_id: str,
+        factors: Sequence[str],
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> RunInfo:
+        """Make ``name`` known as a run of ``env_id`` whose reward factors are ``factors``
+        (with or without the ``reward_`` prefix), so its factors can be ranked.
+
+        Registering a known run again updates its factor names; a different environment is
+        a :class:`Conflict` (its rankings name that environment's factors).
+        """
+        if not isinstance(name, str) or not RUN_NAME.match(name.strip()):
+            raise BadInput("a run name must be 1 to 200 printable characters")
+        name, env_id = name.strip(), str(env_id)
+        names = [factor_name(str(f)) for f in factors]
+        if len(set(names)) != len(names):
+            raise BadInput(f"run {name!r}: factor names {names} repeat a name")
+        kwargs = json.dumps(env_kwargs or {}, sort_keys=True)
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM runs WHERE name=?", (name,)).fetchone()
+            if row is not None and row["env_id"] != env_id:
+                raise Conflict(
+                    f"run {name!r} is registered in {self.path.name} for {row['env_id']}, "
+                    f"not {env_id}: give this run another name (teacher.run=NAME, --run NAME)"
+                )
+            if row is None:
+                conn.execute(
+                    "INSERT INTO runs (name, env_id, env_kwargs, factors, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, env_id, kwargs, json.dumps(names), time.time()),
+                )
+            else:
+                conn.execute(
+                    "UPDATE runs SET factors=?, env_kwargs=? WHERE name=?",
+                    (json.dumps(names), kwargs, name),
+                )
+            return self._run_info(
+                conn.execute("SELECT * FROM runs WHERE name=?", (name,)).fetchone()
+            )
+
+    def runs(self) -> list[RunInfo]:
+        """Every run the store knows (oldest first)."""
+        conn = self._conn()
+        if not self._has_runs(conn):
+            return []
+        return [
+            self._run_info(r)
+            for r in conn.execute("SELECT * FROM runs ORDER BY created_at, name").fetchall()
+        ]
+
+    def run(self, name: str) -> RunInfo:
+        conn = self._conn()
+        row = None
+        if self._has_runs(conn):
+            row = conn.execute("SELECT * FROM runs WHERE name=?", (str(name),)).fetchone()
+        if row is None:
+            known = ", ".join(r.name for r in self.runs()) or "none yet"
+            raise NotFound(
+                f"unknown run {name!r} in {self.path.name} (runs: {known}): a teacher=heron "
+                "run with teacher.ranking=store registers its run, or `python -m pbrl.label "
+                f"ranking --db {self.path} --run NAME --env ENV_ID`"
+            )
+        return self._run_info(row)
+
+    def check_ranking(
+        self, run: RunInfo, factors: Any, higher_is_better: Any = True
+    ) -> tuple[list[str], list[bool]]:
+        """``factors`` and ``higher_is_better`` as a valid ranking of ``run``'s factors:
+        exactly its factors, each once, and one direction (a bool) per factor or one for all."""
+        own = list(run.factors)
+        if not own:
+            raise BadInput(
+                f"run {run.name!r} ({run.env_id or 'unknown environment'}) reports no reward "
+                "factors: there is nothing to rank"
+            )
+        listed = ", ".join(own)
+        if not isinstance(factors, (list, tuple)) or not all(isinstance(f, str) for f in factors):
+            raise BadInput(f"a ranking is a list of factor names, most important first ({listed})")
+        names = [factor_name(f) for f in factors]
+        for name in names:
+            if name not in own:
+                raise BadInput(
+                    f"the ranking names {name!r}, which run {run.name!r} ({run.env_id}) does "
+                    f"not report: its factors are {listed}"
+                )
+        repeated = [n for n, c in Counter(names).items() if c > 1]
+        if repeated:
+            raise BadInput(
+                f"the ranking names {repeated[0]!r} more than once: rank each of {listed} once"
+            )
+        missing = [n for n in own if n not in names]
+        if missing:
+            raise BadInput(
+                f"the ranking leaves out {', '.join(missing)}: rank every factor of run "
+                f"{run.name!r} ({listed})"
+            )
+        flags = higher_is_better if isinstance(higher_is_better, (list, tuple)) else None
+        if flags is None:
+            flags = [higher_is_better] * len(names)
+        if len(flags) != len(names) or not all(isinstance(x, bool) for x in flags):
+            raise BadInput(
+                f"higher_is_better must be true/false for each of the {len(names)} ranked "
+                f"factors (or one for all), got {higher_is_better!r}"
+            )
+        return names, [bool(x) for x in flags]
+
+    def set_ranking(
+        self, run: str, factors: Any, higher_is_better: Any = True, annotator: str = "cli"
+    ) -> Ranking:
+        """Store ``annotator``'s ranking of ``run``'s reward factors (most important first),
+        checked by :meth:`check_ranking`; earlier rankings stay (history), the latest counts."""
+        annotator = check_annotator(annotator)
+        info = self.run(run)
+        names, flags = self.check_ranking(info, factors, higher_is_better)
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT INTO rankings (run, factors, higher_is_better, annotator, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (info.name, json.dumps(names), json.dumps(flags), annotator, time.time()),
+            )
+            row = conn.execute("SELECT * FROM rankings WHERE id=?", (cur.lastrowid,)).fetchone()
+        return self._ranking(row)
+
+    def ranking(self, run: str) -> Ranking | None:
+        """The run's latest ranking, or None when nobody has ranked its factors yet."""
+        conn = self._conn()
+        if not self._has_runs(conn):
+            return None
+        row = conn.execute(
+            "SELECT * FROM rankings WHERE run=? ORDER BY id DESC LIMIT 1", (str(run),)
+        ).fetchone()
+        return None if row is None else self._ranking(row)
+
+    def rankings(self, run: str) -> list[Ranking]:
+        """Every ranking saved for ``run``, oldest first (the last one counts)."""
+        conn = self._conn()
+        if not self._has_runs(conn):
+            return []
+        rows = conn.execute("SELECT * FROM rankings WHERE run=? ORDER BY id", (str(run),))
+        return [self._ranking(r) for r in rows.fetchall()]

@@ -13,6 +13,11 @@ Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` mess
 ``POST /api/renew``        ``{annotator, lease_id}``: keep a lease while the page is open
 ``POST /api/release``      ``{annotator}``: give back held leases (page closed)
 ``GET  /api/stats``        per-annotator counts, agreement with each other and the oracle
+``GET  /rank``             "Rank what matters": order a run's reward factors (HERON)
+``GET  /api/runs``         the runs the store knows, their factors and latest rankings
+``GET  /api/ranking``      ``?run=NAME``: the run, its latest ranking (or ``null``), history size
+``POST /api/ranking``      ``{annotator, run, factors, higher_is_better}``: exactly the run's
+                           factors, each once, most important first -> the stored ranking
 ``GET  /clips/{id}/{side}``  a pair's clip (left = first segment), rendered on demand
 ``GET  /eval/latest``      the newest evaluation video the trainer announced
 =========================  ==================================================================
@@ -55,6 +60,7 @@ from pbrl.data.store import (
     LabelStore,
     Lease,
     NotFound,
+    RunInfo,
     StoreError,
     check_annotator,
 )
@@ -64,6 +70,8 @@ log = logging.getLogger("pbrl.label")
 STATIC = {  # the only files the page serves from its package folder
     "app.js": "text/javascript; charset=utf-8",
     "stats.js": "text/javascript; charset=utf-8",
+    "rank.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 LOOPBACK_NAMES = ("localhost",)
@@ -84,10 +92,18 @@ TASKS = {  # what the person is asked to judge, by environment family
 }
 
 
-def default_task(env_id: str) -> str:
+def env_task(env_id: str) -> str | None:
+    """What the environment asks for, in a sentence (None: not one we describe)."""
     for family, task in TASKS.items():
         if env_id.split("/")[-1].startswith(family):
-            return f"{task} Which clip does this better?"
+            return task
+    return None
+
+
+def default_task(env_id: str) -> str:
+    task = env_task(env_id)
+    if task is not None:
+        return f"{task} Which clip does this better?"
     return f"Which clip shows the better behaviour{f' for {env_id}' if env_id else ''}?"
 
 
@@ -167,6 +183,15 @@ class BodyLimit:
 class LeaseBody(BaseModel):
     annotator: str
     lease_id: str
+
+
+class RankingBody(BaseModel):
+    annotator: str
+    run: str
+    # As sent: the store checks them and names what is wrong (an unknown, missing or
+    # repeated factor), which pydantic's type errors would not.
+    factors: Any = None
+    higher_is_better: Any = True
 
 
 def create_app(
@@ -276,6 +301,10 @@ def create_app(
     def stats_page() -> HTMLResponse:
         return page("stats.html")
 
+    @app.get("/rank", response_class=HTMLResponse)
+    def rank_page() -> HTMLResponse:
+        return page("rank.html")
+
     @app.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in STATIC:
@@ -384,6 +413,32 @@ def create_app(
         if aggregate not in ("majority", "first"):
             raise BadInput(f"aggregate must be majority or first, not {aggregate!r}")
         return db.stats(aggregate)
+
+    # -- rankings of reward factors (HERON) ----------------------------------------------------
+    def run_json(run: RunInfo) -> dict[str, Any]:
+        latest = db.ranking(run.name)
+        return {
+            "name": run.name,
+            "env_id": run.env_id,
+            "factors": list(run.factors),
+            "task": env_task(run.env_id),
+            "ranking": latest.to_json() if latest else None,
+        }
+
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        return {"runs": [run_json(r) for r in db.runs()]}
+
+    @app.get("/api/ranking")
+    def get_ranking(run: str = Query(max_length=200)) -> dict[str, Any]:
+        return {"run": run_json(db.run(run)), "history": len(db.rankings(run))}
+
+    @app.post("/api/ranking")
+    def post_ranking(body: RankingBody) -> dict[str, Any]:
+        annotator = check_annotator(body.annotator)
+        saved = db.set_ranking(body.run, body.factors, body.higher_is_better, annotator)
+        log.info("ranking of run %s by %s: %s", saved.run, annotator, " > ".join(saved.factors))
+        return {"ranking": saved.to_json(), "history": len(db.rankings(saved.run))}
 
     # -- media --------------------------------------------------------------------------------
     @app.get("/clips/{query_id}/{side}")

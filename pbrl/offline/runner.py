@@ -33,7 +33,7 @@ from pbrl.offline import bc, cpl, dtr, iql, oppo
 from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
-from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, label_stats, setup
+from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, label_stats, plain, setup
 
 C = TypeVar("C", bound=OfflineAlgoConfig)
 
@@ -68,13 +68,6 @@ ALGORITHMS: dict[str, OfflineAlgorithm[Any]] = {
     "oppo": OfflineAlgorithm(oppo.OPPOConfig, oppo.build),
     "dtr": OfflineAlgorithm(dtr.DTRConfig, dtr.build),
 }
-
-
-def _plain(node: Any) -> dict[str, Any]:
-    """A config node as a plain dict (resolved); an empty dict for None."""
-    out = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
 
 
 # -- labels --------------------------------------------------------------------------------
@@ -124,7 +117,7 @@ def teacher_info(cfg: DictConfig, labels: PreferenceDataset | None) -> dict[str,
     path = cfg.dataset.get("preferences")
     if path:
         return {"source": "file", "path": str(Path(str(path)).expanduser())}
-    return _plain(cfg.teacher)
+    return plain(cfg.teacher)
 
 
 # -- the learned reward --------------------------------------------------------------------
@@ -192,7 +185,7 @@ def check(cfg: DictConfig) -> OfflineAlgoConfig:
             f"unknown offline algo {name!r}{closest(name, list(ALGORITHMS))}: "
             f"choose one of {', '.join(ALGORITHMS)}"
         )
-    config: OfflineAlgoConfig = make_config(ALGORITHMS[name].config, _plain(cfg.algo), "algo")
+    config: OfflineAlgoConfig = make_config(ALGORITHMS[name].config, plain(cfg.algo), "algo")
     if "dataset" not in cfg or not cfg.dataset.get("id"):
         raise ConfigError(
             "offline algorithms need a dataset: add +dataset=<name> "
@@ -255,7 +248,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     algorithm = ALGORITHMS[config.name]
     rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.get("torch_threads", 0)))
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    env_kwargs = _plain(cfg.env.kwargs)
+    env_kwargs = plain(cfg.env.kwargs)
     segment_length = int(cfg.feedback.segment_length)
 
     # --- data and labels -----------------------------------------------------------------
@@ -291,7 +284,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if config.learn_reward:
         assert labels is not None  # check(): learn_reward needs preference
         reward, reward_metrics = learn_reward(
-            _plain(cfg.reward),
+            plain(cfg.reward),
             data,
             labels,
             rng,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -40,7 +40,7 @@ from pbrl.online.wrappers import PreferenceVecEnv, make_pool
 from pbrl.query import QuerySelector
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
-from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, setup
+from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, plain, setup
 from pbrl.sim import make_vec_env
 from pbrl.teachers.base import as_async
 
@@ -69,10 +69,6 @@ class OnlineAlgo:
             raise ConfigError(f"algo.sb3={self.sb3!r}: choose one of {', '.join(ALGOS)}")
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
-
-
 def episode_limit(env_id: str, env_kwargs: dict[str, Any]) -> int | None:
     """The env's time limit in steps (``max_episode_steps``), or None."""
     import gymnasium as gym
@@ -96,9 +92,9 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     """Typed settings of an online run, after every check that needs no simulation: a run
     that could not learn (no feedback round fits, segments longer than an episode, too few
     labels for a first reward update) is a :class:`ConfigError`."""
-    algo = make_config(OnlineAlgo, _plain(cfg.algo), "algo")
+    algo = make_config(OnlineAlgo, plain(cfg.algo), "algo")
     schedule = make_config(
-        FeedbackSchedule, {**_plain(cfg.feedback), "max_feedback": cfg.max_feedback}, "feedback"
+        FeedbackSchedule, {**plain(cfg.feedback), "max_feedback": cfg.max_feedback}, "feedback"
     )
     for key in ("n_envs", "checkpoint_every", "total_timesteps"):
         if int(cfg[key]) <= 0:
@@ -107,7 +103,7 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
         raise ConfigError("eval.every must be >= 0 (0: at the end only), eval.n_episodes >= 1")
     if not algo.preference:
         return algo, schedule
-    reward = _plain(cfg.reward)
+    reward = plain(cfg.reward)
     kind = str(reward.pop("kind", "ensemble"))
     if kind not in REWARD_MODELS:
         raise ConfigError(f"reward.kind={kind!r}: choose one of {', '.join(REWARD_MODELS)}")
@@ -118,7 +114,7 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
             "it step by step: use reward=ensemble online"
         )
     try:
-        QuerySelector(**_plain(cfg.query))
+        QuerySelector(**plain(cfg.query))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"query: {exc}") from None
     total = int(cfg.total_timesteps)
@@ -148,7 +144,7 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
             f"total_timesteps={total} ({rounds} rounds of {schedule.batch_size} from step "
             f"{first}, every {schedule.every})"
         )
-    limit = episode_limit(str(cfg.env.id), _plain(cfg.env.kwargs) or {})
+    limit = episode_limit(str(cfg.env.id), plain(cfg.env.kwargs) or {})
     if limit is not None and schedule.segment_length > limit:
         raise ConfigError(
             f"feedback.segment_length={schedule.segment_length} is longer than an episode of "
@@ -167,7 +163,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     resumed = checkpoint.complete()
     labels_only = not resumed and checkpoint.labels.exists() and algo.preference
     rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.torch_threads))
-    env_kwargs: dict[str, Any] = _plain(cfg.env.kwargs) or {}
+    env_kwargs: dict[str, Any] = plain(cfg.env.kwargs) or {}
     run_name = f"{cfg.name}_{run_dir.name}"
     video_root = Path(cfg.video.root) / run_name
     saved: dict[str, Any] = {}
@@ -187,7 +183,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             reward_model = load_reward_model(checkpoint.dir / "reward_model.pt", device)
         else:
             pool = make_pool(cfg.env.id, cfg.n_envs, schedule.pool_size, env_kwargs, run_name)
-            reward_model = make_reward_model(_plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
+            reward_model = make_reward_model(plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
     wrapper = PreferenceVecEnv(venv, pool, reward_model)
     env: VecEnv = wrapper
     if algo.normalize_reward or algo.normalize_obs:
@@ -251,7 +247,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             pool,
             reward_model,
             teacher,
-            QuerySelector(**_plain(cfg.query)),
+            QuerySelector(**plain(cfg.query)),
             rng,
             start_at=max(algo.unsupervised_steps, schedule.first_at),
             labels_path=checkpoint.labels,
@@ -343,7 +339,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         total_timesteps=int(model.num_timesteps),
         num_labels=feedback.num_labels if feedback else 0,
         num_queries=feedback.state.queries if feedback else 0,
-        teacher=_plain(cfg.teacher) if algo.preference else None,
+        teacher={**plain(cfg.teacher), **teacher.describe()} if algo.preference else None,
         eval_true_return_mean=ev.mean,
         eval_true_return_std=ev.std,
         eval_learned_return_mean=float(np.mean(ev.learned_returns)) if reward_model else None,
@@ -355,7 +351,15 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tensorboard_dir=str(tb_dir),
         resumed=resumed or labels_only,
         started_at=started,
-        extra={"resumed_from": "checkpoint" if resumed else "labels" if labels_only else None},
+        extra={
+            "resumed_from": "checkpoint" if resumed else "labels" if labels_only else None,
+            # each reward factor's mean episode total, and how many episodes the env ended
+            # (e.g. MountainCar's flag reached) rather than the time limit
+            "eval_factor_totals": ev.factor_means(),
+            "eval_terminated_fraction": float(np.mean(ev.terminated)) if ev.terminated else None,
+            # seconds this process spent choosing queries and fitting the reward model
+            "reward_learning_s": feedback.reward_learning_s if feedback else None,
+        },
     ).write(run_dir)
     teacher.close()  # e.g. stops a labeling page served from this process
     env.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, TypeGuard, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,10 +21,17 @@ from pbrl.data import PreferenceDataset, Segments
 
 @runtime_checkable
 class RewardModel(Protocol):
+    """``inputs`` (a class attribute, optional: ``"state"`` when absent) says what a model
+    scores: ``"state"`` models score ``(obs, act)`` through ``reward``/``predict``;
+    ``"frames"`` models (:class:`FrameReward`) score rendered frames of simulator states and
+    raise ``TypeError`` from ``reward``/``predict``."""
+
     device: torch.device
     #: True when ``reward(obs, act)`` of one step is the model's reward for that step (an
     #: MLP); False when a step's reward depends on its history (the Preference Transformer):
-    #: then datasets are relabeled with segment context, not step by step.
+    #: then datasets are relabeled with segment context, not step by step. Frame rewards
+    #: that relabel offline datasets by rendering their states set it False and provide
+    #: ``relabel(data, length)`` (:class:`pbrl.rewards.image.ImageRewardEnsemble`).
     markovian: bool
 
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
@@ -51,6 +58,37 @@ class RewardModel(Protocol):
     def accuracy(self, dataset: PreferenceDataset) -> float: ...
 
     def save(self, path: str | os.PathLike[str]) -> None: ...
+
+
+@runtime_checkable
+class FrameReward(RewardModel, Protocol):
+    """A reward computed from rendered frames (``inputs = "frames"``).
+
+    Frames are rendered square, ``image_size`` pixels, by :class:`pbrl.video.StateRenderer`
+    of ``env_id`` from stored ``qpos``/``qvel``. ``segment_returns`` sums ``frame_reward``
+    over the states reached by each valid action (``qpos[:, 1:]``; padded steps count 0), so
+    ``preference_probs``, ``accuracy`` and query selection work unchanged. The online loop
+    (:mod:`pbrl.online.frames`) renders the state reached after each step and calls
+    ``frame_reward`` with the whole batch of envs. Optional attributes it reads: ``camera``
+    (free-camera overrides: ``distance``, ``elevation``, ``azimuth``, ``lookat``; absent or
+    empty: the renderer's default view) and ``frame_cache`` (a
+    :class:`pbrl.rewards.frame_cache.FrameCache` to render into, so states rendered while
+    stepping are not rendered again for queries and relabeling).
+    """
+
+    inputs: str  # "frames"
+    env_id: str
+    image_size: int
+
+    def frame_reward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, H, W, 3]`` uint8 frames on any device -> reward ``[B]`` float on the model's
+        device (member mean for an ensemble)."""
+        ...
+
+
+def is_frame_reward(model: object) -> TypeGuard[FrameReward]:
+    """Whether ``model`` scores rendered frames (``inputs == "frames"``) rather than states."""
+    return getattr(model, "inputs", "state") == "frames"
 
 
 class PreferenceScoring:
@@ -87,7 +125,7 @@ class PreferenceScoring:
         return float(np.mean((p > 0.5) == (dataset.labels[keep] == 1.0)))
 
 
-NOTHING_TO_FIT = {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0}
+NOTHING_TO_FIT = {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0, "updates": 0}
 
 
 def trainable_pairs(dataset: PreferenceDataset) -> PreferenceDataset | None:
@@ -103,24 +141,32 @@ def fit_epochs(
     acc_threshold: float,
     permute: Callable[[], Any],
     step: Callable[[Any], tuple[float, float, float]],
+    max_updates: int | None = None,
 ) -> dict[str, float]:
     """B-Pref's training round: epochs over ``n`` labeled pairs in minibatches until the
     train accuracy exceeds ``acc_threshold`` or ``max_epochs`` is reached.
 
+    ``max_updates`` (not in B-Pref) also caps the round's gradient steps, so a round's cost
+    stops growing with the number of labels; the round may then end inside an epoch.
     ``permute()`` gives each epoch's order (its last axis indexes pairs); ``step(rows)``
     trains on one minibatch and returns its mean loss, correct and counted (decided) pairs.
-    Returns the last epoch's mean loss and accuracy, and the epochs run.
+    Returns the last epoch's mean loss and accuracy, the epochs run (a partial last epoch
+    counts as one) and the gradient steps taken.
     """
-    loss_v, acc_v, epoch = float("nan"), 0.0, 0
+    loss_v, acc_v, epoch, updates = float("nan"), 0.0, 0, 0
     for epoch in range(1, max_epochs + 1):
         order = permute()
-        total, correct, counted = 0.0, 0.0, 0.0
+        total, correct, counted, seen = 0.0, 0.0, 0.0, 0
         for start in range(0, n, batch_size):
             rows = order[..., start : start + batch_size]
             loss, c, k = step(rows)
+            updates += 1
+            seen += rows.shape[-1]
             total += loss * rows.shape[-1]
             correct, counted = correct + c, counted + k
-        loss_v, acc_v = total / n, correct / max(counted, 1.0)
-        if acc_v > acc_threshold:
+            if max_updates is not None and updates >= max_updates:
+                break
+        loss_v, acc_v = total / max(seen, 1), correct / max(counted, 1.0)
+        if acc_v > acc_threshold or (max_updates is not None and updates >= max_updates):
             break
-    return {"loss": loss_v, "train_accuracy": acc_v, "epochs": epoch}
+    return {"loss": loss_v, "train_accuracy": acc_v, "epochs": epoch, "updates": updates}

@@ -46,6 +46,7 @@ class RewardModelConfig:
     batch_size: int = 128  # labeled pairs per gradient step
     max_epochs: int = 50  # cap on epochs per training round
     acc_threshold: float = 0.97  # stop a round once train accuracy exceeds this
+    max_updates: int | None = None  # cap on gradient steps per round (None: B-Pref, no cap)
     weight_decay: float = 0.0
 
 
@@ -155,6 +156,7 @@ class RewardEnsemble(PreferenceScoring, nn.Module):
             cfg.acc_threshold,
             permute=lambda: np.stack([rng.permutation(n) for _ in range(e)]),  # [E, N]
             step=lambda rows: self._step(tensors, y, torch.as_tensor(rows, device=self.device)),
+            max_updates=cfg.max_updates,
         )
 
     def _step(

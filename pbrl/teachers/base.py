@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -30,6 +30,14 @@ class ReportsStats(Protocol):
     def stats(self) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class DescribesItself(Protocol):
+    """A teacher whose effective settings differ from its config (e.g. a ranking read from
+    the label store); ``describe()`` is merged over the config in ``summary.json``."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+
 class AsyncTeacher(ABC):
     @abstractmethod
     def submit(self, queries: Queries) -> None:
@@ -44,6 +52,10 @@ class AsyncTeacher(ABC):
 
     def stats(self) -> dict[str, float]:
         """Figures about the answers collected last (``preferences/<name>``)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Effective settings that the config does not show (merged into ``summary.json``)."""
         return {}
 
     def show_eval_video(  # noqa: B027  (an optional hook)
@@ -67,6 +79,9 @@ class Immediate(AsyncTeacher):
 
     def stats(self) -> dict[str, float]:
         return self.teacher.stats() if isinstance(self.teacher, ReportsStats) else {}
+
+    def describe(self) -> dict[str, Any]:
+        return self.teacher.describe() if isinstance(self.teacher, DescribesItself) else {}
 
     def collect(self) -> PreferenceDataset | None:
         done, self._answered = self._answered, []

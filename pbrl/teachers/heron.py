@@ -14,6 +14,11 @@ being compared in this batch (the paper), or over every segment the teacher has 
 (``margin: running``). Segment totals are sums over the segment's valid steps (the paper
 compares the factors' accumulated values; ``aggregate: mean`` divides by the valid length).
 
+The ranking comes from the config (``teacher.ranking=[survive,forward,ctrl]``) or, with
+``teacher.ranking=store``, from the label store ``teacher.ranking_from``: the latest ranking a
+person gave for run ``teacher.run`` on the labeling page's "Rank what matters" view
+(``/rank?run=NAME``) or with ``python -m pbrl.label ranking``; directions come with it.
+
 The labels follow pbrl's convention (0 first preferred, 1 second, NaN skip); a reward model
 trained on them with Bradley–Terry drives the policy, as in the paper. (The official robotics
 code feeds the model into PPO's value target instead; pbrl follows the paper.)
@@ -21,14 +26,20 @@ code feeds the model into PPO's value target instead; pbrl follows the paper.)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote
 
 import numpy as np
 
 from pbrl.data import Queries, Segments
+from pbrl.data.store import LabelStore, Ranking, StoreError, factor_name
 from pbrl.teachers.scripted import TeacherConfigError
+
+log = logging.getLogger("pbrl")
 
 MARGINS = ("batch", "running")
 AGGREGATES = ("sum", "mean")
@@ -58,16 +69,36 @@ class HeronTeacher:
     """Answers by a ranking of reward factors; ``ranking`` names them most important first
     (with or without the ``reward_`` prefix of ``Segments.factor_names``)."""
 
-    ranking: Sequence[str]
+    ranking: Sequence[str] | str  # factor names, most important first, or "store"
     sigma: float | Sequence[float] = 1.0  # σ_k per level (one number: every level)
     higher_is_better: bool | Sequence[bool] = True  # per level (factors are reward terms)
     margin: str = "batch"  # batch | running: std of the totals this batch, or so far
     aggregate: str = "sum"  # sum | mean of a factor over a segment's valid steps
     env_id: str | None = None  # to check the ranking's names against the env's factors
     env_kwargs: dict[str, Any] | None = None
+    ranking_from: str | None = None  # label store holding the ranking (ranking: store)
+    run: str | None = None  # the run whose stored ranking to use (ranking: store)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
     def __post_init__(self) -> None:
+        available: tuple[str, ...] | None = None
+        if self.env_id:
+            from pbrl.sim.probe import probe_env
+
+            available = probe_env(self.env_id, dict(self.env_kwargs or {})).factor_names
+        self.ranking_id: int | None = None  # the store's ranking row (ranking: store)
+        if isinstance(self.ranking, str):
+            if self.ranking != "store":
+                raise TeacherConfigError(
+                    f"teacher.ranking={self.ranking!r}: list the reward factors, most important "
+                    "first (teacher.ranking=[a,b,c]), or use teacher.ranking=store"
+                )
+            stored = self._stored_ranking(available)
+            self.ranking, self.higher_is_better = (
+                list(stored.factors),
+                list(stored.higher_is_better),
+            )
+            self.ranking_id = stored.ranking_id
         self.ranking = [str(r) for r in self.ranking]
         k = len(self.ranking)
         if k == 0:
@@ -84,15 +115,76 @@ class HeronTeacher:
             raise TeacherConfigError(f"teacher.margin={self.margin!r}: use one of {MARGINS}")
         if self.aggregate not in AGGREGATES:
             raise TeacherConfigError(f"teacher.aggregate={self.aggregate!r}: use {AGGREGATES}")
-        if self.env_id:
-            from pbrl.sim.probe import probe_env
-
-            self.check_factors(probe_env(self.env_id, dict(self.env_kwargs or {})).factor_names)
+        if available is not None:
+            self.check_factors(available)
         # running moments of each factor's segment totals (margin: running)
         self._count = 0
         self._mean = np.zeros(k)
         self._m2 = np.zeros(k)
         self.last_levels: np.ndarray = np.zeros(0, int)  # deciding level of the last batch
+        self.level_counts = np.zeros(k + 1, np.int64)  # all batches: per level, then undecided
+
+    def _stored_ranking(self, available: tuple[str, ...] | None) -> Ranking:
+        """The latest ranking of run ``self.run`` in store ``self.ranking_from``. Without one,
+        the run is registered there (so the page can show its factors) and the error says
+        where to give it."""
+        if not self.ranking_from or not self.run:
+            raise TeacherConfigError(
+                "teacher.ranking=store needs teacher.ranking_from (the label store) and "
+                "teacher.run (the run name the ranking was given for)"
+            )
+        if available is None:
+            raise TeacherConfigError(
+                "teacher.ranking=store needs teacher.env_id: the run's factors come from its env"
+            )
+        path, run = Path(self.ranking_from).expanduser(), str(self.run)
+        try:
+            if path.is_file():
+                store = LabelStore(path, readonly=True)
+                try:
+                    stored = store.ranking(run)
+                    info = store.run(run) if stored is not None else None
+                finally:
+                    store.close()
+                if stored is not None and info is not None:
+                    if info.env_id != self.env_id:
+                        raise TeacherConfigError(
+                            f"teacher.ranking=store: run {run!r} in {path} ranks the factors "
+                            f"of {info.env_id}, not {self.env_id}: set teacher.run to this "
+                            "run's own name"
+                        )
+                    log.info(
+                        "HERON ranking #%d of run %s (by %s, from %s): %s",
+                        stored.ranking_id,
+                        run,
+                        stored.annotator,
+                        path,
+                        " > ".join(
+                            f"{f}{'' if up else ' (lower is better)'}"
+                            for f, up in zip(stored.factors, stored.higher_is_better, strict=True)
+                        ),
+                    )
+                    return stored
+            kwargs = self.env_kwargs
+            if kwargs is not None and not isinstance(kwargs, dict):  # a DictConfig from Hydra
+                from omegaconf import OmegaConf
+
+                kwargs = cast(dict[str, Any], OmegaConf.to_container(kwargs, resolve=True))
+            store = LabelStore(path)
+            try:
+                store.register_run(run, self.env_id or "", available, kwargs)
+            finally:
+                store.close()
+        except StoreError as exc:
+            raise TeacherConfigError(f"teacher.ranking_from: {exc}") from None
+        factors = [factor_name(f) for f in available]
+        raise TeacherConfigError(
+            f"teacher.ranking=store: nobody has ranked the factors of run {run!r} "
+            f"({', '.join(factors)}) in {path} yet: rank them on the labeling page "
+            f"(python -m pbrl.label serve --store {path}, then open "
+            f"http://127.0.0.1:8000/rank?run={quote(run, safe='')}) or with "
+            f"python -m pbrl.label ranking --db {path} --run {run} --set {','.join(factors)}"
+        )
 
     def _per_level(self, name: str, value: Any, kind: type) -> np.ndarray:
         k = len(self.ranking)
@@ -149,10 +241,36 @@ class HeronTeacher:
         z1, z2 = self.totals(queries.first), self.totals(queries.second)
         margins = self.margins(np.concatenate([z1, z2]))
         labels, self.last_levels = heron_compare(z1, z2, margins, self.directions)
+        k = len(self.ranking)  # undecided (-1) counts in the last slot
+        levels = np.where(self.last_levels < 0, k, self.last_levels)
+        self.level_counts += np.bincount(levels, minlength=k + 1)
         return labels
 
     def stats(self) -> dict[str, float]:
-        return {f"heron_{k}": v for k, v in self.level_fractions().items()}
+        """Level fractions (their names give the ranking's order), each factor's direction
+        (+1 higher is better, -1 lower) and, for a stored ranking, its id in the store."""
+        out = {f"heron_{k}": v for k, v in self.level_fractions().items()}
+        for name, up in zip(self.ranking, self.directions, strict=True):
+            out[f"heron_direction_{name.removeprefix('reward_')}"] = 1.0 if up else -1.0
+        if self.ranking_id is not None:
+            out["heron_ranking_id"] = float(self.ranking_id)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The ranking in force (a stored one included) and the fraction of all pairs so far
+        decided at each level (``summary.json``'s teacher entry)."""
+        total = max(int(self.level_counts.sum()), 1)
+        names = [name.removeprefix("reward_") for name in self.ranking]
+        return {
+            "ranking": names,
+            "higher_is_better": [bool(d) for d in self.directions],
+            "ranking_id": self.ranking_id,
+            "decided_by_level": {
+                name: float(c) / total
+                for name, c in zip(names, self.level_counts[:-1], strict=True)
+            },
+            "undecided": float(self.level_counts[-1]) / total,
+        }
 
     def level_fractions(self) -> dict[str, float]:
         """Fraction of the last batch decided at each level, and undecided (skipped)."""

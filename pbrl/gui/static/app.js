@@ -2,46 +2,12 @@
 // Left = the query's first segment (label 0), right = the second (label 1).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-const params = new URLSearchParams(location.search);
-const token = params.get("token");  // the server also sets a cookie on this first load
-if (token) {  // keep the secret out of the address bar (and of screenshots)
-  params.delete("token");
-  const rest = params.toString();
-  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : ""));
-}
-const withToken = (url) => token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url;
-
 const KEYS = { ArrowLeft: "left", ArrowRight: "right", ArrowDown: "equal", "=": "equal", s: "skip", S: "skip" };
 const WORDS = { left: "left is better", right: "right is better", equal: "equally good", skip: "skipped" };
 const SPEEDS = [0.25, 0.5, 1, 2, 4];
 
 const state = { annotator: "", lease: null, busy: false, waiting: null, speed: 1 };
 const left = $("left"), right = $("right");
-
-class ApiError extends Error {
-  constructor(status, detail) { super(detail); this.status = status; }
-}
-
-async function api(path, body) {
-  const headers = { "Accept": "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (token) headers["X-Pbrl-Token"] = token;
-  const response = await fetch(path, {
-    method: body === undefined ? "GET" : "POST", headers, credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  let data = null;
-  try { data = await response.json(); } catch (e) { data = null; }
-  if (!response.ok) throw new ApiError(response.status, (data && data.detail) || response.statusText);
-  return data;
-}
-
-function say(text, isError) {
-  const m = $("message");
-  m.textContent = text || "";
-  m.classList.toggle("error", !!isError);
-}
 
 function showProgress(p) {
   if (!p) return;
@@ -220,7 +186,7 @@ function release() {
   navigator.sendBeacon(withToken("/api/release"), blob);
 }
 window.addEventListener("pagehide", release);
-if (token) $("statslink").href = withToken("/stats");
+if (token) { $("statslink").href = withToken("/stats"); $("ranklink").href = withToken("/rank"); }
 
 // -- start ----------------------------------------------------------------------------------
 state.annotator = (params.get("annotator") || localStorage.getItem("pbrl.annotator") || "").trim();
