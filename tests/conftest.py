@@ -11,7 +11,11 @@ import torch
 os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(1)
 
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
 from pbrl.data import Segments  # noqa: E402
+from pbrl.train import CONF_DIR  # noqa: E402
 
 
 def make_segments(
@@ -56,3 +60,48 @@ def segments_with_returns(returns: np.ndarray, t: int = 4) -> Segments:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# A tiny online budget: every exp at this size tests the wiring, not learning.
+TINY = [
+    "total_timesteps=300",
+    "max_feedback=12",
+    "progress_bar=false",
+    "checkpoint_every=100000",
+    "feedback.every=100",
+    "feedback.first_at=100",
+    "feedback.batch_size=4",
+    "feedback.segment_length=10",
+    "feedback.pool_size=5000",
+    "eval.n_episodes=1",
+    "eval.random_episodes=1",
+    "eval.test_queries=20",
+    "reward.max_epochs=3",
+    "video.width=64",
+    "video.height=64",
+    "video.queries_per_round=1",
+]
+
+
+def tiny_overrides(cfg_algo_sb3: str) -> list[str]:
+    if cfg_algo_sb3 == "sac":
+        return [
+            "algo.unsupervised_steps=100",
+            "algo.kwargs.learning_starts=50",
+            "algo.kwargs.buffer_size=2000",
+            "algo.kwargs.batch_size=32",
+        ]
+    return [
+        "n_envs=2",
+        "algo.kwargs.n_steps=32",
+        "algo.kwargs.batch_size=32",
+        "algo.kwargs.n_epochs=1",
+    ]
+
+
+def compose_exp(name: str, extra: list[str] = ()) -> DictConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+exp={name}", *extra])  # which algo
+        return compose(
+            "config", overrides=[f"+exp={name}", *TINY, *tiny_overrides(cfg.algo.sb3), *extra]
+        )

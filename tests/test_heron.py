@@ -176,3 +176,69 @@ def test_evaluation_reports_factor_totals_that_add_up_to_the_return(env_id):
     assert len(result.terminated) == 2
     if "Mountain" in env_id:  # the goal factor is 100 exactly when the episode terminated
         np.testing.assert_array_equal(np.array(totals["goal"]) == 100.0, result.terminated)
+
+
+def test_prefppo_runs_on_heron_labels(tmp_path, monkeypatch):
+    """HERON drives PrefPPO too (the hopper exp with algo=prefppo, at a tiny budget)."""
+    from conftest import compose_exp
+
+    from pbrl.online.trainer import run_online
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_exp(
+        "heron_hopper",
+        ["algo=prefppo", "n_envs=2", "algo.kwargs.n_steps=32", "algo.kwargs.batch_size=32"],
+    )
+    summary = run_online(cfg, tmp_path / "run")
+    assert summary["algo"] == "prefppo" and summary["num_labels"] > 0
+    assert summary["teacher"]["ranking"] == ["survive", "forward", "ctrl"]
+    levels = summary["teacher"]["decided_by_level"]
+    assert sum(levels.values()) + summary["teacher"]["undecided"] == pytest.approx(1.0)
+    assert set(summary["eval_factor_totals"]) >= {"forward", "ctrl", "survive"}
+
+
+# Pendulum: "keep the pole up > keep it still > spend little torque". Trained with the
+# ranking's directions, the policy must swing up and hold the pole (angle total near 0); with
+# the angle's direction reversed ("lower is better": the teacher prefers the pole down) it
+# must not. A run that ignored the ranking could not pass both.
+PENDULUM = [
+    "env=pendulum",
+    "teacher=heron",
+    "teacher.ranking=[angle,velocity,torque]",
+    "teacher.sigma=[0.5,1.0,1.0]",
+    "algo=pebble",
+    "reward=small",
+    "total_timesteps=8000",
+    "max_feedback=400",
+    "feedback.every=1000",
+    "feedback.first_at=1000",
+    "feedback.batch_size=50",
+    "algo.unsupervised_steps=1000",
+    "algo.kwargs.learning_starts=1000",
+    "algo.kwargs.buffer_size=8000",
+    "algo.kwargs.policy_kwargs.net_arch=[64,64]",
+    "eval.n_episodes=5",
+    "video.enabled=false",
+    "progress_bar=false",
+]
+
+
+@pytest.mark.slow
+def test_heron_ranking_steers_pendulum(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from pbrl.online.trainer import run_online
+    from pbrl.train import CONF_DIR
+
+    monkeypatch.chdir(tmp_path)
+    totals = {}
+    for name, directions in (("ranked", "[true,true,true]"), ("reversed", "[false,true,true]")):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[*PENDULUM, f"teacher.higher_is_better={directions}"])
+        summary = run_online(cfg, tmp_path / name)
+        totals[name] = summary["eval_factor_totals"]["angle"]
+        if name == "ranked":
+            random = summary["random_true_return_mean"]
+            assert summary["eval_true_return_mean"] > random + 0.5 * abs(random), summary
+    # angle totals are -θ² summed over 200 steps: ~-400 hanging down, ~0 held up
+    assert totals["ranked"] > totals["reversed"] + 100, totals

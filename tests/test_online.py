@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import compose_exp
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from pbrl.online.trainer import run_online
 from pbrl.train import CONF_DIR
@@ -31,49 +31,6 @@ def _runs_unattended_online(name: str) -> bool:
 
 ONLINE_EXPS = [e for e in EXPS if _runs_unattended_online(e)]
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY = [
-    "total_timesteps=300",
-    "max_feedback=12",
-    "progress_bar=false",
-    "checkpoint_every=100000",
-    "feedback.every=100",
-    "feedback.first_at=100",
-    "feedback.batch_size=4",
-    "feedback.segment_length=10",
-    "feedback.pool_size=5000",
-    "eval.n_episodes=1",
-    "eval.random_episodes=1",
-    "eval.test_queries=20",
-    "reward.max_epochs=3",
-    "video.width=64",
-    "video.height=64",
-    "video.queries_per_round=1",
-]
-
-
-def tiny_overrides(cfg_algo_sb3: str) -> list[str]:
-    if cfg_algo_sb3 == "sac":
-        return [
-            "algo.unsupervised_steps=100",
-            "algo.kwargs.learning_starts=50",
-            "algo.kwargs.buffer_size=2000",
-            "algo.kwargs.batch_size=32",
-        ]
-    return [
-        "n_envs=2",
-        "algo.kwargs.n_steps=32",
-        "algo.kwargs.batch_size=32",
-        "algo.kwargs.n_epochs=1",
-    ]
-
-
-def compose_exp(name: str, extra: list[str] = ()) -> OmegaConf:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+exp={name}"])
-        return compose(
-            "config", overrides=[f"+exp={name}", *TINY, *tiny_overrides(cfg.algo.sb3), *extra]
-        )
 
 
 @pytest.mark.parametrize("name", EXPS)
