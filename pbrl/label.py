@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="only pairs added under this source (a run name; repeatable)",
     )
 
-    t = sub.add_parser("stats", help="progress and agreement between annotators")
+    t = sub.add_parser(
+        "stats", help="progress, agreement between annotators and with VLM suggestions"
+    )
     t.add_argument("--store", required=True)
     t.add_argument("--aggregate", choices=("majority", "first"), default="majority")
     t.add_argument("--json", action="store_true", help="print JSON")
@@ -334,6 +336,15 @@ def cmd_stats(args: argparse.Namespace) -> None:
             f"  {name}: {a['answers']} answers (left {a['left']}, right {a['right']}, "
             f"equal {a['equal']}, skip {a['skip']}), vs oracle {pct(a['oracle'])}, "
             f"vs others {pct(a['others'])}"
+        )
+    v = stats["vlm_human"]
+    if v["suggestions"]:
+        both = {"agreement": v["agreement"], "n": v["both_decided"]}
+        print(
+            f"VLM suggestions: {v['suggestions']} pairs ({v['unsure']} unsure), "
+            f"{v['answered_by_people']} answered by people; VLM vs people: {pct(both)} "
+            f"({v['agree']} agree of {v['both_decided']} pairs both decided); "
+            f"VLM vs oracle: {pct(v['vlm_vs_oracle'])}"
         )
 
 

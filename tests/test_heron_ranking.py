@@ -19,6 +19,7 @@ import pytest
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
 from pbrl.data.store import (
+    SCHEMA_VERSION,
     BadInput,
     Conflict,
     LabelStore,
@@ -175,7 +176,7 @@ def test_queries_register_their_run_and_a_schema_1_store_is_migrated(tmp_path: P
     assert version == "1" and "runs" not in tables and "rankings" not in tables
 
     migrated = LabelStore(path)  # a writer migrates: runs backfilled from the queries
-    assert schema_and_tables() == ("2", schema_and_tables()[1])
+    assert schema_and_tables() == (str(SCHEMA_VERSION), schema_and_tables()[1])
     assert {"runs", "rankings"} <= schema_and_tables()[1]
     assert [(r.name, r.env_id, r.factors) for r in migrated.runs()] == [("run-a", ENV, FACTORS)]
     assert migrated.counts()["total"] == 2  # the queries are untouched

@@ -23,10 +23,16 @@ EXPS = sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml"))
 
 
 def _runs_unattended_online(name: str) -> bool:
-    """Online experiments with a scripted teacher (human/offline ones have their own tests)."""
+    """Online experiments with a scripted teacher. Human, VLM and offline ones have their own
+    tests (a VLM needs an endpoint: tests/test_vlm_teacher.py serves a mock one), and so do
+    CLIP's, which need weights (tests/test_clip_reward.py uses a small stand-in encoder)."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"+exp={name}"])
-    return cfg.algo.get("kind", "online") == "online" and "human" not in cfg.teacher._target_
+    return (
+        cfg.algo.get("kind", "online") == "online"
+        and not any(t in cfg.teacher._target_ for t in ("human", "vlm"))
+        and cfg.reward.kind != "clip"
+    )
 
 
 ONLINE_EXPS = [e for e in EXPS if _runs_unattended_online(e)]

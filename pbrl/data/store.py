@@ -6,7 +6,7 @@ processes. Every change is one ``BEGIN IMMEDIATE`` transaction committed with
 ``synchronous=FULL``, so an answer the page has acknowledged survives a crash (or SIGKILL)
 of the page server or of the trainer at any moment, and a half-done change never lands.
 
-Tables (``schema`` 2; a schema-1 store is migrated in place, in one transaction, the first
+Tables (``schema`` 3; an older store is migrated in place, in one transaction, the first
 time a writer opens it):
 
 * ``queries``: one row per segment pair, with the pair itself (a ``.npz`` blob of both
@@ -27,6 +27,12 @@ time a writer opens it):
 * ``rankings`` (schema 2): a person's ranking of a run's reward factors (HERON), most
   important first, with a direction per factor, the annotator and the time. Every ranking
   saved is kept; the latest is the run's ranking.
+* ``suggestions`` (schema 3): a vision-language model's answer to a query, shown on the page
+  as a suggestion (``teacher=vlm_then_human``): its label (0 / 1 / 0.5, NULL unsure), its
+  stage-1 analysis text, its raw reply, the model's name and the time. One per query (a new
+  suggestion replaces the old); the person's answer is an ordinary row of ``answers``, so
+  both are kept. No foreign key: a teacher writes the suggestion *before* the query, so the
+  page never shows the pair without it.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from pbrl.data.preferences import parse_label as _parse_label
 from pbrl.data.segments import Segments
 from pbrl.errors import ConfigError
 
-SCHEMA_VERSION = 2  # 1: queries, leases, answers, meta; 2: + runs, rankings
+SCHEMA_VERSION = 3  # 1: queries, leases, answers, meta; 2: + runs, rankings; 3: + suggestions
 Aggregate = Literal["majority", "first", "per-annotator"]
 AGGREGATES: tuple[str, ...] = ("majority", "first", "per-annotator")
 QUERY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -117,6 +123,14 @@ CREATE TABLE IF NOT EXISTS rankings (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rankings_by_run ON rankings (run, id);
+CREATE TABLE IF NOT EXISTS suggestions (
+    query_id TEXT PRIMARY KEY,
+    label REAL CHECK (label IS NULL OR label IN (0.0, 0.5, 1.0)),
+    analysis TEXT NOT NULL DEFAULT '',
+    reply TEXT NOT NULL DEFAULT '',
+    model TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -211,6 +225,35 @@ class Answer:
     label: float  # NaN = skip
     shown_at: float
     answered_at: float
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A model's answer to a query, shown to people as a suggestion (never as a label)."""
+
+    query_id: str
+    label: float  # 0 left/first, 1 right/second, 0.5 equal, NaN unsure
+    analysis: str = ""  # the VLM's stage-1 text (what each image shows, the difference)
+    reply: str = ""  # its raw stage-2 reply
+    model: str = ""
+    created_at: float = 0.0
+
+    @property
+    def word(self) -> str:
+        """left / right / equal / unsure (the page's words)."""
+        return SUGGESTION_WORDS.get(self.label, "unsure")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": None if math.isnan(self.label) else self.label,
+            "word": self.word,
+            "analysis": self.analysis,
+            "model": self.model,
+            "created_at": self.created_at,
+        }
+
+
+SUGGESTION_WORDS = {0.0: "left", 1.0: "right", 0.5: "equal"}
 
 
 @dataclass(frozen=True)
@@ -465,7 +508,7 @@ class LabelStore:
                     conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
                 elif int(row["value"]) < SCHEMA_VERSION:
                     # The new tables exist now (CREATE IF NOT EXISTS above); fill them and
-                    # bump the version in the same transaction: a crash leaves schema 1.
+                    # bump the version in the same transaction: a crash leaves the old one.
                     self._migrate(conn, int(row["value"]))
                     conn.execute(
                         "UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),)
@@ -510,6 +553,7 @@ class LabelStore:
                     _blob_factor_names(q["segments"]),
                     q["created_at"],
                 )
+        # Schema 3 adds suggestions: a new, empty table (created above); nothing to backfill.
 
     @staticmethod
     def _add_run(
@@ -1142,7 +1186,124 @@ class LabelStore:
             "aggregate": aggregate,
             "aggregated_vs_oracle": rate(vs_oracle),
             "oracle_known": sum(o is not None for o in oracle.values()),
+            "vlm_human": self._vlm_human(by_query, oracle, aggregate),
         }
+
+    def _vlm_human(
+        self,
+        by_query: dict[str, dict[str, float]],
+        oracle: dict[str, float | None],
+        aggregate: str,
+    ) -> dict[str, Any]:
+        """VLM suggestions against people's answers, per pair (people's answers aggregated).
+
+        ``agreement``: among pairs where the VLM's suggestion and the people's label are both
+        decided (not unsure / skip), the fraction with the same label; ``n`` is that count.
+        """
+        suggested = {s.query_id: s for s in self.suggestions()}
+        answered = [q for q in suggested if q in by_query]
+        both: list[tuple[float, float]] = []
+        vlm_vs_oracle: list[tuple[float, float]] = []
+        for q, s in suggested.items():
+            o = oracle[q] if q in oracle else self._oracle_of(q)
+            if not math.isnan(s.label) and o is not None:
+                vlm_vs_oracle.append((s.label, o))
+            if q in by_query and not math.isnan(s.label):
+                person = aggregate_labels(list(by_query[q].values()), aggregate)
+                if not math.isnan(person):
+                    both.append((s.label, person))
+        agree = sum(_same(x, y) for x, y in both)
+        return {
+            "suggestions": len(suggested),
+            "unsure": sum(math.isnan(s.label) for s in suggested.values()),
+            "answered_by_people": len(answered),
+            "both_decided": len(both),
+            "agree": agree,
+            "agreement": agree / len(both) if both else None,
+            "vlm_vs_oracle": {
+                "n": len(vlm_vs_oracle),
+                "agreement": (
+                    sum(_same(x, y) for x, y in vlm_vs_oracle) / len(vlm_vs_oracle)
+                    if vlm_vs_oracle
+                    else None
+                ),
+            },
+        }
+
+    def _oracle_of(self, query_id: str) -> float | None:
+        row = self._conn().execute("SELECT oracle FROM queries WHERE id=?", (query_id,)).fetchone()
+        return None if row is None or row["oracle"] is None else float(row["oracle"])
+
+    # -- suggestions (a VLM's answers shown to people, teacher=vlm_then_human) ------------------
+    def _has_suggestions(self, conn: sqlite3.Connection) -> bool:
+        """False for an older store opened read-only (no suggestions table yet)."""
+        row = conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='suggestions'"
+        ).fetchone()
+        return int(row[0]) == 1
+
+    @staticmethod
+    def _suggestion(row: sqlite3.Row) -> Suggestion:
+        return Suggestion(
+            row["query_id"],
+            _py_label(row["label"]),
+            row["analysis"],
+            row["reply"],
+            row["model"],
+            row["created_at"],
+        )
+
+    def set_suggestions(self, suggestions: Iterable[Suggestion]) -> int:
+        """Store (or replace) suggestions, all in one transaction; returns how many.
+
+        The query need not exist yet: write suggestions first, then the queries, and the page
+        never shows a pair without its suggestion."""
+        now = time.time()
+        rows = []
+        for s in suggestions:
+            if not QUERY_ID.match(str(s.query_id)):
+                raise BadInput(f"suggestion for query id {s.query_id!r}: not a valid query id")
+            label = float(s.label)
+            if not (math.isnan(label) or label in SUGGESTION_WORDS):
+                raise BadInput(
+                    f"suggestion for {s.query_id!r}: label {s.label!r} is not 0, 1, 0.5 or NaN"
+                )
+            rows.append(
+                (
+                    str(s.query_id),
+                    _db_label(label),
+                    str(s.analysis),
+                    str(s.reply),
+                    str(s.model),
+                    s.created_at or now,
+                )
+            )
+        if rows:
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO suggestions (query_id, label, analysis, reply, model,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        return len(rows)
+
+    def suggestion(self, query_id: str) -> Suggestion | None:
+        """The suggestion shown with ``query_id`` (None: there is none)."""
+        conn = self._conn()
+        if not self._has_suggestions(conn):
+            return None
+        row = conn.execute(
+            "SELECT * FROM suggestions WHERE query_id=?", (str(query_id),)
+        ).fetchone()
+        return None if row is None else self._suggestion(row)
+
+    def suggestions(self) -> list[Suggestion]:
+        """Every stored suggestion, oldest first."""
+        conn = self._conn()
+        if not self._has_suggestions(conn):
+            return []
+        rows = conn.execute("SELECT * FROM suggestions ORDER BY created_at, query_id")
+        return [self._suggestion(r) for r in rows.fetchall()]
 
     # -- runs and their rankings of reward factors (HERON) ------------------------------------
     def _has_runs(self, conn: sqlite3.Connection) -> bool:

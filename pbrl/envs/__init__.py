@@ -23,3 +23,10 @@ register(
     entry_point="pbrl.envs.factors:pendulum",
     max_episode_steps=200,
 )
+
+# A planar agent sweeps blocks into a goal zone (pbrl.envs.sweep; RAPL's visual task).
+register(
+    id="pbrl/Sweep-v0",
+    entry_point="pbrl.envs.sweep:SweepEnv",
+    max_episode_steps=50,
+)

@@ -5,7 +5,9 @@ Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` mess
 =========================  ==================================================================
 ``GET  /``                 the labeling page; ``/stats`` the agreement view
 ``GET  /api/status``       task, progress (``?annotator=`` adds "your count"), eval video
-``POST /api/next``         ``{annotator}`` -> the lease on the next pair (or ``null``)
+``POST /api/next``         ``{annotator}`` -> the lease on the next pair (or ``null``); a
+                           lease carries the pair's VLM ``suggestion`` (label word, analysis,
+                           model) or ``null``
 ``POST /api/answer``       ``{annotator, lease_id, query_id?, label}`` label: left / right /
                            equal / skip (or 0 / 1 / 0.5); a missing or null label is a 422,
                            not a skip -> progress and the next lease
@@ -317,6 +319,7 @@ def create_app(
         if lease is None:
             return None
         row = db.query(lease.query_id)
+        suggestion = db.suggestion(lease.query_id)
         qid = quote(lease.query_id, safe="")
         return {
             "lease_id": lease.lease_id,
@@ -327,6 +330,7 @@ def create_app(
             "lease_s": lease_s,
             "ready": cache.ready(row["seq"], lease.query_id),
             "clips": {side: f"/clips/{qid}/{side}" for side in SIDES},
+            "suggestion": suggestion.to_json() if suggestion is not None else None,
         }
 
     def next_for(annotator: str) -> dict[str, Any] | None:

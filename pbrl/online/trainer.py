@@ -34,12 +34,19 @@ from pbrl.online.callbacks import (
 )
 from pbrl.online.checkpoint import Checkpoint
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
+from pbrl.online.frames import (
+    FrameFeedbackCallback,
+    FramePebbleCallback,
+    FrameRewardLogger,
+    FrameRewardVecEnv,
+    sac_buffer,
+)
 from pbrl.online.logs import run_logger
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
 from pbrl.online.wrappers import PreferenceVecEnv, make_pool
 from pbrl.query import QuerySelector
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
-from pbrl.rewards.base import RewardModel
+from pbrl.rewards.base import RewardModel, is_frame_reward
 from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, plain, setup
 from pbrl.sim import make_vec_env
 from pbrl.teachers.base import as_async
@@ -96,6 +103,11 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     schedule = make_config(
         FeedbackSchedule, {**plain(cfg.feedback), "max_feedback": cfg.max_feedback}, "feedback"
     )
+    if algo.kind == "episodic":  # RAPL: whole-episode rewards, PPO relabeled per rollout
+        from pbrl.online.episodic import check_config as check_episodic
+
+        check_episodic(cfg)
+        return algo, schedule
     for key in ("n_envs", "checkpoint_every", "total_timesteps"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"{key}={cfg[key]} must be positive")
@@ -108,11 +120,18 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     if kind not in REWARD_MODELS:
         raise ConfigError(f"reward.kind={kind!r}: choose one of {', '.join(REWARD_MODELS)}")
     make_config(REWARD_MODELS[kind][1], reward, "reward")
-    if kind != "ensemble":
+    if kind != "ensemble" and not is_frame_reward(REWARD_MODELS[kind][0]):
         raise ConfigError(
             f"reward.kind={kind} scores steps in context, which the online loop cannot give "
-            "it step by step: use reward=ensemble online"
+            "it step by step: use reward=ensemble (states) or reward=image (frames) online"
         )
+    if not getattr(REWARD_MODELS[kind][0], "needs_labels", True):  # zero-shot (reward=clip)
+        if schedule.max_feedback != 0:
+            raise ConfigError(
+                f"reward.kind={kind} is zero-shot and learns nothing from labels: set "
+                "max_feedback=0 (e.g. algo=sac_zero_shot max_feedback=0)"
+            )
+        return algo, schedule
     try:
         QuerySelector(**plain(cfg.query))
     except (TypeError, ValueError) as exc:
@@ -158,6 +177,10 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.time()
     run_dir = Path(run_dir)
     algo, schedule = check_config(cfg)
+    if algo.kind == "episodic":
+        from pbrl.online.episodic import run_episodic
+
+        return run_episodic(cfg, run_dir)
     checkpoint = Checkpoint(run_dir)
     checkpoint.recover()
     resumed = checkpoint.complete()
@@ -184,7 +207,11 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         else:
             pool = make_pool(cfg.env.id, cfg.n_envs, schedule.pool_size, env_kwargs, run_name)
             reward_model = make_reward_model(plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
-    wrapper = PreferenceVecEnv(venv, pool, reward_model)
+    frame_env: FrameRewardVecEnv | None = None  # a reward on rendered frames (pbrl.online.frames)
+    if reward_model is not None and is_frame_reward(reward_model):
+        venv = frame_env = FrameRewardVecEnv(venv, reward_model)
+    state_reward = None if frame_env is not None else reward_model  # scores (obs, act)
+    wrapper = PreferenceVecEnv(venv, pool, frame_env.step_reward if frame_env else reward_model)
     env: VecEnv = wrapper
     if algo.normalize_reward or algo.normalize_obs:
         if resumed:
@@ -210,6 +237,8 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "replay_buffer_class": EntropyReplayBuffer,
                 "replay_buffer_kwargs": {"entropy_k": algo.entropy_k},
             }
+            if frame_env is not None and pool is not None:
+                extra = sac_buffer(algo.entropy_k, (pool.qpos.shape[-1], pool.qvel.shape[-1]))
         model = cls(
             "MlpPolicy", env, seed=cfg.seed, device=device, verbose=0, **algo.kwargs, **extra
         )
@@ -242,7 +271,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 int(cfg.video.queries_per_round),
                 evaluation.video_size,
             )
-        feedback = FeedbackCallback(
+        feedback = (FrameFeedbackCallback if frame_env else FeedbackCallback)(
             schedule,
             pool,
             reward_model,
@@ -271,8 +300,11 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             feedback.refit()  # labels newer than the saved reward model
         callbacks.append(feedback)
         if isinstance(model, SAC):
-            callbacks.append(PebbleCallback(feedback, algo.reset_critic))
-    eval_callback = EvalCallback(evaluation, int(cfg.eval.every), reward_model, teacher)
+            pebble = FramePebbleCallback if frame_env else PebbleCallback
+            callbacks.append(pebble(feedback, algo.reset_critic))
+    if frame_env is not None:
+        callbacks.append(FrameRewardLogger(frame_env))
+    eval_callback = EvalCallback(evaluation, int(cfg.eval.every), state_reward, teacher)
     if "eval" in saved:
         eval_callback.load_state_dict(saved["eval"])
 
@@ -312,7 +344,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # --- evaluation on the true reward --------------------------------------------------------
     ev = evaluation.policy(
         deterministic_policy(model),
-        reward_fn=reward_model.predict if reward_model else None,
+        reward_fn=state_reward.predict if state_reward else None,
         video_name="eval.mp4",
     )
     rand = evaluation.random()
@@ -325,7 +357,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     record = model.logger.record
     record("eval/true_return", ev.mean)
     record("eval/random_true_return", rand.mean)
-    if reward_model is not None:
+    if state_reward is not None:
         record("eval/learned_return", float(np.mean(ev.learned_returns)))
     if test_acc is not None:
         record("reward_model/test_accuracy", test_acc)
@@ -342,7 +374,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         teacher={**plain(cfg.teacher), **teacher.describe()} if algo.preference else None,
         eval_true_return_mean=ev.mean,
         eval_true_return_std=ev.std,
-        eval_learned_return_mean=float(np.mean(ev.learned_returns)) if reward_model else None,
+        eval_learned_return_mean=float(np.mean(ev.learned_returns)) if state_reward else None,
         random_true_return_mean=rand.mean,
         reward_model_test_accuracy=test_acc,
         # every clip of the run, those made before a resume included

@@ -14,13 +14,19 @@ import torch
 
 from pbrl.errors import ConfigError, closest, make_config
 from pbrl.rewards.base import RewardModel
+from pbrl.rewards.clip import ClipReward, ClipRewardConfig
 from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
+from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
+from pbrl.rewards.rapl import RAPLConfig, RAPLReward
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
 
 # kind -> (model class, its config dataclass)
 REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "ensemble": (RewardEnsemble, RewardModelConfig),
     "transformer": (PreferenceTransformer, PreferenceTransformerConfig),
+    "image": (ImageRewardEnsemble, ImageRewardConfig),  # CNN ensemble on rendered frames
+    "clip": (ClipReward, ClipRewardConfig),  # zero-shot CLIP reward on frames (VLM-RM)
+    "rapl": (RAPLReward, RAPLConfig),  # RAPL: aligned encoder + OT reward on whole videos
 }
 
 
@@ -50,8 +56,14 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> R
 
 __all__ = [
     "REWARD_MODELS",
+    "ClipReward",
+    "ClipRewardConfig",
+    "ImageRewardConfig",
+    "ImageRewardEnsemble",
     "PreferenceTransformer",
     "PreferenceTransformerConfig",
+    "RAPLConfig",
+    "RAPLReward",
     "RewardEnsemble",
     "RewardModel",
     "RewardModelConfig",

@@ -24,7 +24,9 @@ class RewardModel(Protocol):
     """``inputs`` (a class attribute, optional: ``"state"`` when absent) says what a model
     scores: ``"state"`` models score ``(obs, act)`` through ``reward``/``predict``;
     ``"frames"`` models (:class:`FrameReward`) score rendered frames of simulator states and
-    raise ``TypeError`` from ``reward``/``predict``."""
+    raise ``TypeError`` from ``reward``/``predict``. ``needs_labels`` (optional, True when
+    absent) is False for a zero-shot reward that ``fit`` does not change (``reward=clip``):
+    the online loop then runs it with ``max_feedback=0``."""
 
     device: torch.device
     #: True when ``reward(obs, act)`` of one step is the model's reward for that step (an

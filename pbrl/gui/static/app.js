@@ -24,10 +24,24 @@ function setBusy(busy) {
   for (const b of document.querySelectorAll(".buttons button")) b.disabled = busy || (!state.lease && b.id !== "btn-undo");
 }
 
+// A VLM's answer to this pair, shown as a suggestion only: nothing is preselected, the
+// person answers with the usual keys (the store keeps both).
+function showSuggestion(s) {
+  $("suggestion").hidden = !s;
+  document.body.dataset.suggestion = s ? s.word : "";
+  if (!s) return;
+  $("suggestion-word").textContent = s.word;
+  $("suggestion-word").className = "word-" + s.word;
+  $("suggestion-model").textContent = s.model ? "(" + s.model + ")" : "";
+  $("suggestion-analysis").textContent = s.analysis || "(no analysis text)";
+  $("suggestion-details").open = false;
+}
+
 function show(lease) {
   state.lease = lease;
   clearTimeout(state.waiting);
   document.body.dataset.query = lease ? lease.query_id : "";
+  showSuggestion(lease ? lease.suggestion : null);
   if (!lease) {
     left.removeAttribute("src"); right.removeAttribute("src");
     left.load(); right.load();

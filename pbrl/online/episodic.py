@@ -1,0 +1,467 @@
+"""Policies on episode-level rewards (RAPL's optimal-transport reward), and the RAPL run.
+
+An OT reward is a function of the whole episode: the transport plan couples every frame of
+the robot's video with the demonstration's, so a step's reward is known only once its
+episode is complete. PPO fits that exactly when every rollout holds whole episodes:
+
+* episodes have a fixed length ``L`` (no early termination; checked) and PPO's ``n_steps``
+  is a multiple of ``L``, so the sub-envs' episodes tile each rollout;
+* :class:`EpisodeRecorder` (a VecEnv wrapper) records the simulator state of every step and
+  hands PPO a reward of 0 (the true reward goes to ``info["true_reward"]``; SB3's Monitor
+  inside still logs the true return);
+* :class:`EpisodicRelabel` (a callback), at the end of each rollout, renders each finished
+  episode, writes the reward model's per-step rewards into the rollout buffer (added to
+  what is there: SB3's bootstrap ``gamma V(s_T)`` at time-limit truncations) and recomputes
+  returns and advantages (GAE) before PPO's update.
+
+:func:`run_episodic` is the RAPL experiment behind ``python -m pbrl.train +exp=rapl_sweep``
+(``algo.kind: episodic``, reached through a two-line hook in
+:func:`pbrl.online.trainer.run_online`). It reads top to bottom: behaviour videos,
+triplets ranked by the teacher, the reward aligned on them, its Spearman correlation with
+the true return on held-out videos, PPO on the learned reward, evaluation (true return and
+task success), ``summary.json``. Feedback is collected once, before the policy learns, as in
+the paper (the encoder is aligned offline, then frozen).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
+
+from pbrl.data import PreferenceDataset, Segments
+from pbrl.data.triplets import new_triplet_ids, sample_triplets
+from pbrl.envs.rollouts import EXPERTS, collect_episodes, task_success
+from pbrl.errors import ConfigError, make_config
+from pbrl.online.callbacks import ProgressCallback, deterministic_policy
+from pbrl.online.logs import run_logger
+from pbrl.rewards import REWARD_MODELS, make_reward_model
+from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, setup
+from pbrl.sim import make_vec_env
+from pbrl.teachers.base import AsyncTeacher
+
+log = logging.getLogger("pbrl")
+
+
+@runtime_checkable
+class EpisodeReward(Protocol):
+    """A reward of whole episodes (``inputs = "episode_frames"``, e.g. RAPL)."""
+
+    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """Per-step rewards ``[B, T]`` of episodes with states ``[B, T + 1, ...]``."""
+        ...
+
+    def set_demonstrations(self, segments: Segments) -> None:
+        """The demonstrations the reward compares episodes with."""
+        ...
+
+
+class FrameEpisodes:
+    """A per-frame reward (:class:`~pbrl.rewards.base.FrameReward`, e.g. the RLHF image
+    reward) as an episode reward: each step earns the reward of the frame it reached."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        b, t1, _ = qpos.shape
+        frames = self.model.frame_cache.frames(
+            qpos[:, 1:].reshape(b * (t1 - 1), -1), qvel[:, 1:].reshape(b * (t1 - 1), -1)
+        )
+        return self.model.frame_reward(frames).cpu().numpy().reshape(b, t1 - 1)
+
+    def set_demonstrations(self, segments: Segments) -> None:
+        pass  # a per-frame reward compares with no demonstration
+
+
+# -- settings ------------------------------------------------------------------------------------
+@dataclass
+class EpisodicAlgo:
+    """``conf/algo/rapl.yaml``: PPO with episode-level relabeling."""
+
+    name: str = "rapl"
+    sb3: str = "ppo"
+    kind: str = "episodic"
+    preference: bool = True
+    normalize_obs: bool = True  # SB3 VecNormalize on the policy's observations
+    normalize_reward: bool = True  # divide the learned reward by its running std
+    kwargs: dict[str, Any] = field(default_factory=dict)  # stable_baselines3.PPO arguments
+
+    def __post_init__(self) -> None:
+        if self.sb3 != "ppo":
+            raise ConfigError(
+                f"algo.sb3={self.sb3!r}: episode-level rewards are relabeled in PPO's rollout "
+                "buffer; use algo.sb3=ppo"
+            )
+
+
+@dataclass
+class EpisodicSettings:
+    """``episodic:`` block of the rapl_* exps: the videos the feedback and evaluation use."""
+
+    pool_episodes: int = 60  # behaviour episodes the triplets are drawn from
+    heldout_episodes: int = 30  # other episodes: Spearman of learned vs true return
+    eps_min: float = 0.0  # per episode, a step is random with probability U(eps_min, eps_max),
+    eps_max: float = 1.0  # the env's scripted expert's otherwise (random only without one)
+    demos: str = "expert"  # expert: n_demos expert episodes | preferred: triplets' winners
+    n_demos: int = 5
+    frame_stride: int = 1  # every k-th frame enters the OT reward (reward.frame_stride reads it)
+
+    def __post_init__(self) -> None:
+        if self.pool_episodes < 3 or self.heldout_episodes < 2:
+            raise ConfigError(
+                "episodic.pool_episodes must be >= 3 (a triplet) and episodic.heldout_episodes "
+                ">= 2 (a correlation)"
+            )
+        if not 0.0 <= self.eps_min <= self.eps_max <= 1.0:
+            raise ConfigError("episodic: use 0 <= eps_min <= eps_max <= 1")
+        if self.demos not in ("expert", "preferred"):
+            raise ConfigError(f"episodic.demos={self.demos!r}: use expert or preferred")
+        if self.n_demos < 1 or self.frame_stride < 1:
+            raise ConfigError("episodic.n_demos and episodic.frame_stride must be >= 1")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def fixed_episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
+    """The env's time limit: every episode's length (the env never terminates earlier)."""
+    import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
+
+    limit = env_kwargs.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
+    if limit is None:
+        raise ConfigError(
+            f"{env_id} has no time limit: episode-level rewards need fixed-length episodes "
+            "(set env.kwargs.max_episode_steps)"
+        )
+    return int(limit)
+
+
+def check_config(cfg: DictConfig) -> tuple[EpisodicAlgo, EpisodicSettings]:
+    """Typed settings of an episodic (RAPL) run, after every check without simulation."""
+    algo = make_config(EpisodicAlgo, _plain(cfg.algo), "algo")
+    settings = make_config(EpisodicSettings, _plain(cfg.get("episodic")), "episodic")
+    for key in ("n_envs", "total_timesteps", "max_feedback"):
+        if int(cfg[key]) <= 0:
+            raise ConfigError(f"{key}={cfg[key]} must be positive (max_feedback: triplets)")
+    reward = _plain(cfg.reward)
+    kind = str(reward.pop("kind", ""))
+    cls = REWARD_MODELS.get(kind, (None, None))[0]
+    if getattr(cls, "inputs", "state") not in ("episode_frames", "frames"):
+        raise ConfigError(
+            f"algo={algo.name} trains on rewards of rendered episodes; reward.kind={kind!r} "
+            "scores states: use reward=rapl, reward=ot or reward=image"
+        )
+    make_config(REWARD_MODELS[kind][1], reward, "reward")
+    env_id = str(cfg.env.id)
+    length = fixed_episode_length(env_id, _plain(cfg.env.kwargs) or {})
+    n_steps = int(algo.kwargs.get("n_steps", 2048))
+    if n_steps % length:
+        raise ConfigError(
+            f"algo.kwargs.n_steps={n_steps} is not a multiple of the episode length {length} "
+            f"of {env_id}: a rollout must hold whole episodes (e.g. n_steps={length * 4})"
+        )
+    uses_demos = getattr(REWARD_MODELS[kind][0], "inputs", "") == "episode_frames"
+    if uses_demos and settings.demos == "expert" and env_id not in EXPERTS:
+        raise ConfigError(
+            f"episodic.demos=expert but pbrl has no scripted expert for {env_id} (it has for "
+            f"{', '.join(EXPERTS)}): use episodic.demos=preferred"
+        )
+    return algo, settings
+
+
+# -- the VecEnv wrapper and the relabeling callback ---------------------------------------------
+class _SimState(Protocol):
+    def sim_state(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class EpisodeRecorder(VecEnvWrapper):
+    """Records every sub-env's simulator states; PPO sees reward 0 until relabeling."""
+
+    def __init__(self, venv: VecEnv) -> None:
+        super().__init__(venv)
+        self._states: list[list[tuple[np.ndarray, np.ndarray]]] = []
+        self.finished: list[tuple[int, np.ndarray, np.ndarray, float]] = []  # env, qpos, qvel, R
+        self._true = np.zeros(self.num_envs)
+
+    def _sim(self) -> tuple[np.ndarray, np.ndarray]:
+        return cast(_SimState, self.venv).sim_state()
+
+    def reset(self) -> np.ndarray:
+        obs = cast(np.ndarray, self.venv.reset())
+        qpos, qvel = self._sim()
+        self._states = [[(qpos[e].copy(), qvel[e].copy())] for e in range(self.num_envs)]
+        self._true[:] = 0.0
+        return obs
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, reward, dones, infos = self.venv.step_wait()
+        qpos, qvel = self._sim()
+        self._true += reward
+        for e in range(self.num_envs):
+            infos[e]["true_reward"] = float(reward[e])
+            if not dones[e]:
+                self._states[e].append((qpos[e].copy(), qvel[e].copy()))
+                continue
+            if not infos[e].get("TimeLimit.truncated", False):
+                raise RuntimeError(
+                    "an episode terminated early: episode-level relabeling needs fixed-length "
+                    "episodes"
+                )
+            self._states[e].append((infos[e]["terminal_qpos"], infos[e]["terminal_qvel"]))
+            states = self._states[e]
+            self.finished.append(
+                (
+                    e,
+                    np.stack([s[0] for s in states]),
+                    np.stack([s[1] for s in states]),
+                    float(self._true[e]),
+                )
+            )
+            self._states[e] = [(qpos[e].copy(), qvel[e].copy())]  # the auto-reset state
+            self._true[e] = 0.0
+        return obs, np.zeros_like(reward), dones, infos
+
+
+class EpisodicRelabel(BaseCallback):
+    """At each rollout's end: the learned rewards of its (whole) episodes into PPO's
+    rollout buffer, then returns and advantages recomputed."""
+
+    def __init__(
+        self, recorder: EpisodeRecorder, reward: EpisodeReward, normalize: bool = True
+    ) -> None:
+        super().__init__()
+        self.recorder, self.reward, self.normalize = recorder, reward, normalize
+        self.scale = RunningMeanStd(shape=())
+        self.relabel_s = 0.0
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        t0 = time.time()
+        buffer = cast(PPO, self.model).rollout_buffer
+        n_steps, n_envs = buffer.rewards.shape
+        done = self.recorder.finished
+        self.recorder.finished = []
+        by_env: dict[int, list[int]] = {}
+        for i, (e, *_rest) in enumerate(done):
+            by_env.setdefault(e, []).append(i)
+        length = done[0][1].shape[0] - 1 if done else 0
+        if (
+            not done
+            or any(len(v) * length != n_steps for v in by_env.values())
+            or (len(by_env) != n_envs)
+        ):
+            raise RuntimeError(
+                "a rollout does not hold whole episodes: n_steps must be a multiple of the "
+                "episode length and the episodes must start with the rollout"
+            )
+        qpos = np.stack([d[1] for d in done])
+        qvel = np.stack([d[2] for d in done])
+        learned = self.reward.episode_rewards(qpos, qvel)  # [episodes, L]
+        if self.normalize:
+            self.scale.update(learned.reshape(-1))
+            learned = learned / np.sqrt(self.scale.var + 1e-8)
+        for e, rows in by_env.items():
+            buffer.rewards[:, e] += np.concatenate([learned[i] for i in rows])
+        loc = self.locals
+        buffer.compute_returns_and_advantage(last_values=loc["values"], dones=loc["dones"])
+        self.relabel_s += time.time() - t0
+        record = self.logger.record
+        record("rollout/learned_ep_return", float(learned.sum(1).mean()))
+        record("rollout/true_ep_return", float(np.mean([d[3] for d in done])))
+        record("time/relabel_total_s", self.relabel_s)
+
+
+# -- evaluation helpers -------------------------------------------------------------------------
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan if either is constant."""
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=np.float64)
+        for value in np.unique(v):  # ties share their mean rank
+            same = v == value
+            r[same] = r[same].mean()
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def success_rate(
+    env_id: str, env_kwargs: dict[str, Any], policy: Any, n_episodes: int, seed: int
+) -> float:
+    """Fraction of episodes whose final state solves the task (``task_success``)."""
+    env = gym.make(env_id, **env_kwargs)
+    wins = 0
+    for ep in range(n_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(policy(obs))
+            done = terminated or truncated
+        wins += bool(task_success(env_id, cast(Any, env.unwrapped).data.qpos))
+    env.close()
+    return wins / max(n_episodes, 1)
+
+
+# -- the RAPL run ---------------------------------------------------------------------------------
+def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    started = time.time()
+    run_dir = Path(run_dir)
+    algo, settings = check_config(cfg)
+    if cfg.get("resume"):
+        raise ConfigError("episodic runs cannot resume yet: start the run again")
+    rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.torch_threads))
+    env_id, env_kwargs = str(cfg.env.id), _plain(cfg.env.kwargs) or {}
+    seed, name = int(cfg.seed), str(cfg.name)
+    eps = (settings.eps_min, settings.eps_max)
+
+    # --- behaviour videos and triplets ranked by the teacher ----------------------------------
+    teacher = instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63)))
+    if isinstance(teacher, AsyncTeacher):
+        raise ConfigError(
+            "episodic runs ask for all triplets before training: use a teacher that answers "
+            "at once (teacher=triplet, a scripted or VLM teacher), not an asynchronous one"
+        )
+    pool = collect_episodes(env_id, settings.pool_episodes, seed, rng, eps, env_kwargs, name)
+    n_triplets = int(cfg.max_feedback)
+    queries = sample_triplets(pool, n_triplets, rng, new_triplet_ids(n_triplets, rng))
+    prefs = PreferenceDataset(
+        queries, teacher(queries), np.full(len(queries), type(teacher).__name__)
+    )
+    prefs.save(run_dir / "preferences.npz")
+
+    # --- the reward: demonstrations, alignment, held-out correlation ---------------------------
+    probe = gym.make(env_id, **env_kwargs)
+    obs_dim = int(np.prod(probe.observation_space.shape or (0,)))
+    act_dim = int(np.prod(probe.action_space.shape or (0,)))
+    probe.close()
+    reward_model = make_reward_model(_plain(cfg.reward), obs_dim, act_dim, device)
+    # a per-frame reward (reward=image) is trained on the triplets' pairs, needs no demos
+    per_episode: EpisodeReward = (
+        reward_model if isinstance(reward_model, EpisodeReward) else FrameEpisodes(reward_model)
+    )
+    demos: Segments | None = None
+    if not isinstance(per_episode, FrameEpisodes) and settings.demos == "expert":
+        demos = collect_episodes(
+            env_id, settings.n_demos, seed + 50_000, rng, (0.0, 0.0), env_kwargs, name
+        )
+        per_episode.set_demonstrations(demos)
+    fit = reward_model.fit(prefs, rng)
+    heldout = collect_episodes(
+        env_id, settings.heldout_episodes, seed + 100_000, rng, eps, env_kwargs, name
+    )
+    predicted = reward_model.segment_returns(heldout).mean(0).cpu().numpy()
+    rho = spearman(predicted, heldout.returns())
+    reward_model.save(run_dir / "reward_model.pt")
+    log.info("reward: Spearman %.3f with the true return on %d held-out videos", rho, len(heldout))
+
+    # --- the policy: PPO on the learned reward, relabeled per episode --------------------------
+    venv = make_vec_env("gymnasium", env_id, int(cfg.n_envs), seed, **env_kwargs)
+    recorder = EpisodeRecorder(venv)
+    env: VecEnv = recorder
+    if algo.normalize_obs:
+        env = VecNormalize(recorder, norm_obs=True, norm_reward=False)
+    model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **algo.kwargs)
+    tb_dir = run_dir / "tb"
+    model.set_logger(run_logger(tb_dir))
+    callbacks: list[BaseCallback] = [EpisodicRelabel(recorder, per_episode, algo.normalize_reward)]
+    if cfg.progress_bar:
+        callbacks.append(ProgressCallback(Progress(int(cfg.total_timesteps), name)))
+    model.learn(int(cfg.total_timesteps), callback=CallbackList(callbacks))
+    (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "checkpoint" / "model.zip")
+
+    # --- evaluation on the true reward ---------------------------------------------------------
+    seeds = RunSeeds(seed)
+    video_root = Path(cfg.video.root) / f"{name}_{run_dir.name}"
+    evaluation = Evaluation(
+        env_id,
+        env_kwargs,
+        seeds,
+        int(cfg.eval.n_episodes),
+        int(cfg.eval.random_episodes),
+        0,
+        video_root if cfg.video.enabled else None,
+        (int(cfg.video.width), int(cfg.video.height)),
+    )
+    act = deterministic_policy(model)
+    ev = evaluation.policy(act, video_name="eval.mp4")
+    rand = evaluation.random()
+    success = success_rate(env_id, env_kwargs, act, int(cfg.eval.n_episodes), seeds.eval)
+    record = model.logger.record
+    record("eval/true_return", ev.mean)
+    record("eval/success_rate", success)
+    record("eval/random_true_return", rand.mean)
+    record("reward_model/heldout_spearman", rho)
+    model.logger.dump(model.num_timesteps)
+
+    summary = RunSummary(
+        exp=name,
+        algo=algo.name,
+        env_id=env_id,
+        seed=seed,
+        total_timesteps=int(model.num_timesteps),
+        num_labels=len(prefs.trainable),
+        num_queries=len(prefs),
+        teacher=_plain(cfg.teacher),
+        eval_true_return_mean=ev.mean,
+        eval_true_return_std=ev.std,
+        eval_learned_return_mean=None,
+        random_true_return_mean=rand.mean,
+        reward_model_test_accuracy=None,
+        videos=[ev.video] if ev.video else [],
+        tensorboard_dir=str(tb_dir),
+        resumed=False,
+        started_at=started,
+        extra={
+            "reward_kind": str(cfg.reward.kind),
+            "backbone": getattr(reward_model, "backbone_info", None),
+            "triplets": n_triplets,
+            "reward_fit": fit,
+            "heldout_spearman": rho,
+            "heldout_videos": len(heldout),
+            "demos": None
+            if isinstance(per_episode, FrameEpisodes)
+            else settings.demos
+            if demos is None
+            else f"expert x {len(demos)}",
+            "eval_success_rate": success,
+        },
+    ).write(run_dir)
+    env.close()
+    close = getattr(reward_model, "close", None)
+    if close is not None:
+        close()
+    return summary
+
+
+__all__ = [
+    "EpisodeRecorder",
+    "EpisodicAlgo",
+    "EpisodicRelabel",
+    "EpisodicSettings",
+    "check_config",
+    "run_episodic",
+    "spearman",
+]

@@ -1,0 +1,194 @@
+"""Rendered frames of simulator states, kept so each state is rendered once per run.
+
+Frame rewards (:class:`pbrl.rewards.base.FrameReward`) score images of the states a
+trajectory went through. Rendering is their cost (software OpenGL here: ~1 ms a frame at
+64 px), and the same states come back again and again: a state reached online is scored
+as the agent steps, then appears in many candidate query segments (windows overlap), in
+the labeled pairs every training epoch, and in PEBBLE's relabeling of the replay buffer.
+
+:class:`FrameCache` keys each frame by the bytes of its ``(qpos, qvel)`` — rendering is a
+function of the state alone (:class:`~pbrl.video.StateRenderer` places the camera from the
+rendered state only) — and keeps the most recently used ``capacity`` frames (LRU) in one
+preallocated uint8 array. Whatever asks for frames (the online loop, a reward model's
+``segment_returns`` or ``fit``, a relabeling pass) asks for a whole batch; the misses are
+rendered in one pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pbrl.data import Segments
+
+if TYPE_CHECKING:  # MuJoCo and ffmpeg load when the first frame is rendered
+    from pbrl.video import StateRenderer
+
+CAMERA_KEYS = ("distance", "elevation", "azimuth", "lookat")
+
+
+def check_camera(camera: Mapping[str, Any] | None, where: str = "reward.camera") -> dict[str, Any]:
+    """Free-camera overrides as a plain dict; unknown keys or a malformed ``lookat`` raise
+    ``ValueError`` naming them."""
+    out = dict(camera or {})
+    unknown = sorted(set(out) - set(CAMERA_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)}: use {', '.join(CAMERA_KEYS)}"
+        )
+    if "lookat" in out:
+        lookat = [float(v) for v in out["lookat"]]
+        if len(lookat) != 3:
+            raise ValueError(f"{where}.lookat={out['lookat']} needs 3 numbers [x, y, z]")
+        out["lookat"] = lookat
+    for key in ("distance", "elevation", "azimuth"):
+        if key in out:
+            out[key] = float(out[key])
+    return out
+
+
+def apply_camera(renderer: StateRenderer, camera: Mapping[str, Any] | None) -> None:
+    """Set a renderer's free camera (before rendering; a following camera still moves its
+    look-at point horizontally with the robot)."""
+    cam = renderer.camera
+    for key, value in check_camera(camera).items():
+        if key == "lookat":
+            cam.lookat[:] = value
+        else:
+            setattr(cam, key, value)
+
+
+class FrameCache:
+    """Frames ``[S, S, 3]`` uint8 of one environment's states, rendered on demand, LRU-kept.
+
+    ``renders`` counts frames rendered, ``hits`` frames served from the cache. A renderer is
+    made per thread (an OpenGL context belongs to one thread).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        image_size: int,
+        camera: Mapping[str, Any] | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
+        capacity: int = 20_000,
+    ) -> None:
+        if not env_id:
+            raise ValueError("FrameCache needs the env_id whose states it renders")
+        if int(image_size) <= 0 or int(capacity) < 0:
+            raise ValueError("FrameCache: image_size must be positive, capacity >= 0")
+        self.env_id, self.image_size = env_id, int(image_size)
+        self.camera = check_camera(camera)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.capacity = int(capacity)
+        self.renders = 0
+        self.hits = 0
+        self._rows: OrderedDict[bytes, int] = OrderedDict()  # key -> bank row, oldest first
+        self._bank: np.ndarray | None = None  # [capacity, S, S, 3], allocated on first store
+        self._free: list[int] = []
+        self._lock = threading.RLock()
+        self._renderers: dict[int, StateRenderer] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    # -- rendering ---------------------------------------------------------------------------
+    def renderer(self) -> StateRenderer:
+        """This thread's renderer of ``env_id`` at ``image_size`` with the camera set."""
+        from pbrl.video import StateRenderer
+
+        me = threading.get_ident()
+        with self._lock:
+            r = self._renderers.get(me)
+            if r is None or r._closed:
+                s = self.image_size
+                r = self._renderers[me] = StateRenderer(self.env_id, s, s, **self.env_kwargs)
+                apply_camera(r, self.camera)
+            return r
+
+    def frames(self, qpos: np.ndarray, qvel: np.ndarray, store: bool = True) -> np.ndarray:
+        """Frames ``[K, S, S, 3]`` of ``K`` states (``qpos [K, nq]``, ``qvel [K, nv]``).
+
+        Cached frames are copied out; the others are rendered (each distinct state once) and,
+        with ``store``, kept (evicting the least recently used).
+        """
+        qpos = np.ascontiguousarray(qpos, dtype=np.float64)
+        qvel = np.ascontiguousarray(qvel, dtype=np.float64)
+        if qpos.ndim != 2 or qvel.ndim != 2 or len(qpos) != len(qvel):
+            raise ValueError(
+                f"expected qpos [K, nq] and qvel [K, nv], got {qpos.shape} and {qvel.shape}"
+            )
+        s = self.image_size
+        out = np.empty((len(qpos), s, s, 3), dtype=np.uint8)
+        missing: dict[bytes, list[int]] = {}
+        with self._lock:
+            for k in range(len(qpos)):
+                key = qpos[k].tobytes() + qvel[k].tobytes()
+                row = self._rows.get(key)
+                if row is None:
+                    missing.setdefault(key, []).append(k)
+                    continue
+                self._rows.move_to_end(key)
+                assert self._bank is not None
+                out[k] = self._bank[row]
+                self.hits += 1
+            if not missing:
+                return out
+            renderer = self.renderer()
+            for key, ks in missing.items():
+                frame = renderer.render(qpos[ks[0]], qvel[ks[0]])
+                self.renders += 1
+                out[ks] = frame
+                self.hits += len(ks) - 1  # repeats within the batch are not rendered again
+                if store:
+                    self._store(key, frame)
+        return out
+
+    def _store(self, key: bytes, frame: np.ndarray) -> None:
+        if self.capacity == 0:
+            return
+        if self._bank is None:
+            s = self.image_size
+            self._bank = np.empty((self.capacity, s, s, 3), dtype=np.uint8)  # pages on touch
+            self._free = list(range(self.capacity - 1, -1, -1))
+        if self._free:
+            row = self._free.pop()
+        else:
+            _, row = self._rows.popitem(last=False)  # least recently used
+        self._bank[row] = frame
+        self._rows[key] = row
+
+    def segment_frames(
+        self, segments: Segments, store: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The frames of the states reached by each valid action of every segment.
+
+        Returns ``frames [F, S, S, 3]`` (each distinct state once) and ``index [N, T]``: the
+        row of ``frames`` showing the state after step ``t`` (``qpos[:, t + 1]``), -1 on
+        padded steps.
+        """
+        if segments.qpos is None or segments.qvel is None:
+            raise ValueError("segments carry no qpos/qvel: a frame reward renders them")
+        if segments.env_id and segments.env_id != self.env_id:
+            raise ValueError(f"segments are from {segments.env_id}, frames are of {self.env_id}")
+        rows, steps = np.nonzero(segments.mask)
+        qpos = segments.qpos[rows, steps + 1]
+        qvel = segments.qvel[rows, steps + 1]
+        states = np.ascontiguousarray(np.concatenate([qpos, qvel], axis=1), dtype=np.float64)
+        # one row per distinct state: overlapping windows share their frames
+        _, first, inverse = np.unique(states, axis=0, return_index=True, return_inverse=True)
+        frames = self.frames(qpos[first], qvel[first], store=store)
+        index = np.full(segments.mask.shape, -1, dtype=np.int64)
+        index[rows, steps] = inverse.reshape(-1)
+        return frames, index
+
+    def close(self) -> None:
+        """Free the renderers (each in its own thread's context; this thread's here)."""
+        with self._lock:
+            renderers, self._renderers = self._renderers, {}
+        for r in renderers.values():
+            r.close()

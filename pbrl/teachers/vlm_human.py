@@ -1,0 +1,239 @@
+"""A VLM first, people for the rest: ``teacher=vlm_then_human``.
+
+Not in the papers (issue 14, "beyond the papers"). Each round goes to a
+:class:`~pbrl.teachers.vlm.VLMTeacher` (RL-VLM-F's two-stage prompts). As its answers arrive:
+
+* a pair the VLM answers decidedly (0 or 1) is a label at once (annotator ``"vlm"``);
+* a pair it does not (unsure, unparseable, both images identical, or the request failed) goes
+  to the people's label store (:class:`~pbrl.teachers.human.HumanTeacher`) with the VLM's
+  answer attached as a *suggestion*: the labeling page shows "VLM suggests: ..." and the
+  stage-1 analysis, preselects nothing, and the person answers with the usual keys. The
+  store keeps the suggestion and the person's answer (``python -m pbrl.label stats``
+  reports their agreement).
+
+``route=all`` sends every pair to people with the VLM's suggestion (decided or not) and uses
+only people's answers as labels: VLM-assisted labeling, and the way to measure how often
+people agree with the VLM before trusting it with ``route=unsure``.
+
+Not built: routing pairs on which the reward ensemble disagrees. A teacher sees queries, not
+the reward model; the query selector (``query=disagreement``) already picks such pairs.
+
+Waiting: the VLM and the store are polled (every ``poll_s``) until at least ``min_labels``
+usable labels have been handed out in total, for at most ``wait_timeout_s`` (then training
+goes on with a warning, and later rounds do not wait until answers flow again);
+``wait_for_round=true`` waits until every pair submitted so far is answered by someone. The
+two inner teachers never wait themselves (their ``min_labels`` and ``wait_for_round`` are
+overridden to 0 / false).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbrl.data import PreferenceDataset
+from pbrl.data.preferences import Queries
+from pbrl.data.store import Suggestion
+from pbrl.teachers.base import AsyncTeacher
+from pbrl.teachers.human import HumanTeacher
+from pbrl.teachers.scripted import TeacherConfigError
+from pbrl.teachers.vlm import ANNOTATOR, VLMTeacher, parse_answer
+
+log = logging.getLogger("pbrl")
+
+ROUTES = ("unsure", "all")
+
+
+class VLMThenHuman(AsyncTeacher):
+    """``teacher=vlm_then_human``: see the module docstring and the config's comments."""
+
+    def __init__(
+        self,
+        vlm: VLMTeacher,
+        human: HumanTeacher,
+        route: str = "unsure",
+        min_labels: int = 1,
+        wait_timeout_s: float | None = 600.0,
+        wait_for_round: bool = False,
+        poll_s: float = 0.5,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        if not isinstance(vlm, VLMTeacher):
+            raise TeacherConfigError(
+                f"teacher.vlm must build a VLMTeacher (_target_: pbrl.teachers.vlm.VLMTeacher), "
+                f"got {type(vlm).__name__}"
+            )
+        if not isinstance(human, HumanTeacher):
+            raise TeacherConfigError(
+                "teacher.human must build a HumanTeacher "
+                f"(_target_: pbrl.teachers.human.HumanTeacher), got {type(human).__name__}"
+            )
+        if route not in ROUTES:
+            raise TeacherConfigError(
+                f"teacher.route={route!r}: use unsure (people label what the VLM cannot) or "
+                "all (people label every pair, the VLM's answer shown as a suggestion)"
+            )
+        if int(min_labels) < 0:
+            raise TeacherConfigError(f"teacher.min_labels={min_labels}: use an integer >= 0")
+        if wait_timeout_s is not None and float(wait_timeout_s) < 0:
+            raise TeacherConfigError(
+                f"teacher.wait_timeout_s={wait_timeout_s}: use >= 0 seconds, or null (forever)"
+            )
+        if not float(poll_s) > 0:
+            raise TeacherConfigError(f"teacher.poll_s={poll_s}: use a positive number of seconds")
+        self.vlm, self.human, self.route = vlm, human, route
+        # This teacher does the waiting; the inner ones answer collect() at once.
+        for inner in (vlm, human):
+            inner.min_labels, inner.wait_for_round = 0, False
+        self.min_labels, self.wait_for_round = int(min_labels), bool(wait_for_round)
+        self.wait_timeout_s = None if wait_timeout_s is None else float(wait_timeout_s)
+        self.poll_s = float(poll_s)
+        self.rng = rng
+        self.labels_received = 0  # usable labels handed out (both sources)
+        self.routed = 0  # pairs sent to people
+        self.from_vlm = 0  # usable labels from the VLM
+        self.from_people = 0  # answers from people (skips included)
+        self._window = {"routed": 0, "vlm_labels": 0, "people_answers": 0}
+        self._gave_up = False
+
+    # -- the asynchronous teacher protocol ---------------------------------------------------
+    def submit(self, queries: Queries) -> None:
+        """Hand the round to the VLM (returns at once; its answers are routed in collect)."""
+        self.vlm.submit(queries)
+
+    def collect(self) -> PreferenceDataset | None:
+        """VLM labels and people's answers that arrived since the last call (or None)."""
+        deadline = math.inf if self.wait_timeout_s is None else time.time() + self.wait_timeout_s
+        parts: list[PreferenceDataset] = []
+        while True:
+            parts += self._poll()
+            usable = sum(len(p.trainable) for p in parts)
+            if usable:
+                self._gave_up = False  # answers flow again: later rounds may wait
+            if not self._must_wait(usable) or self._gave_up:
+                break
+            if time.time() >= deadline:
+                self._gave_up = True
+                warnings.warn(
+                    f"VLMThenHuman: waited {self.wait_timeout_s:.0f} s for answers "
+                    f"({self.labels_received + usable} usable labels, {self.min_labels} wanted; "
+                    f"{self._people_pending()} pairs with people): training continues on the "
+                    f"labels it has. Label at: python -m pbrl.label serve --store "
+                    f"{self.human.store_path}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                break
+            time.sleep(min(self.poll_s, max(0.0, deadline - time.time())))
+        if not parts:
+            return None
+        out = parts[0] if len(parts) == 1 else PreferenceDataset.concatenate(parts)
+        self.labels_received += len(out.trainable)
+        return out
+
+    def _poll(self) -> list[PreferenceDataset]:
+        """Route the VLM's new answers; collect people's new answers. Never blocks."""
+        parts: list[PreferenceDataset] = []
+        answered = self.vlm.collect()
+        if answered is not None:
+            if self.route == "all":
+                to_people = np.ones(len(answered), dtype=bool)
+            else:
+                to_people = np.isnan(answered.labels)
+            keep = ~to_people
+            if keep.any():
+                decided = answered[np.flatnonzero(keep)]
+                for qid in decided.queries.query_id.tolist():  # not needed as suggestions
+                    self.vlm.outcomes.pop(str(qid), None)
+                    self.vlm.transcripts.pop(str(qid), None)
+                parts.append(decided)
+                self.from_vlm += len(decided.trainable)
+                self._window["vlm_labels"] += len(decided.trainable)
+            if to_people.any():
+                self._route(answered.queries[np.flatnonzero(to_people)])
+        people = self.human.collect()
+        if people is not None:
+            parts.append(people)
+            self.from_people += len(people)
+            self._window["people_answers"] += len(people)
+        return parts
+
+    def _route(self, queries: Queries) -> None:
+        """Send pairs to people, each with the VLM's answer as a suggestion (written first,
+        so the page never shows a pair without it)."""
+        suggestions = []
+        for qid in queries.query_id.tolist():
+            suggestion = self.suggestion(str(qid))
+            if suggestion is not None:
+                suggestions.append(suggestion)
+        self.human.store.set_suggestions(suggestions)
+        self.human.submit(queries)
+        self.routed += len(queries)
+        self._window["routed"] += len(queries)
+
+    def suggestion(self, query_id: str) -> Suggestion | None:
+        """What the VLM said about a pair (None: it was never asked, e.g. a failed request)."""
+        outcome = self.vlm.outcomes.pop(query_id, None)
+        transcript = self.vlm.transcripts.pop(query_id, None)
+        model = self.vlm.model
+        if transcript is not None:
+            analysis, reply = transcript
+            answer = parse_answer(reply)
+            label = {0: 0.0, 1: 1.0}.get(answer, math.nan)
+            return Suggestion(query_id, label, analysis, reply, model)
+        if outcome == "identical":  # no request made: the VLM would see the same image twice
+            text = "(not asked: the two images the VLM would see are identical)"
+            return Suggestion(query_id, math.nan, text, "", model)
+        return None
+
+    def _people_pending(self) -> int:
+        return self.human.store.uncollected(self.human.sources) if self.human.sources else 0
+
+    def _must_wait(self, usable: int) -> bool:
+        vlm_pending = self.vlm.pairs_done < self.vlm.submitted
+        pending = vlm_pending or self._people_pending() > 0
+        if not pending:
+            return False  # nothing more can arrive
+        if self.wait_for_round:
+            return True
+        return self.labels_received + usable < self.min_labels
+
+    # -- extras ------------------------------------------------------------------------------
+    def stats(self) -> dict[str, float]:
+        """The VLM's figures (``vlm_*``) and the routing since the last call."""
+        window, self._window = self._window, dict.fromkeys(self._window, 0)
+        return {
+            **self.vlm.stats(),
+            "vlm_human_routed": float(window["routed"]),
+            "vlm_human_vlm_labels": float(window["vlm_labels"]),
+            "vlm_human_people_answers": float(window["people_answers"]),
+            "vlm_human_pending": float(self._people_pending()),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "vlm": self.vlm.describe(),
+            "routed_to_people": self.routed,
+            "labels_from_vlm": self.from_vlm,
+            "answers_from_people": self.from_people,
+        }
+
+    def show_eval_video(
+        self, path: str | Path, step: int | None = None, true_return: float | None = None
+    ) -> None:
+        self.human.show_eval_video(path, step, true_return)
+
+    def close(self) -> None:
+        try:
+            self.vlm.close()
+        finally:
+            self.human.close()
+
+
+__all__ = ["ANNOTATOR", "ROUTES", "VLMThenHuman"]
