@@ -364,7 +364,9 @@ def test_tiny_online_run_routes_unsure_pairs_to_the_store(
                 "+exp=quickstart",
                 *TINY_ONLINE,
                 "teacher=vlm_then_human",
-                "teacher.wait_timeout_s=0",
+                # wait for a first VLM label however slow the machine (never for people)
+                "teacher.min_labels=1",
+                "teacher.wait_timeout_s=120",
                 f"teacher.vlm.base_url={vlm.base_url}",
                 f"teacher.vlm.model={vlm.model}",
                 "teacher.vlm.api_key_env=null",
