@@ -117,7 +117,9 @@ def test_bradley_terry_loss_against_hand_values(pool):
     q.second.mask[0, 3:] = False  # the second segment of pair 0 ended after 3 steps
     q.first.mask[1, 4:] = False
     labels = np.array([0.0, 1.0, 0.5, 1.0, 0.0, 1.0])
-    model = make_model(n_members=1, augment_shift=0, learning_rate=0.0, batch_size=64, max_epochs=1)
+    model = make_model(
+        n_members=1, augment_shift=0, learning_rate=0.0, batch_size=64, max_epochs=1, output="tanh"
+    )
     model.nets[0] = MeanPixel(40.0, 0.1)
     metrics = model.fit(PreferenceDataset(q, labels), rng)
     assert metrics["updates"] == 1 and metrics["epochs"] == 1

@@ -12,8 +12,10 @@ model, as a :class:`~pbrl.rewards.base.FrameReward`:
   for the state ensemble. RL-VLM-F compares single images; with
   ``feedback.segment_length=1`` this is exactly its loss, longer segments give B-Pref's
   partial-return model on frames.
-* Each member trains on its own shuffling of the labels (B-Pref), per-frame output
-  ``tanh`` (B-Pref) or linear, rounds run by :func:`~pbrl.rewards.base.fit_epochs`.
+* Each member trains on its own shuffling of the labels (B-Pref); rounds run by
+  :func:`~pbrl.rewards.base.fit_epochs`. Per-frame output linear by default, where B-Pref's
+  state ensemble (and RL-VLM-F, built on it) bounds it with ``tanh``: on Reacher, tanh
+  pressed the rewards of all states near the target together (``output: tanh`` restores it).
 
 Frames come from a :class:`~pbrl.rewards.frame_cache.FrameCache` that the online loop renders
 into as it steps, so the states of query segments, labeled pairs and the replay buffer are
@@ -63,7 +65,9 @@ class ImageRewardConfig:
     # "flatten": the feature map into the hidden layer (the DQN/PEBBLE image encoder);
     # "keypoints": a spatial soft-argmax per channel, the (x, y) of each feature map's mass
     head: str = "keypoints"
-    output: str = "tanh"  # per-frame "tanh" (B-Pref, rewards in [-1, 1]) or "linear"
+    # per-frame "linear" or "tanh" (B-Pref's state ensemble: rewards in [-1, 1]; measured on
+    # Reacher, tanh squeezes the states near the goal together: docs/image_reward.md)
+    output: str = "linear"
     # training frames shifted by up to this many pixels (DrQ's pad-and-crop; 0: off)
     augment_shift: int = 4
     learning_rate: float = 3e-3
