@@ -27,12 +27,14 @@ from test_human_loop import ScriptedPerson, free_port  # noqa: E402  (tests/ is 
 from test_label_store import pair_queries  # noqa: E402
 from test_vlm_teacher import TINY_ONLINE, make_teacher, rollout_pool, run_train  # noqa: E402
 
-from pbrl.data import Queries  # noqa: E402
+from pbrl.data import PreferenceDataset, Queries  # noqa: E402
 from pbrl.data.pool import TrajectoryPool  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.data.store import BadInput, LabelStore, Suggestion  # noqa: E402
 from pbrl.gui.server import BackgroundServer, create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
+from pbrl.rewards import RewardEnsemble, RewardModelConfig  # noqa: E402
+from pbrl.teachers.base import WatchesRewardModel  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
 from pbrl.teachers.vlm_human import VLMThenHuman  # noqa: E402
@@ -322,6 +324,43 @@ def test_route_all_asks_people_everything_and_measures_the_vlm(
         teacher.close()
 
 
+def test_pairs_the_ensemble_disagrees_on_go_to_people_with_the_vlms_answer(
+    reacher_pool: TrajectoryPool, tmp_path: Path
+) -> None:
+    """disagreement=0.3: the 3 of 10 pairs whose members' P(second > first) spread most reach
+    the store even though the VLM (noise 0) decided them; its answer is their suggestion."""
+    queries: Queries = reacher_pool.sample_queries(10, 10, np.random.default_rng(4))
+    train = reacher_pool.sample_queries(12, 10, np.random.default_rng(5))
+    obs_dim = queries.first.obs.shape[-1]
+    act_dim = queries.first.act.shape[-1]
+    model = RewardEnsemble(obs_dim, act_dim, RewardModelConfig(max_epochs=3))
+    model.fit(PreferenceDataset(train, oracle_labels(train)), np.random.default_rng(0))
+    spread = model.preference_probs(queries.first, queries.second).std(axis=0)
+    expected = set(queries.query_id[np.argsort(-spread)[:3]].tolist())
+    store_path = tmp_path / "labels.sqlite"
+    LabelStore(store_path)
+    with MockVLM(score_rendered=True, seed=2) as vlm:
+        teacher = make_vlm_then_human(vlm, tmp_path, disagreement=0.3, min_labels=0)
+        assert isinstance(teacher, WatchesRewardModel)
+        teacher.set_reward_model(None)  # before the first fit: nothing is contested
+        assert teacher._most_contested(queries) == set()
+        teacher.set_reward_model(model)
+        teacher.submit(queries)
+        wait_vlm(teacher)
+        data = teacher.collect()
+        assert data is not None and set(data.annotator) == {"vlm"}
+        routed = {r["id"] for r in LabelStore(store_path).upcoming(100)}
+        unsure = routed - expected  # pairs the VLM could not decide go to people as ever
+        assert expected <= routed and set(labels_by_id(data)) == set(queries.query_id) - routed
+        store = LabelStore(store_path)
+        for qid in expected - unsure:
+            s = store.suggestion(qid)
+            assert s is not None and s.word in ("left", "right")  # the VLM's decided answer
+        assert teacher.describe()["routed_contested"] == len(expected)
+        assert teacher.stats()["vlm_human_routed_contested"] == len(expected)
+        teacher.close()
+
+
 def test_config_builds_the_teacher_and_rejects_bad_settings(tmp_path: Path) -> None:
     with MockVLM() as vlm:
         overrides = [
@@ -336,6 +375,10 @@ def test_config_builds_the_teacher_and_rejects_bad_settings(tmp_path: Path) -> N
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             cfg = compose("config", overrides=overrides)
             bad = compose("config", overrides=[*overrides, "teacher.route=sometimes"])
+            too_much = compose("config", overrides=[*overrides, "teacher.disagreement=1.5"])
+            both = compose(
+                "config", overrides=[*overrides, "teacher.route=all", "teacher.disagreement=0.2"]
+            )
         teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
         assert isinstance(teacher, VLMThenHuman) and teacher.route == "unsure"
         assert teacher.min_labels == cfg.feedback.min_labels
@@ -349,6 +392,16 @@ def test_config_builds_the_teacher_and_rejects_bad_settings(tmp_path: Path) -> N
         while cause is not None and not isinstance(cause, TeacherConfigError):
             cause = cause.__cause__
         assert isinstance(cause, TeacherConfigError)
+        for cfg_bad, needle in (
+            (too_much, "teacher.disagreement=1.5: use a fraction"),
+            (both, "teacher.disagreement applies to route=unsure"),
+        ):
+            with pytest.raises(Exception) as info:
+                instantiate(cfg_bad.teacher, rng=np.random.default_rng(0))
+            cause = info.value
+            while cause is not None and not isinstance(cause, TeacherConfigError):
+                cause = cause.__cause__
+            assert cause is not None and needle in str(cause)
 
 
 def test_tiny_online_run_routes_unsure_pairs_to_the_store(
@@ -367,6 +420,7 @@ def test_tiny_online_run_routes_unsure_pairs_to_the_store(
                 # wait for a first VLM label however slow the machine (never for people)
                 "teacher.min_labels=1",
                 "teacher.wait_timeout_s=120",
+                "teacher.disagreement=0.5",  # round 2: the 2 most contested pairs to people
                 f"teacher.vlm.base_url={vlm.base_url}",
                 f"teacher.vlm.model={vlm.model}",
                 "teacher.vlm.api_key_env=null",
@@ -381,6 +435,8 @@ def test_tiny_online_run_routes_unsure_pairs_to_the_store(
     assert summary["teacher"]["_target_"] == "pbrl.teachers.vlm_human.VLMThenHuman"
     routed = summary["teacher"]["routed_to_people"]
     assert routed > 0 and summary["teacher"]["labels_from_vlm"] == summary["num_labels"]
+    # round 1's labels fit the model; round 2's 4 pairs: the 2 most contested marked for people
+    assert summary["teacher"]["contested_marked"] == 2
     store = LabelStore(tmp_path / "labels.sqlite", readonly=True)
     assert store.counts()["total"] == routed and len(store.suggestions()) == routed
     text = "".join(p.read_text() for p in (run / "tb").rglob("*.csv"))

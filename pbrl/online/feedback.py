@@ -25,7 +25,7 @@ from pbrl.errors import ConfigError, fault_point
 from pbrl.query import QuerySelector
 from pbrl.rewards.base import RewardModel
 from pbrl.run import label_stats
-from pbrl.teachers.base import AsyncTeacher, Teacher, as_async
+from pbrl.teachers.base import AsyncTeacher, Teacher, WatchesRewardModel, as_async
 
 
 @dataclass
@@ -146,6 +146,8 @@ class FeedbackCallback(BaseCallback):
             return
         self.state.queries += n
         self.state.rounds += 1
+        if isinstance(self.teacher, WatchesRewardModel):
+            self.teacher.set_reward_model(self.reward_model if self.state.updates else None)
         self.teacher.submit(queries)
         new = self.teacher.collect()
         if self.on_queries is not None:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
+
+if TYPE_CHECKING:
+    from pbrl.rewards.base import RewardModel
 
 
 class Teacher(Protocol):
@@ -36,6 +39,15 @@ class DescribesItself(Protocol):
     the label store); ``describe()`` is merged over the config in ``summary.json``."""
 
     def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class WatchesRewardModel(Protocol):
+    """A teacher that looks at the current reward model when a round is submitted (e.g. to
+    send the pairs its ensemble disagrees on to people). The feedback loop calls
+    ``set_reward_model`` before each ``submit``: None until the model has been fit once."""
+
+    def set_reward_model(self, model: RewardModel | None) -> None: ...
 
 
 class AsyncTeacher(ABC):

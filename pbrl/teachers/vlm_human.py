@@ -15,8 +15,12 @@ Not in the papers (issue 14, "beyond the papers"). Each round goes to a
 only people's answers as labels: VLM-assisted labeling, and the way to measure how often
 people agree with the VLM before trusting it with ``route=unsure``.
 
-Not built: routing pairs on which the reward ensemble disagrees. A teacher sees queries, not
-the reward model; the query selector (``query=disagreement``) already picks such pairs.
+``disagreement=f`` (0 < f <= 1, with ``route=unsure``) also sends people the fraction ``f`` of
+each round's pairs that the reward ensemble disagrees on most (the std over its members of
+P(second ≻ first), as ``query=disagreement`` scores candidates), even where the VLM decided:
+the VLM's answer becomes their suggestion. The feedback loop hands the teacher the reward
+model before each round (:class:`~pbrl.teachers.base.WatchesRewardModel`); before the first
+fit, and with a one-member model (no disagreement to measure), nothing is routed this way.
 
 Waiting: the VLM and the store are polled (every ``poll_s``) until at least ``min_labels``
 usable labels have been handed out in total, for at most ``wait_timeout_s`` (then training
@@ -40,6 +44,8 @@ import numpy as np
 from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
 from pbrl.data.store import Suggestion
+from pbrl.query import disagreement_scores
+from pbrl.rewards.base import RewardModel
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.human import HumanTeacher
 from pbrl.teachers.scripted import TeacherConfigError
@@ -58,6 +64,7 @@ class VLMThenHuman(AsyncTeacher):
         vlm: VLMTeacher,
         human: HumanTeacher,
         route: str = "unsure",
+        disagreement: float = 0.0,
         min_labels: int = 1,
         wait_timeout_s: float | None = 600.0,
         wait_for_round: bool = False,
@@ -79,6 +86,16 @@ class VLMThenHuman(AsyncTeacher):
                 f"teacher.route={route!r}: use unsure (people label what the VLM cannot) or "
                 "all (people label every pair, the VLM's answer shown as a suggestion)"
             )
+        if not 0.0 <= float(disagreement) <= 1.0:
+            raise TeacherConfigError(
+                f"teacher.disagreement={disagreement}: use a fraction of each round in [0, 1] "
+                "(0: only the pairs the VLM is unsure about go to people)"
+            )
+        if float(disagreement) > 0 and route == "all":
+            raise TeacherConfigError(
+                "teacher.disagreement applies to route=unsure (route=all already sends people "
+                "every pair): set one of them"
+            )
         if int(min_labels) < 0:
             raise TeacherConfigError(f"teacher.min_labels={min_labels}: use an integer >= 0")
         if wait_timeout_s is not None and float(wait_timeout_s) < 0:
@@ -88,6 +105,9 @@ class VLMThenHuman(AsyncTeacher):
         if not float(poll_s) > 0:
             raise TeacherConfigError(f"teacher.poll_s={poll_s}: use a positive number of seconds")
         self.vlm, self.human, self.route = vlm, human, route
+        self.disagreement = float(disagreement)
+        self._model: RewardModel | None = None
+        self._contested: set[str] = set()  # decided by the VLM or not, these go to people
         # This teacher does the waiting; the inner ones answer collect() at once.
         for inner in (vlm, human):
             inner.min_labels, inner.wait_for_round = 0, False
@@ -97,15 +117,36 @@ class VLMThenHuman(AsyncTeacher):
         self.rng = rng
         self.labels_received = 0  # usable labels handed out (both sources)
         self.routed = 0  # pairs sent to people
+        self.routed_contested = 0  # of them: sent because the ensemble disagrees
+        self.contested_marked = 0  # pairs submitted as contested (routed when the VLM answers)
         self.from_vlm = 0  # usable labels from the VLM
         self.from_people = 0  # answers from people (skips included)
-        self._window = {"routed": 0, "vlm_labels": 0, "people_answers": 0}
+        self._window = {"routed": 0, "contested": 0, "vlm_labels": 0, "people_answers": 0}
         self._gave_up = False
 
     # -- the asynchronous teacher protocol ---------------------------------------------------
+    def set_reward_model(self, model: RewardModel | None) -> None:
+        """The current reward model (None before its first fit): see ``disagreement``."""
+        self._model = model
+
     def submit(self, queries: Queries) -> None:
         """Hand the round to the VLM (returns at once; its answers are routed in collect)."""
+        contested = self._most_contested(queries)
+        self.contested_marked += len(contested)
+        self._contested |= contested
         self.vlm.submit(queries)
+
+    def _most_contested(self, queries: Queries) -> set[str]:
+        """The ids of the ``disagreement`` fraction of ``queries`` the ensemble disagrees on
+        most (none without a fit model, or when its members all agree)."""
+        if self.disagreement <= 0 or self._model is None or not len(queries):
+            return set()
+        probs = self._model.preference_probs(queries.first, queries.second)
+        score = disagreement_scores(np.asarray(probs))
+        k = math.ceil(self.disagreement * len(queries))
+        top = np.argsort(-score, kind="stable")[:k]
+        top = top[score[top] > 0]  # a one-member ensemble never disagrees
+        return {str(q) for q in queries.query_id[top]}
 
     def collect(self) -> PreferenceDataset | None:
         """VLM labels and people's answers that arrived since the last call (or None)."""
@@ -145,7 +186,12 @@ class VLMThenHuman(AsyncTeacher):
             if self.route == "all":
                 to_people = np.ones(len(answered), dtype=bool)
             else:
-                to_people = np.isnan(answered.labels)
+                ids = answered.queries.query_id.astype(str)
+                contested = np.isin(ids, list(self._contested)) & ~np.isnan(answered.labels)
+                self._contested.difference_update(ids.tolist())
+                self.routed_contested += int(contested.sum())
+                self._window["contested"] += int(contested.sum())
+                to_people = np.isnan(answered.labels) | contested
             keep = ~to_people
             if keep.any():
                 decided = answered[np.flatnonzero(keep)]
@@ -211,6 +257,7 @@ class VLMThenHuman(AsyncTeacher):
         return {
             **self.vlm.stats(),
             "vlm_human_routed": float(window["routed"]),
+            "vlm_human_routed_contested": float(window["contested"]),
             "vlm_human_vlm_labels": float(window["vlm_labels"]),
             "vlm_human_people_answers": float(window["people_answers"]),
             "vlm_human_pending": float(self._people_pending()),
@@ -220,6 +267,8 @@ class VLMThenHuman(AsyncTeacher):
         return {
             "vlm": self.vlm.describe(),
             "routed_to_people": self.routed,
+            "routed_contested": self.routed_contested,
+            "contested_marked": self.contested_marked,
             "labels_from_vlm": self.from_vlm,
             "answers_from_people": self.from_people,
         }
