@@ -70,12 +70,20 @@ def warm_server(
     store = LabelStore(tmp_path / "labels.sqlite")
     queries, info = sources.queries_from_env(env, n, segment_length=length, seed=0)
     store.add_queries(queries, source="browser-test")
-    server = BackgroundServer(
-        store.path, port=free_port(), prerender=n, width=size, height=size, **kwargs
-    ).start()
+    return prerendered(
+        BackgroundServer(
+            store.path, port=free_port(), prerender=n, width=size, height=size, **kwargs
+        ),
+        n,
+    )
+
+
+def prerendered(server: BackgroundServer, n: int, timeout: float = 180.0) -> BackgroundServer:
+    """``server`` started, once its ``n`` queries' clips are all rendered."""
+    server.start()
     clips = server.app.state.clips
     clips.poke()
-    deadline = time.time() + 120
+    deadline = time.time() + timeout
     while clips.rendered < n and time.time() < deadline:
         time.sleep(0.1)
     assert clips.rendered == n, "pre-rendering did not finish"

@@ -15,7 +15,13 @@ time a writer opens it):
   ``status`` (``pending``, ``leased``, ``answered``), the scripted oracle's label when the
   segments carry a true reward, and when a trainer collected it.
 * ``leases``: a query shown to one annotator; until the lease expires nobody else is shown
-  it (unless the query asks for several annotators' answers).
+  it (unless the query asks for several annotators' answers). The three pairs of a triplet
+  (``<t>:ab``, ``<t>:ac``, ``<t>:bc``, :mod:`pbrl.data.triplets`) are leased together to the
+  labeling page (``lease(..., triplets=True)``): three rows ``<lease>:ab``, ``<lease>:ac``,
+  ``<lease>:bc`` made, renewed, answered, expired and released together, and handed out as
+  one lease ``<lease>`` (:attr:`Lease.triplet`). A ranking of the three
+  (:meth:`LabelStore.answer_triplet`) is their three pair answers, written in one
+  transaction; undo retracts all three.
 * ``answers``: every answer with annotator, label (0 left/first better, 1 right/second,
   0.5 equal, NULL skip / can't tell), time shown and time answered. An undone answer is kept
   with ``retracted_at`` set; at most one live answer per (query, annotator).
@@ -58,6 +64,7 @@ import numpy as np
 from pbrl.data.preferences import PreferenceDataset, Queries, oracle_labels
 from pbrl.data.preferences import parse_label as _parse_label
 from pbrl.data.segments import Segments
+from pbrl.data.triplets import PAIRS, TRIPLET_ID
 from pbrl.errors import ConfigError
 
 SCHEMA_VERSION = 3  # 1: queries, leases, answers, meta; 2: + runs, rankings; 3: + suggestions
@@ -210,11 +217,17 @@ def check_writable(path: str | Path) -> Path:
 @dataclass(frozen=True)
 class Lease:
     lease_id: str
-    query_id: str
+    query_id: str  # a triplet's lease: its first pair, ``<triplet>:ab``
     annotator: str
     shown_at: float
     expires_at: float
     env_id: str
+    triplet: str | None = None  # set when the lease covers a triplet's three pairs
+
+    @property
+    def query_ids(self) -> tuple[str, ...]:
+        """The queries this lease covers: one pair, or a triplet's three pairs."""
+        return triplet_pairs(self.triplet) if self.triplet else (self.query_id,)
 
 
 @dataclass(frozen=True)
@@ -310,6 +323,62 @@ def check_annotator(name: Any) -> str:
     if not isinstance(name, str) or not ANNOTATOR.match(name.strip()):
         raise BadInput("annotator must be a name of 1 to 64 printable characters")
     return name.strip()
+
+
+# -- triplets: three pairs ranked as a whole ---------------------------------------------------
+MEMBERS = ("a", "b", "c")  # a = first of <t>:ab, b = second of <t>:ab, c = second of <t>:ac
+PAIR_NAMES = tuple(name for name, _, _ in PAIRS)  # ab, ac, bc
+RANKS_HELP = (
+    'a ranking is {"a": rank, "b": rank, "c": rank} with ranks 0 (best) to 2, equal ranks '
+    'for a tie (b > a = c is {"a": 1, "b": 0, "c": 1}), or "skip"'
+)
+
+
+def triplet_pairs(triplet: str) -> tuple[str, ...]:
+    """The query ids of a triplet's three pairs: ``<triplet>:ab``, ``:ac``, ``:bc``."""
+    return tuple(f"{triplet}:{name}" for name in PAIR_NAMES)
+
+
+def triplet_of(query_id: str) -> str | None:
+    """The triplet whose pair ``query_id`` is (None: an ordinary pair)."""
+    m = TRIPLET_ID.match(str(query_id))
+    return m["triplet"] if m else None
+
+
+def ranking_labels(ranks: Any) -> dict[str, float]:
+    """The labels of a triplet's pairs (``ab``, ``ac``, ``bc``) from a person's ranking:
+    ``{"a": 0, "b": 1, "c": 1}`` (0 best; equal ranks tie) or ``"skip"`` (all three NaN).
+    Anything else is :class:`BadInput` naming the problem."""
+    if isinstance(ranks, str) and ranks.strip().lower() == "skip":
+        return dict.fromkeys(PAIR_NAMES, math.nan)
+    if ranks is None:
+        raise BadInput(f"the ranking is missing (a skip must be explicit): {RANKS_HELP}")
+    if not isinstance(ranks, dict):
+        raise BadInput(f"the ranking {ranks!r} is not valid: {RANKS_HELP}")
+    missing = [m for m in MEMBERS if m not in ranks]
+    extra = [k for k in ranks if k not in MEMBERS]
+    if missing or extra:
+        what = f"leaves out {', '.join(missing)}" if missing else f"names {', '.join(extra)}"
+        raise BadInput(f"the ranking {what}: rank exactly a, b and c; {RANKS_HELP}")
+    for m in MEMBERS:
+        r = ranks[m]
+        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 2:
+            raise BadInput(f"the rank of {m} is {r!r}, not 0, 1 or 2: {RANKS_HELP}")
+    rank = [ranks[m] for m in MEMBERS]
+    return {name: 0.5 if rank[i] == rank[j] else float(rank[i] > rank[j]) for name, i, j in PAIRS}
+
+
+def labels_ranks(labels: dict[str, float]) -> dict[str, int] | None:
+    """The ranking (``{"a": 0, ...}``, 0 best) that a triplet's pair labels say, or None
+    for a skip or labels that are no ranking (inverse of :func:`ranking_labels`)."""
+    if set(labels) != set(PAIR_NAMES) or any(math.isnan(v) for v in labels.values()):
+        return None
+    score = [0.0, 0.0, 0.0]
+    for name, i, j in PAIRS:
+        score[i] += 1.0 - labels[name]
+        score[j] += labels[name]
+    ranks = {m: sum(s > score[k] for s in set(score)) for k, m in enumerate(MEMBERS)}
+    return ranks if ranking_labels(ranks) == labels else None
 
 
 def _db_label(label: float) -> float | None:
@@ -726,21 +795,82 @@ class LabelStore:
             )
 
     def _lease_row(self, conn: sqlite3.Connection, lease_id: str) -> Lease:
+        """The :class:`Lease` of row ``lease_id`` (of a triplet's row: the triplet's lease)."""
         r = conn.execute(
             "SELECT l.*, q.env_id FROM leases l JOIN queries q ON q.id=l.query_id WHERE l.id=?",
             (lease_id,),
         ).fetchone()
+        group, member, _ = r["id"].partition(":")
+        triplet = triplet_of(r["query_id"]) if member else None
         return Lease(
-            r["id"], r["query_id"], r["annotator"], r["created_at"], r["expires_at"], r["env_id"]
+            group if triplet else r["id"],
+            triplet_pairs(triplet)[0] if triplet else r["query_id"],
+            r["annotator"],
+            r["created_at"],
+            r["expires_at"],
+            r["env_id"],
+            triplet,
         )
 
-    def lease(self, annotator: str, duration_s: float = 300.0) -> Lease | None:
+    def _lease_ids(self, conn: sqlite3.Connection, lease_id: str) -> list[str]:
+        """The rows of lease ``lease_id``: itself, or a triplet lease's three (also when given
+        one of them); [] for an unknown lease."""
+        group, member, _ = lease_id.partition(":")
+        if not member and conn.execute("SELECT 1 FROM leases WHERE id=?", (group,)).fetchone():
+            return [lease_id]
+        members = [f"{group}:{name}" for name in PAIR_NAMES]
+        found = conn.execute(
+            "SELECT COUNT(*) FROM leases WHERE id IN (?, ?, ?)", members
+        ).fetchone()[0]
+        return members if found == 3 else []
+
+    def _checked(
+        self, conn: sqlite3.Connection, lease_id: str, annotator: str, now: float
+    ) -> list[sqlite3.Row]:
+        """The rows of a live lease of ``annotator`` (one, or a triplet's three), checked."""
+        ids = self._lease_ids(conn, lease_id)
+        if not ids:
+            raise NotFound(f"unknown lease {lease_id!r}: ask for the next query first")
+        return [self._check_lease(conn, i, annotator, None, now) for i in ids]
+
+    def _open_sql(self) -> str:
+        """Queries ``q`` that may be leased to annotator ``?`` at time ``?``."""
+        return (
+            "q.status != 'answered'"
+            " AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id=q.id"
+            "     AND a.annotator=? AND a.retracted_at IS NULL)"
+            " AND (SELECT COUNT(*) FROM answers a WHERE a.query_id=q.id AND a.retracted_at IS NULL)"
+            "   + (SELECT COUNT(*) FROM leases l WHERE l.query_id=q.id AND l.state='active'"
+            "      AND l.expires_at>?) < q.needed"
+        )
+
+    def _open_triplet(
+        self, conn: sqlite3.Connection, query_id: str, annotator: str, now: float
+    ) -> str | None:
+        """The triplet of ``query_id`` when all three of its pairs may be leased to
+        ``annotator`` together (else None: the query is leased as a pair)."""
+        triplet = triplet_of(query_id)
+        if triplet is None:
+            return None
+        n = conn.execute(
+            f"SELECT COUNT(*) FROM queries q WHERE q.id IN (?, ?, ?) AND {self._open_sql()}",
+            (*triplet_pairs(triplet), annotator, now),
+        ).fetchone()[0]
+        return triplet if n == 3 else None
+
+    def lease(
+        self, annotator: str, duration_s: float = 300.0, triplets: bool = False
+    ) -> Lease | None:
         """The query to show ``annotator`` next (None: nothing to label).
 
         An annotator holding an unexpired lease gets the same one back (a reloaded page shows
         the same pair), with its expiry pushed out. Otherwise the oldest query that still needs
         an answer, that this annotator has not answered and whose remaining answers are not all
         leased to others, is leased for ``duration_s`` seconds.
+
+        ``triplets`` (the labeling page): a query that is a triplet's pair comes with its two
+        siblings, as one lease on the three (answered by :meth:`answer_triplet`), when all
+        three are open to ``annotator``; otherwise it is leased alone, like any pair.
         """
         annotator = check_annotator(annotator)
         now = time.time()
@@ -752,23 +882,25 @@ class LabelStore:
                 (annotator,),
             ).fetchone()
             if held is not None:
-                conn.execute(
-                    "UPDATE leases SET expires_at=? WHERE id=?", (now + duration_s, held["id"])
-                )
-                return self._lease_row(conn, held["id"])
+                ids = self._lease_ids(conn, held["id"])
+                self._extend(conn, ids, now + duration_s)
+                return self._lease_row(conn, ids[0])
             row = conn.execute(
-                "SELECT q.id FROM queries q WHERE q.status != 'answered'"
-                " AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.query_id=q.id"
-                "     AND a.annotator=? AND a.retracted_at IS NULL)"
-                " AND (SELECT COUNT(*) FROM answers a WHERE a.query_id=q.id AND a.retracted_at IS NULL)"
-                "   + (SELECT COUNT(*) FROM leases l WHERE l.query_id=q.id AND l.state='active'"
-                "      AND l.expires_at>?) < q.needed"
-                " ORDER BY q.seq LIMIT 1",
+                f"SELECT q.id FROM queries q WHERE {self._open_sql()} ORDER BY q.seq LIMIT 1",
                 (annotator, now),
             ).fetchone()
             if row is None:
                 return None
+            triplet = self._open_triplet(conn, row["id"], annotator, now) if triplets else None
+            if triplet is not None:
+                return self._new_triplet_lease(conn, triplet, annotator, now, duration_s)
             return self._new_lease(conn, row["id"], annotator, now, duration_s)
+
+    @staticmethod
+    def _extend(conn: sqlite3.Connection, lease_ids: Sequence[str], until: float) -> None:
+        conn.executemany(
+            "UPDATE leases SET expires_at=? WHERE id=?", [(until, i) for i in lease_ids]
+        )
 
     def _new_lease(
         self, conn: sqlite3.Connection, query_id: str, annotator: str, now: float, duration_s: float
@@ -781,14 +913,30 @@ class LabelStore:
         self._refresh(conn, [query_id], now)
         return self._lease_row(conn, lease_id)
 
+    def _new_triplet_lease(
+        self, conn: sqlite3.Connection, triplet: str, annotator: str, now: float, duration_s: float
+    ) -> Lease:
+        """One lease on a triplet's three pairs: rows ``<lease>:ab``, ``:ac``, ``:bc``."""
+        group = uuid.uuid4().hex
+        query_ids = triplet_pairs(triplet)
+        conn.executemany(
+            "INSERT INTO leases VALUES (?, ?, ?, ?, ?, 'active')",
+            [
+                (f"{group}:{name}", qid, annotator, now, now + duration_s)
+                for name, qid in zip(PAIR_NAMES, query_ids, strict=True)
+            ],
+        )
+        self._refresh(conn, query_ids, now)
+        return self._lease_row(conn, f"{group}:{PAIR_NAMES[0]}")
+
     def renew(self, lease_id: str, annotator: str, duration_s: float = 300.0) -> Lease:
         """Push an unexpired lease's expiry out (the page does this while it is open)."""
         annotator = check_annotator(annotator)
         now = time.time()
         with self._write() as conn:
-            row = self._check_lease(conn, lease_id, annotator, None, now)
-            conn.execute("UPDATE leases SET expires_at=? WHERE id=?", (now + duration_s, row["id"]))
-            return self._lease_row(conn, row["id"])
+            rows = self._checked(conn, str(lease_id), annotator, now)
+            self._extend(conn, [r["id"] for r in rows], now + duration_s)
+            return self._lease_row(conn, rows[0]["id"])
 
     def _check_lease(
         self,
@@ -837,37 +985,93 @@ class LabelStore:
         value = parse_label(label)
         now = time.time()
         with self._write() as conn:
-            lease = self._check_lease(conn, lease_id, annotator, query_id, now)
-            try:
-                cur = conn.execute(
-                    "INSERT INTO answers (query_id, annotator, label, shown_at, answered_at, lease_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        lease["query_id"],
-                        annotator,
-                        _db_label(value),
-                        lease["created_at"],
-                        now,
-                        lease["id"],
-                    ),
+            if len(ids := self._lease_ids(conn, str(lease_id))) == 3:
+                triplet = self._lease_row(conn, ids[0]).triplet
+                raise BadInput(
+                    f"lease {lease_id} covers the three pairs of triplet {triplet!r}: answer "
+                    "it with a ranking (POST /api/answer_triplet, LabelStore.answer_triplet)"
                 )
-            except sqlite3.IntegrityError:
-                raise Conflict(
-                    f"{annotator!r} already answered query {lease['query_id']!r}"
-                ) from None
-            conn.execute("UPDATE leases SET state='answered' WHERE id=?", (lease["id"],))
-            self._expire(conn, now)
-            self._refresh(conn, [lease["query_id"]], now)
-            answer_id = int(cur.lastrowid or 0)
+            lease = self._check_lease(conn, lease_id, annotator, query_id, now)
+            got = self._insert_answer(conn, lease, annotator, value, now)
+            self._answered(conn, [lease], now)
+        return got
+
+    def answer_triplet(
+        self, lease_id: str, annotator: str, ranks: Any, triplet_id: str | None = None
+    ) -> list[Answer]:
+        """Record ``annotator``'s ranking of the triplet of ``lease_id`` as its three pair
+        answers (``ab``, ``ac``, ``bc``), in one transaction: all three or none.
+
+        ``ranks``: ``{"a": 0, "b": 1, "c": 1}`` (0 best, equal ranks tie) or ``"skip"`` (all
+        three skipped); see :func:`ranking_labels`. Refused like :meth:`answer`, and for a
+        lease on a single pair.
+        """
+        annotator = check_annotator(annotator)
+        labels = ranking_labels(ranks)
+        now = time.time()
+        with self._write() as conn:
+            rows = self._checked(conn, str(lease_id), annotator, now)
+            triplet = triplet_of(rows[0]["query_id"])
+            if len(rows) != 3 or triplet is None:
+                raise BadInput(
+                    f"lease {lease_id} is for the pair {rows[0]['query_id']!r}, not a triplet: "
+                    "answer it with a label (POST /api/answer, LabelStore.answer)"
+                )
+            if triplet_id is not None and triplet_id != triplet:
+                raise BadInput(f"lease {lease_id} is for triplet {triplet!r}, not {triplet_id!r}")
+            got = [
+                self._insert_answer(conn, row, annotator, labels[row["id"].rpartition(":")[2]], now)
+                for row in rows
+            ]
+            self._answered(conn, rows, now)
+        return got
+
+    @staticmethod
+    def _insert_answer(
+        conn: sqlite3.Connection, lease: sqlite3.Row, annotator: str, value: float, now: float
+    ) -> Answer:
+        try:
+            cur = conn.execute(
+                "INSERT INTO answers (query_id, annotator, label, shown_at, answered_at, lease_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    lease["query_id"],
+                    annotator,
+                    _db_label(value),
+                    lease["created_at"],
+                    now,
+                    lease["id"],
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"{annotator!r} already answered query {lease['query_id']!r}") from None
+        answer_id = int(cur.lastrowid or 0)
         return Answer(answer_id, lease["query_id"], annotator, value, lease["created_at"], now)
+
+    def _answered(
+        self, conn: sqlite3.Connection, leases: Sequence[sqlite3.Row], now: float
+    ) -> None:
+        """Close answered leases and update their queries' status."""
+        conn.executemany(
+            "UPDATE leases SET state='answered' WHERE id=?", [(r["id"],) for r in leases]
+        )
+        self._expire(conn, now)
+        self._refresh(conn, [r["query_id"] for r in leases], now)
 
     def undo(self, annotator: str, duration_s: float = 300.0) -> tuple[Answer, Lease]:
         """Retract ``annotator``'s latest answer and lease its query to them again.
 
         The retracted answer stays in the store (``retracted_at`` set). A lease the annotator
         held on another query is released. Answers a trainer has already collected cannot be
-        undone (they are in its dataset).
+        undone (they are in its dataset). A triplet's ranking is undone whole (see
+        :meth:`undo_answers`); this returns its ``ab`` answer.
         """
+        answers, lease = self.undo_answers(annotator, duration_s)
+        return answers[0], lease
+
+    def undo_answers(self, annotator: str, duration_s: float = 300.0) -> tuple[list[Answer], Lease]:
+        """:meth:`undo`, returning every answer it retracted: one pair's, or the three
+        answers of a ranked triplet (its three pairs are leased again, together)."""
         annotator = check_annotator(annotator)
         now = time.time()
         with self._write() as conn:
@@ -880,12 +1084,16 @@ class LabelStore:
             ).fetchone()
             if row is None:
                 raise Conflict(f"{annotator!r} has no answer to undo")
-            if row["delivered_at"] is not None:
-                raise Conflict(
-                    f"the answer to query {row['query_id']!r} was already collected by "
-                    "the trainer: it can no longer be undone"
-                )
-            conn.execute("UPDATE answers SET retracted_at=? WHERE id=?", (now, row["id"]))
+            rows = self._answer_group(conn, row)
+            for r in rows:
+                if r["delivered_at"] is not None:
+                    raise Conflict(
+                        f"the answer to query {r['query_id']!r} was already collected by "
+                        "the trainer: it can no longer be undone"
+                    )
+            conn.executemany(
+                "UPDATE answers SET retracted_at=? WHERE id=?", [(now, r["id"]) for r in rows]
+            )
             held = conn.execute(
                 "SELECT id, query_id FROM leases WHERE annotator=? AND state='active'", (annotator,)
             ).fetchall()
@@ -894,16 +1102,36 @@ class LabelStore:
                 (annotator,),
             )
             self._refresh(conn, {h["query_id"] for h in held}, now)
-            lease = self._new_lease(conn, row["query_id"], annotator, now, duration_s)
-        answer = Answer(
-            int(row["id"]),
-            row["query_id"],
-            annotator,
-            _py_label(row["label"]),
-            row["shown_at"],
-            row["answered_at"],
-        )
-        return answer, lease
+            triplet = triplet_of(row["query_id"]) if len(rows) == 3 else None
+            if triplet is not None:
+                lease = self._new_triplet_lease(conn, triplet, annotator, now, duration_s)
+            else:
+                lease = self._new_lease(conn, row["query_id"], annotator, now, duration_s)
+        answers = [
+            Answer(
+                int(r["id"]),
+                r["query_id"],
+                annotator,
+                _py_label(r["label"]),
+                r["shown_at"],
+                r["answered_at"],
+            )
+            for r in rows
+        ]
+        return answers, lease
+
+    @staticmethod
+    def _answer_group(conn: sqlite3.Connection, row: sqlite3.Row) -> list[sqlite3.Row]:
+        """``row``, or the live answers given under the same triplet lease (``ab`` first)."""
+        lease_id = row["lease_id"] or ""
+        if ":" not in lease_id:
+            return [row]
+        group = lease_id.partition(":")[0]
+        return conn.execute(
+            "SELECT a.*, q.delivered_at FROM answers a JOIN queries q ON q.id=a.query_id"
+            " WHERE a.lease_id IN (?, ?, ?) AND a.retracted_at IS NULL ORDER BY a.lease_id",
+            [f"{group}:{name}" for name in PAIR_NAMES],
+        ).fetchall()
 
     def release(self, annotator: str) -> int:
         """Give back every lease ``annotator`` holds (the page calls this when it closes)."""

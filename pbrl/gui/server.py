@@ -7,11 +7,17 @@ Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` mess
 ``GET  /api/status``       task, progress (``?annotator=`` adds "your count"), eval video
 ``POST /api/next``         ``{annotator}`` -> the lease on the next pair (or ``null``); a
                            lease carries the pair's VLM ``suggestion`` (label word, analysis,
-                           model) or ``null``
+                           model) or ``null``, and ``triplet``: ``null``, or for the three
+                           pairs of a triplet leased together ``{id, query_ids, clips}``
+                           (clips ``a``, ``b``, ``c``)
 ``POST /api/answer``       ``{annotator, lease_id, query_id?, label}`` label: left / right /
                            equal / skip (or 0 / 1 / 0.5); a missing or null label is a 422,
                            not a skip -> progress and the next lease
-``POST /api/undo``         ``{annotator}``: retract the latest answer, show that pair again
+``POST /api/answer_triplet``  ``{annotator, lease_id, triplet_id?, ranks}`` ranks:
+                           ``{"a": 1, "b": 0, "c": 1}`` (0 best, equal ranks tie) or
+                           ``"skip"`` -> the three pair labels, progress and the next lease
+``POST /api/undo``         ``{annotator}``: retract the latest answer (a triplet's ranking
+                           whole), show that pair (or triplet) again
 ``POST /api/renew``        ``{annotator, lease_id}``: keep a lease while the page is open
 ``POST /api/release``      ``{annotator}``: give back held leases (page closed)
 ``GET  /api/stats``        per-annotator counts, agreement with each other and the oracle
@@ -58,6 +64,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pbrl.data.store import (
     AGGREGATES,
     QUERY_ID,
+    Answer,
     BadInput,
     LabelStore,
     Lease,
@@ -65,6 +72,7 @@ from pbrl.data.store import (
     RunInfo,
     StoreError,
     check_annotator,
+    labels_ranks,
 )
 from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
 
@@ -74,6 +82,7 @@ STATIC = {  # the only files the page serves from its package folder
     "stats.js": "text/javascript; charset=utf-8",
     "rank.js": "text/javascript; charset=utf-8",
     "common.js": "text/javascript; charset=utf-8",
+    "triplet.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 LOOPBACK_NAMES = ("localhost",)
@@ -141,6 +150,14 @@ class AnswerBody(BaseModel):
     # As sent (the store parses it): a missing label stays None and is refused there, and
     # `true` is not coerced to 1.
     label: Any = None
+
+
+class TripletAnswerBody(BaseModel):
+    annotator: str
+    lease_id: str
+    triplet_id: str | None = None
+    # As sent: the store checks the ranking and names what is wrong.
+    ranks: Any = None
 
 
 class BodyLimit:
@@ -315,12 +332,28 @@ def create_app(
         return Response(body, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
     # -- API ----------------------------------------------------------------------------------
+    def clip_urls(query_id: str) -> dict[str, str]:
+        qid = quote(query_id, safe="")
+        return {side: f"/clips/{qid}/{side}" for side in SIDES}
+
+    def shown_ids(lease: Lease) -> tuple[str, ...]:
+        """The queries whose clips the page shows: a pair, or a triplet's ab and ac."""
+        return lease.query_ids[:2]
+
+    def triplet_json(lease: Lease) -> dict[str, Any] | None:
+        if lease.triplet is None:
+            return None
+        ab, ac = (clip_urls(q) for q in shown_ids(lease))
+        return {
+            "id": lease.triplet,
+            "query_ids": list(lease.query_ids),
+            "clips": {"a": ab["left"], "b": ab["right"], "c": ac["right"]},
+        }
+
     def lease_json(lease: Lease | None) -> dict[str, Any] | None:
         if lease is None:
             return None
-        row = db.query(lease.query_id)
-        suggestion = db.suggestion(lease.query_id)
-        qid = quote(lease.query_id, safe="")
+        suggestion = None if lease.triplet else db.suggestion(lease.query_id)
         return {
             "lease_id": lease.lease_id,
             "query_id": lease.query_id,
@@ -328,16 +361,17 @@ def create_app(
             "shown_at": lease.shown_at,
             "expires_at": lease.expires_at,
             "lease_s": lease_s,
-            "ready": cache.ready(row["seq"], lease.query_id),
-            "clips": {side: f"/clips/{qid}/{side}" for side in SIDES},
+            "ready": all(cache.ready(db.query(q)["seq"], q) for q in shown_ids(lease)),
+            "clips": clip_urls(lease.query_id),
             "suggestion": suggestion.to_json() if suggestion is not None else None,
+            "triplet": triplet_json(lease),
         }
 
     def next_for(annotator: str) -> dict[str, Any] | None:
-        lease = db.lease(annotator, lease_s)
+        lease = db.lease(annotator, lease_s, triplets=True)
         if lease is not None:
-            row = db.query(lease.query_id)
-            cache.request(row["seq"], lease.query_id, urgent=True)
+            for q in shown_ids(lease):
+                cache.request(db.query(q)["seq"], q, urgent=True)
         cache.poke()
         return lease_json(lease)
 
@@ -388,15 +422,37 @@ def create_app(
             "progress": db.counts(annotator),
         }
 
+    @app.post("/api/answer_triplet")
+    def answer_triplet(body: TripletAnswerBody) -> dict[str, Any]:
+        annotator = check_annotator(body.annotator)
+        got = db.answer_triplet(body.lease_id, annotator, body.ranks, body.triplet_id)
+        return {
+            "answer": triplet_answer_json(got),
+            "lease": next_for(annotator),
+            "progress": db.counts(annotator),
+        }
+
+    def triplet_answer_json(answers: list[Answer]) -> dict[str, Any]:
+        """A triplet's three answers (``ab``, ``ac``, ``bc``) as the ranking they say."""
+        labels = {a.query_id.rpartition(":")[2]: a.label for a in answers}
+        return {
+            "triplet_id": answers[0].query_id.rpartition(":")[0],
+            "ids": [a.answer_id for a in answers],
+            "labels": {k: None if math.isnan(v) else v for k, v in labels.items()},
+            "ranks": labels_ranks(labels),  # null: skipped
+        }
+
     @app.post("/api/undo")
     def undo(body: AnnotatorBody) -> dict[str, Any]:
         annotator = check_annotator(body.annotator)
-        undone, lease = db.undo(annotator, lease_s)
+        answers, lease = db.undo_answers(annotator, lease_s)
+        undone = answers[0]
         return {
             "undone": {
                 "id": undone.answer_id,
                 "query_id": undone.query_id,
                 "label": None if math.isnan(undone.label) else undone.label,
+                "triplet": triplet_answer_json(answers) if len(answers) == 3 else None,
             },
             "lease": lease_json(lease),
             "progress": db.counts(annotator),

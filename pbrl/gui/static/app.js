@@ -1,5 +1,6 @@
 // pbrl labeling page: keyboard first, plain JS, no external assets.
-// Left = the query's first segment (label 0), right = the second (label 1).
+// Left = the query's first segment (label 0), right = the second (label 1). A triplet's
+// three pairs come as one lease: three clips to rank (triplet.js).
 "use strict";
 
 const KEYS = { ArrowLeft: "left", ArrowRight: "right", ArrowDown: "equal", "=": "equal", s: "skip", S: "skip" };
@@ -8,6 +9,10 @@ const SPEEDS = [0.25, 0.5, 1, 2, 4];
 
 const state = { annotator: "", lease: null, busy: false, waiting: null, speed: 1 };
 const left = $("left"), right = $("right");
+const clips = [$("clip1"), $("clip2"), $("clip3")];
+const ALL_VIDEOS = [left, right, ...clips];
+const isTriplet = () => !!(state.lease && state.lease.triplet);
+const shown = () => (isTriplet() ? clips : [left, right]);  // the videos on screen, in sync
 
 function showProgress(p) {
   if (!p) return;
@@ -37,42 +42,65 @@ function showSuggestion(s) {
   $("suggestion-details").open = false;
 }
 
+function unload(videos) {
+  for (const v of videos) { if (v.getAttribute("src")) { v.removeAttribute("src"); v.load(); } }
+}
+
+function showKind(triplet) {
+  document.body.dataset.kind = triplet ? "triplet" : "pair";
+  document.body.dataset.triplet = triplet ? triplet.id : "";
+  $("pair").hidden = !!triplet;
+  $("triplet").hidden = !triplet;
+  $("ranking-box").hidden = !triplet;
+  $("heading").textContent = triplet ? "Rank the three clips, best first" : "Which clip is better?";
+  rankingReset();
+}
+
 function show(lease) {
   state.lease = lease;
   clearTimeout(state.waiting);
   document.body.dataset.query = lease ? lease.query_id : "";
   showSuggestion(lease ? lease.suggestion : null);
+  showKind(lease && lease.triplet);
   if (!lease) {
-    left.removeAttribute("src"); right.removeAttribute("src");
-    left.load(); right.load();
+    unload(ALL_VIDEOS);
     say(state.annotator ? "Nothing to label right now: new pairs appear here as the trainer asks." : "");
     state.waiting = setTimeout(loadNext, 3000);
     setBusy(false);
     return;
   }
-  left.src = withToken(lease.clips.left);
-  right.src = withToken(lease.clips.right);
-  for (const v of [left, right]) { v.defaultPlaybackRate = state.speed; v.playbackRate = state.speed; }
+  if (lease.triplet) {
+    unload([left, right]);
+    clips.forEach((v, i) => { v.src = withToken(lease.triplet.clips["abc"[i]]); });
+  } else {
+    unload(clips);
+    left.src = withToken(lease.clips.left);
+    right.src = withToken(lease.clips.right);
+  }
+  for (const v of shown()) { v.defaultPlaybackRate = state.speed; v.playbackRate = state.speed; }
   setBusy(false);
 }
 
-function startWhenBothReady() {
-  if (left.readyState >= 2 && right.readyState >= 2) {
-    left.currentTime = 0; right.currentTime = 0;
-    left.play().catch(() => {}); right.play().catch(() => {});
+function startWhenAllReady() {
+  const videos = shown();
+  if (videos.every((v) => v.readyState >= 2)) {
+    for (const v of videos) { v.currentTime = 0; v.play().catch(() => {}); }
   }
 }
-left.addEventListener("loadeddata", startWhenBothReady);
-right.addEventListener("loadeddata", startWhenBothReady);
-for (const v of [left, right]) {
+for (const v of ALL_VIDEOS) {
+  v.addEventListener("loadeddata", startWhenAllReady);
   v.addEventListener("error", () => { if (state.lease && v.getAttribute("src")) say("This clip could not be loaded: press S to skip it.", true); });
 }
 
-// Keep the right clip on the left clip's clock (both loop); drift happens at loop ends.
+// Keep every clip on the first clip's clock (all loop); drift happens at loop ends.
 function sync() {
-  if (state.lease && !left.paused && left.readyState >= 2 && right.readyState >= 2 && !right.seeking) {
-    if (Math.abs(right.currentTime - left.currentTime) > 0.08) right.currentTime = left.currentTime;
-    if (right.paused) right.play().catch(() => {});
+  const [lead, ...rest] = shown();
+  if (state.lease && !lead.paused && lead.readyState >= 2) {
+    for (const v of rest) {
+      if (v.readyState < 2 || v.seeking) continue;
+      if (Math.abs(v.currentTime - lead.currentTime) > 0.08) v.currentTime = lead.currentTime;
+      if (v.paused) v.play().catch(() => {});
+    }
   }
   requestAnimationFrame(sync);
 }
@@ -81,12 +109,13 @@ requestAnimationFrame(sync);
 function setSpeed(speed) {
   state.speed = speed;
   $("speed").value = String(speed);
-  for (const v of [left, right]) { v.defaultPlaybackRate = speed; v.playbackRate = speed; }
+  for (const v of ALL_VIDEOS) { v.defaultPlaybackRate = speed; v.playbackRate = speed; }
 }
 
 function togglePause() {
-  if (left.paused) { left.play().catch(() => {}); right.play().catch(() => {}); }
-  else { left.pause(); right.pause(); }
+  const videos = shown();
+  if (videos[0].paused) { for (const v of videos) v.play().catch(() => {}); }
+  else { for (const v of videos) v.pause(); }
 }
 
 // -- talking to the store ------------------------------------------------------------------
@@ -110,6 +139,7 @@ function flash(choice) {
 
 async function answer(choice) {
   if (!state.lease || state.busy) return;
+  if (isTriplet()) { if (choice === "skip") submitRanking("skip"); return; }
   const lease = state.lease;
   setBusy(true);
   flash(choice);
@@ -124,13 +154,36 @@ async function answer(choice) {
   }
 }
 
+// A triplet's ranking ({a: 0, b: 1, c: 1}, or "skip"): its three pair answers, stored together.
+async function submitRanking(ranks) {
+  if (!isTriplet() || state.busy) return;
+  const lease = state.lease;
+  setBusy(true);
+  if (ranks === "skip") flash("skip");
+  try {
+    const r = await api("/api/answer_triplet", { annotator: state.annotator, lease_id: lease.lease_id, triplet_id: lease.triplet.id, ranks });
+    say(`Saved: ${ranks === "skip" ? "skipped" : ranksText(ranks)}. Press U to undo.`);
+    showProgress(r.progress);
+    show(r.lease);
+  } catch (e) {
+    rankingReset();
+    if (e.status === 409 || e.status === 410) { say(e.message, true); await loadNext(); }
+    else { say(e.message, true); setBusy(false); }
+  }
+}
+
+function undoneText(undone) {
+  const t = undone.triplet;
+  if (t) return t.ranks ? ranksText(t.ranks) : "skipped";
+  return WORDS[undone.label === null ? "skip" : ({ 0: "left", 1: "right", 0.5: "equal" })[undone.label]];
+}
+
 async function undo() {
   if (state.busy || !state.annotator) return;
   setBusy(true);
   try {
     const r = await api("/api/undo", { annotator: state.annotator });
-    const was = r.undone.label === null ? "skip" : ({ 0: "left", 1: "right", 0.5: "equal" })[r.undone.label];
-    say(`Undone (you had said: ${WORDS[was]}). Answer this pair again.`);
+    say(`Undone (you had said: ${undoneText(r.undone)}). Answer this ${r.undone.triplet ? "triplet" : "pair"} again.`);
     showProgress(r.progress);
     show(r.lease);
   } catch (e) {
@@ -169,10 +222,26 @@ async function renew() {
 }
 
 // -- input ----------------------------------------------------------------------------------
+const RANK_KEYS = ["1", "2", "3", "=", "Backspace", "Enter", "ArrowLeft", "ArrowRight", "ArrowDown", "ArrowUp"];
+
+// A key of a triplet's ranking (triplet.js): a clip number, "=", Backspace or Enter.
+function rankKey(key) {
+  if (!isTriplet() || state.busy) return;
+  if (key === "Enter") {
+    if (rankingComplete()) submitRanking(rankingRanks());
+    else say("Rank two clips first (their numbers, best first): Enter then puts the third last.", true);
+  } else if (key.startsWith("Arrow")) {
+    say("Three clips: press their numbers from best to worst (e.g. 2, 1, 3).", true);
+  } else if (rankingKey(key)) {
+    submitRanking(rankingRanks());
+  }
+}
+
 document.addEventListener("keydown", (e) => {
   const tag = (e.target && e.target.tagName) || "";
   if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key in KEYS) { e.preventDefault(); if (!e.repeat) answer(KEYS[e.key]); }
+  if (isTriplet() && RANK_KEYS.includes(e.key)) { e.preventDefault(); if (!e.repeat) rankKey(e.key); }
+  else if (e.key in KEYS) { e.preventDefault(); if (!e.repeat) answer(KEYS[e.key]); }
   else if (e.key === "u" || e.key === "U") { e.preventDefault(); if (!e.repeat) undo(); }
   else if (e.key === " ") { e.preventDefault(); togglePause(); }
   else if (e.key === "[" || e.key === "]") {
@@ -182,6 +251,9 @@ document.addEventListener("keydown", (e) => {
 });
 for (const b of document.querySelectorAll("button[data-choice]")) b.addEventListener("click", () => { b.blur(); answer(b.dataset.choice); });
 $("btn-undo").addEventListener("click", (e) => { e.currentTarget.blur(); undo(); });
+$("btn-back").addEventListener("click", (e) => { e.currentTarget.blur(); rankKey("Backspace"); });
+$("btn-save").addEventListener("click", (e) => { e.currentTarget.blur(); rankKey("Enter"); });
+clips.forEach((v, i) => v.parentElement.addEventListener("click", () => { if (isTriplet()) rankKey(String(i + 1)); }));
 $("speed").addEventListener("change", (e) => { setSpeed(Number(e.target.value)); e.target.blur(); });
 $("annotator").addEventListener("change", (e) => {
   const name = e.target.value.trim();
