@@ -29,7 +29,7 @@ from test_label_store import pair_queries  # noqa: E402  (tests/ is on sys.path)
 
 from pbrl.data import PreferenceDataset  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
-from pbrl.data.store import LabelStore  # noqa: E402
+from pbrl.data.store import LabelStore, labels_ranks  # noqa: E402
 from pbrl.gui.server import BackgroundServer  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
@@ -67,6 +67,10 @@ class ScriptedPerson(threading.Thread):
                 if lease is None:
                     time.sleep(0.05)
                     continue
+                if lease.get("triplet"):  # three clips: rank them as the oracle would
+                    r = c.post("/api/answer_triplet", json=self.ranking(store, lease))
+                    self._note(r, lease["query_id"])
+                    continue
                 oracle = store.query(lease["query_id"])["oracle"]
                 r = c.post(
                     "/api/answer",
@@ -77,10 +81,20 @@ class ScriptedPerson(threading.Thread):
                         "query_id": lease["query_id"],
                     },
                 )
-                if r.status_code == 200:
-                    self.answered.append(lease["query_id"])
-                else:
-                    self.errors.append(r.text)
+                self._note(r, lease["query_id"])
+
+    def _note(self, r: httpx.Response, query_id: str) -> None:
+        if r.status_code == 200:
+            self.answered.append(query_id)
+        else:
+            self.errors.append(r.text)
+
+    def ranking(self, store: LabelStore, lease: dict) -> dict:
+        """The ranking of a triplet lease that the oracle's pair labels imply (or a skip)."""
+        qids = lease["triplet"]["query_ids"]
+        labels = {q.rpartition(":")[2]: store.query(q)["oracle"] for q in qids}
+        ranks = None if None in labels.values() else labels_ranks(labels)
+        return {"annotator": self.name, "lease_id": lease["lease_id"], "ranks": ranks or "skip"}
 
 
 @pytest.fixture

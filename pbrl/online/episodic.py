@@ -338,18 +338,31 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # --- behaviour videos and triplets ranked by the teacher ----------------------------------
     teacher = instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63)))
-    if isinstance(teacher, AsyncTeacher):
+    if not callable(teacher):
         raise ConfigError(
             "episodic runs ask for all triplets before training: use a teacher that answers "
-            "at once (teacher=triplet, a scripted or VLM teacher), not an asynchronous one"
+            "them all (teacher=triplet, a scripted or VLM teacher, or teacher=human: people "
+            f"rank them on the labeling page), not {type(teacher).__name__}"
         )
     pool = collect_episodes(env_id, settings.pool_episodes, seed, rng, eps, env_kwargs, name)
     n_triplets = int(cfg.max_feedback)
     queries = sample_triplets(pool, n_triplets, rng, new_triplet_ids(n_triplets, rng))
-    prefs = PreferenceDataset(
-        queries, teacher(queries), np.full(len(queries), type(teacher).__name__)
-    )
+    try:
+        # teacher=human: the triplets go to the label store and this waits (teacher.wait_timeout_s)
+        # until people have ranked them on the labeling page
+        labels = teacher(queries)
+    finally:
+        if isinstance(teacher, AsyncTeacher):
+            teacher.close()
+    prefs = PreferenceDataset(queries, labels, np.full(len(queries), type(teacher).__name__))
     prefs.save(run_dir / "preferences.npz")
+    if not len(prefs.trainable):
+        raise ConfigError(
+            f"none of the {n_triplets} triplets was ranked (teacher {type(teacher).__name__}): "
+            "nothing to learn a reward from. With teacher=human, rank them on the labeling page "
+            "(teacher.serve=true, or python -m pbrl.label serve --store ...) and raise "
+            "teacher.wait_timeout_s (null: wait until all are ranked)"
+        )
 
     # --- the reward: demonstrations, alignment, held-out correlation ---------------------------
     probe = gym.make(env_id, **env_kwargs)
