@@ -44,7 +44,6 @@ import numpy as np
 from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
 from pbrl.data.store import Suggestion
-from pbrl.query import disagreement_scores
 from pbrl.rewards.base import RewardModel
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.human import HumanTeacher
@@ -142,7 +141,7 @@ class VLMThenHuman(AsyncTeacher):
         if self.disagreement <= 0 or self._model is None or not len(queries):
             return set()
         probs = self._model.preference_probs(queries.first, queries.second)
-        score = disagreement_scores(np.asarray(probs))
+        score = np.asarray(probs).std(axis=0)  # members' spread, as query=disagreement scores
         k = math.ceil(self.disagreement * len(queries))
         top = np.argsort(-score, kind="stable")[:k]
         top = top[score[top] > 0]  # a one-member ensemble never disagrees
