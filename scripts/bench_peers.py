@@ -2,7 +2,7 @@
 each against plain PPO on the true reward, in one run.
 
     python scripts/bench_peers.py --seeds 1 2 3 [--steps 200000] [--comparisons 1000]
-        [--imitation-python PATH | --venv DIR] [--out bench_peers]
+        [--imitation-python PATH | --venv DIR] [--out bench_peers] [--prefppo-set K=V ...]
 
 Per seed, four runs, interleaved so machine load falls on all alike, each timed as a whole
 process (start-up and evaluation included):
@@ -177,7 +177,7 @@ def run_one(
             f"checkpoint_every={10 * args.steps}",
         ]
         if "Pref" in variant:
-            cmd.append(f"max_feedback={comps}")
+            cmd += [f"max_feedback={comps}", *args.prefppo_set]
         wall, _ = timed(cmd, log)
         summary = json.loads((run_dir / "summary.json").read_text())
         ret = summary["eval_true_return_mean"]
@@ -269,6 +269,13 @@ def main() -> None:
         "--venv",
         default="~/.cache/pbrl/imitation-venv",
         help="imitation's virtual environment (created if missing)",
+    )
+    p.add_argument(
+        "--prefppo-set",
+        nargs="*",
+        default=[],
+        help="more Hydra overrides for pbrl PrefPPO (e.g. reward.max_updates=null); give such "
+        "runs their own --out (finished runs are reused)",
     )
     p.add_argument("--out", default="bench_peers")
     args = p.parse_args()
