@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeGuard, cast, runtime_checkable
 
 import numpy as np
@@ -128,6 +129,17 @@ class PreferenceScoring:
 
 
 NOTHING_TO_FIT = {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0, "updates": 0}
+
+
+def save_atomically(blob: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``torch.save(blob)`` to ``path`` through a temporary file: a crash mid-write leaves
+    the previous file (or none), never a truncated one."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, p)
+    return p
 
 
 def trainable_pairs(dataset: PreferenceDataset) -> PreferenceDataset | None:

@@ -31,7 +31,7 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
 from pbrl.errors import ConfigError
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring
+from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, save_atomically
 from pbrl.rewards.frame_cache import FrameCache, check_camera
 
 # The normalisation of OpenAI's CLIP, which open_clip uses for its LAION models too; an
@@ -449,9 +449,6 @@ class ClipReward(PreferenceScoring, nn.Module):
     def save(self, path: str | os.PathLike[str]) -> None:
         """The config only (the weights stay in ``config.checkpoint``), and the goal
         embedding, so a reload with other weights is caught."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
         blob = {
             "kind": "clip",
             "obs_dim": self.obs_dim,
@@ -459,8 +456,7 @@ class ClipReward(PreferenceScoring, nn.Module):
             "config": asdict(self.config),
             "goal": self.goal.cpu(),
         }
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
+        save_atomically(blob, path)
 
     @classmethod
     def load(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,13 @@ import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, fit_epochs, trainable_pairs
+from pbrl.rewards.base import (
+    NOTHING_TO_FIT,
+    PreferenceScoring,
+    fit_epochs,
+    save_atomically,
+    trainable_pairs,
+)
 
 
 class EnsembleLinear(nn.Module):
@@ -183,10 +188,7 @@ class RewardEnsemble(PreferenceScoring, nn.Module):
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(
+        save_atomically(
             {
                 "kind": "ensemble",
                 "obs_dim": self.obs_dim,
@@ -195,9 +197,8 @@ class RewardEnsemble(PreferenceScoring, nn.Module):
                 "state": self.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
 
     @classmethod
     def load(

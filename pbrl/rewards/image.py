@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +45,13 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
 from pbrl.errors import ConfigError
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, fit_epochs, trainable_pairs
+from pbrl.rewards.base import (
+    NOTHING_TO_FIT,
+    PreferenceScoring,
+    fit_epochs,
+    save_atomically,
+    trainable_pairs,
+)
 from pbrl.rewards.frame_cache import FrameCache, check_camera
 
 
@@ -328,10 +333,7 @@ class ImageRewardEnsemble(PreferenceScoring, nn.Module):
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(
+        save_atomically(
             {
                 "kind": "image",
                 "obs_dim": self.obs_dim,
@@ -340,9 +342,8 @@ class ImageRewardEnsemble(PreferenceScoring, nn.Module):
                 "state": self.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
 
     @classmethod
     def load(

@@ -66,7 +66,7 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.triplets import Triplets, triplets_from_dataset
 from pbrl.errors import ConfigError
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring
+from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, save_atomically
 from pbrl.rewards.frame_cache import FrameCache, check_camera
 from pbrl.rewards.ot import COSTS, ot_similarity, ot_step_rewards
 from pbrl.rewards.resnet import (
@@ -517,10 +517,7 @@ class RAPLReward(PreferenceScoring, nn.Module):
     def save(self, path: str | os.PathLike[str]) -> None:
         """Config, head, demonstrations and the record of the backbone (its file is named,
         with its digest, not copied: it is read again from there on load)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(
+        save_atomically(
             {
                 "kind": "rapl",
                 "obs_dim": self.obs_dim,
@@ -532,9 +529,8 @@ class RAPLReward(PreferenceScoring, nn.Module):
                 "demos_given": self.demos_given,
                 "optimizer": self.optimizer.state_dict(),
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RAPLReward:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from pbrl.errors import ConfigError
+from pbrl.rewards.base import save_atomically
 
 log = logging.getLogger("pbrl")
 
@@ -188,12 +189,7 @@ def load_backbone(path: str | os.PathLike[str]) -> tuple[ResNet18, dict[str, Any
 
 def save_backbone(net: ResNet18, info: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``{"backbone": state_dict, "info": info}`` atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save({"backbone": net.state_dict(), "info": info}, tmp)
-    os.replace(tmp, p)
-    return p
+    return save_atomically({"backbone": net.state_dict(), "info": info}, path)
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,13 @@ import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, fit_epochs, trainable_pairs
+from pbrl.rewards.base import (
+    NOTHING_TO_FIT,
+    PreferenceScoring,
+    fit_epochs,
+    save_atomically,
+    trainable_pairs,
+)
 from pbrl.rewards.nets import attention_mask, transformer
 
 
@@ -255,10 +260,7 @@ class PreferenceTransformer(PreferenceScoring, nn.Module):
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(
+        save_atomically(
             {
                 "kind": "transformer",
                 "obs_dim": self.obs_dim,
@@ -266,9 +268,8 @@ class PreferenceTransformer(PreferenceScoring, nn.Module):
                 "config": asdict(self.config),
                 "state": self.state_dict(),
             },
-            tmp,
+            path,
         )
-        os.replace(tmp, path)
 
     @classmethod
     def load(
