@@ -23,20 +23,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import gymnasium as gym
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pbrl.data import PreferenceDataset, Queries, Segments  # noqa: E402
-from pbrl.data.pool import TrajectoryPool  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
-from pbrl.online.wrappers import make_pool  # noqa: E402
+from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.teachers.vlm import VLMTeacher  # noqa: E402
 from pbrl.teachers.vlm_mock import MockVLM  # noqa: E402
 
@@ -44,29 +42,6 @@ GOALS = {
     "Reacher-v5": "the tip of the two-link robot arm touches the small red target",
     "InvertedPendulum-v5": "the pole stands straight up, balanced vertically on the cart",
 }
-
-
-def rollout_pool(env_id: str, steps: int, seed: int) -> TrajectoryPool:
-    """A pool of ``steps`` random-policy steps, MuJoCo state recorded for re-rendering."""
-    pool = make_pool(env_id, 1, steps)
-    env = gym.make(env_id)
-    obs, _ = env.reset(seed=seed)
-    env.action_space.seed(seed)
-    data = cast(Any, env.unwrapped).data  # a MuJoCo env's state
-    for _ in range(steps):
-        qpos, qvel = data.qpos.copy(), data.qvel.copy()
-        act = env.action_space.sample()
-        nxt, reward, term, trunc, _ = env.step(act)
-        pool.add(
-            obs[None], act[None], np.array([reward]), nxt[None], np.array([term]),
-            np.array([trunc]), qpos=qpos[None], qvel=qvel[None],
-            next_qpos=data.qpos.copy()[None], next_qvel=data.qvel.copy()[None],
-        )  # fmt: skip
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset()
-    env.close()
-    return pool
 
 
 def label_pass(
@@ -202,7 +177,7 @@ def main() -> None:
     POLICY.update(steps=args.policy_steps, image_size=args.image_size, seed=args.seed, env=args.env)
 
     t0 = time.monotonic()
-    pool = rollout_pool(args.env, args.steps, args.seed)
+    pool = random_rollout_pool(args.env, args.steps, args.seed)
     queries = pool.sample_queries(args.pairs, args.segment_length, np.random.default_rng(args.seed))
     oracle = oracle_labels(queries)
     print(

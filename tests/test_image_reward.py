@@ -26,7 +26,7 @@ from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
 from pbrl.errors import ConfigError
 from pbrl.online.frames import FrameReplayBuffer, score_states
-from pbrl.online.wrappers import make_pool
+from pbrl.online.wrappers import random_rollout_pool
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import FrameReward, is_frame_reward
 from pbrl.rewards.frame_cache import FrameCache, apply_camera
@@ -39,39 +39,9 @@ TOP_DOWN = {"distance": 0.55, "elevation": -90.0, "azimuth": 90.0, "lookat": [0.
 SIZE = 32  # small frames keep these tests fast (the default is 64)
 
 
-def rollout_pool(env_id: str, steps: int, seed: int = 0) -> TrajectoryPool:
-    """A trajectory pool from a real random-action rollout (MuJoCo states recorded)."""
-    pool = make_pool(env_id, 1, steps)
-    env = gym.make(env_id)
-    obs, _ = env.reset(seed=seed)
-    env.action_space.seed(seed)
-    data = env.unwrapped.data  # type: ignore[attr-defined]
-    for _ in range(steps):
-        qpos, qvel = data.qpos.copy()[None], data.qvel.copy()[None]
-        act = env.action_space.sample()
-        nxt, reward, term, trunc, _ = env.step(act)
-        pool.add(
-            obs[None],
-            act[None],
-            np.array([reward]),
-            nxt[None],
-            np.array([term]),
-            np.array([trunc]),
-            qpos=qpos,
-            qvel=qvel,
-            next_qpos=data.qpos.copy()[None],
-            next_qvel=data.qvel.copy()[None],
-        )
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset()
-    env.close()
-    return pool
-
-
 @pytest.fixture(scope="module")
 def pool() -> TrajectoryPool:
-    return rollout_pool("Reacher-v5", 200)
+    return random_rollout_pool("Reacher-v5", 200)
 
 
 def make_model(**kwargs) -> ImageRewardEnsemble:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from test_human_loop import ScriptedPerson, free_port  # noqa: E402  (tests/ is on sys.path)
 from test_label_store import pair_queries  # noqa: E402
-from test_vlm_teacher import TINY_ONLINE, make_teacher, rollout_pool, run_train  # noqa: E402
+from test_vlm_teacher import TINY_ONLINE, make_teacher, run_train  # noqa: E402
 
 from pbrl.data import PreferenceDataset, Queries  # noqa: E402
 from pbrl.data.pool import TrajectoryPool  # noqa: E402
@@ -33,6 +33,7 @@ from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.data.store import BadInput, LabelStore, Suggestion  # noqa: E402
 from pbrl.gui.server import BackgroundServer, create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
+from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.rewards import RewardEnsemble, RewardModelConfig  # noqa: E402
 from pbrl.teachers.base import WatchesRewardModel  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
@@ -46,7 +47,7 @@ ANALYSIS = "1. Image 1 shows the arm far from the target.\n2. Image 2 shows it t
 
 @pytest.fixture(scope="module")
 def reacher_pool() -> TrajectoryPool:
-    return rollout_pool("Reacher-v5", 200, seed=3)
+    return random_rollout_pool("Reacher-v5", 200, seed=3)
 
 
 def suggest(qid: str, label: float, analysis: str = ANALYSIS) -> Suggestion:

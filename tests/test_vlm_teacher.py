@@ -16,7 +16,6 @@ import time
 import warnings
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
@@ -28,7 +27,7 @@ from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
 from pbrl.errors import ConfigError
-from pbrl.online.wrappers import make_pool
+from pbrl.online.wrappers import random_rollout_pool
 from pbrl.teachers.vlm import (
     VLMTeacher,
     analysis_messages,
@@ -46,39 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GOAL = "the tip of the robot arm touches the red target ball"
 
 
-def rollout_pool(env_id: str, steps: int, seed: int = 0) -> TrajectoryPool:
-    """A trajectory pool from a real random-action rollout (MuJoCo state recorded)."""
-    pool = make_pool(env_id, 1, steps)
-    env = gym.make(env_id)
-    obs, _ = env.reset(seed=seed)
-    env.action_space.seed(seed)
-    data = getattr(env.unwrapped, "data", None)
-    for _ in range(steps):
-        state = None if data is None else (data.qpos.copy()[None], data.qvel.copy()[None])
-        act = env.action_space.sample()
-        nxt, reward, term, trunc, _ = env.step(act)
-        kwargs = {}
-        if state is not None:
-            kwargs = {
-                "qpos": state[0],
-                "qvel": state[1],
-                "next_qpos": data.qpos.copy()[None],
-                "next_qvel": data.qvel.copy()[None],
-            }
-        pool.add(
-            obs[None], act[None], np.array([reward]), nxt[None], np.array([term]),
-            np.array([trunc]), **kwargs,
-        )  # fmt: skip
-        obs = nxt
-        if term or trunc:
-            obs, _ = env.reset()
-    env.close()
-    return pool
-
-
 @pytest.fixture(scope="module")
 def reacher_pool() -> TrajectoryPool:
-    return rollout_pool("Reacher-v5", 300)
+    return random_rollout_pool("Reacher-v5", 300)
 
 
 def queries_from(pool: TrajectoryPool, n: int, seed: int = 0) -> Queries:
@@ -487,7 +456,7 @@ def test_camera_from_the_env_group(reacher_pool, vlm, tmp_path):
 
 
 def test_classic_control_is_drawn_from_observations(vlm, tmp_path):
-    pool = rollout_pool("pbrl/Pendulum-v1", 200)
+    pool = random_rollout_pool("pbrl/Pendulum-v1", 200)
     queries = queries_from(pool, 6)
     images = render_segment_images(queries.first, ImageSpec(size=64))
     assert len(images) == 6 and all(len(i) == 1 for i in images)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol, cast
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
@@ -58,6 +59,33 @@ def make_pool(
         env_id,
         run,
     )
+
+
+def random_rollout_pool(env_id: str, steps: int, seed: int = 0) -> TrajectoryPool:
+    """A pool of ``steps`` random-action steps in one env (MuJoCo state recorded, so the
+    segments re-render): query material for tests and benchmarks."""
+    pool = make_pool(env_id, 1, steps)
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    data = getattr(env.unwrapped, "data", None)  # a MuJoCo env's state, else None
+    for _ in range(steps):
+        state: dict[str, np.ndarray] = {}
+        if data is not None:
+            state = {"qpos": data.qpos.copy()[None], "qvel": data.qvel.copy()[None]}
+        act = env.action_space.sample()
+        nxt, reward, term, trunc, _ = env.step(act)
+        if data is not None:
+            state |= {"next_qpos": data.qpos.copy()[None], "next_qvel": data.qvel.copy()[None]}
+        pool.add(
+            obs[None], act[None], np.array([reward]), nxt[None], np.array([term]),
+            np.array([trunc]), **state,
+        )  # fmt: skip
+        obs = nxt
+        if term or trunc:
+            obs, _ = env.reset()
+    env.close()
+    return pool
 
 
 class PreferenceVecEnv(VecEnvWrapper):
