@@ -83,6 +83,14 @@ TINY = [
 ]
 
 
+def with_overrides(base: list[str], changes: list[str]) -> list[str]:
+    """``base`` Hydra overrides with ``changes`` applied: a key both name takes the value
+    from ``changes`` (in ``base``'s place); new keys come after."""
+    new = dict(o.split("=", 1) for o in changes)
+    out = [f"{k}={new.pop(k, v)}" for k, v in (o.split("=", 1) for o in base)]
+    return out + [f"{k}={v}" for k, v in new.items()]
+
+
 def tiny_overrides(cfg_algo_sb3: str) -> list[str]:
     if cfg_algo_sb3 == "sac":
         return [

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY, with_overrides
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
@@ -488,28 +489,20 @@ def test_config_has_a_goal_for_every_configured_env():
 # -- online --------------------------------------------------------------------------------------
 
 
-# tests/test_online.py's tiny budget (importing it would compose every experiment), smaller:
-# feedback rounds at steps 100 and 200, few gradient steps (this tests the wiring)
-TINY_ONLINE = [
-    "total_timesteps=250",
-    "max_feedback=8",
-    "progress_bar=false",
-    "checkpoint_every=100000",
-    "feedback.every=100",
-    "feedback.first_at=100",
-    "feedback.batch_size=4",
-    "feedback.segment_length=10",
-    "feedback.pool_size=5000",
-    "eval.n_episodes=1",
-    "eval.random_episodes=1",
-    "eval.test_queries=20",
-    "reward.max_epochs=3",
-    "video.enabled=false",
-    "algo.unsupervised_steps=100",
-    "algo.kwargs.learning_starts=200",
-    "algo.kwargs.buffer_size=2000",
-    "algo.kwargs.batch_size=32",
-]
+# conftest's tiny online budget, smaller: feedback rounds at steps 100 and 200, few gradient
+# steps (this tests the wiring)
+TINY_ONLINE = with_overrides(
+    TINY,
+    [
+        "total_timesteps=250",
+        "max_feedback=8",
+        "video.enabled=false",
+        "algo.unsupervised_steps=100",
+        "algo.kwargs.learning_starts=200",
+        "algo.kwargs.buffer_size=2000",
+        "algo.kwargs.batch_size=32",
+    ],
+)
 
 
 def test_tiny_online_run_with_the_vlm_teacher(vlm, tmp_path, monkeypatch):
