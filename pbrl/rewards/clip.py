@@ -420,21 +420,9 @@ class ClipReward(PreferenceScoring, nn.Module):
     def relabel(self, data: OfflineDataset, length: int = 0) -> np.ndarray:
         """Reward of every transition of an offline dataset: the frame reward of the state it
         reached (as online). ``length`` is unused (a frame needs no context)."""
-        if data.qpos is None or data.qvel is None:
-            raise ConfigError(
-                f"dataset {data.dataset_id} stores no qpos/qvel: its states cannot be rendered "
-                "for a CLIP reward (build datasets with scripts/make_dataset.py)"
-            )
         if self.frames is None:
             raise ValueError("ClipReward has no env_id: set reward.env_id (the config: ${env.id})")
-        after = data.state_index(np.arange(len(data))) + 1
-        out = np.empty(len(data), dtype=np.float32)
-        step = self.config.batch_size
-        for i in range(0, len(after), step):
-            rows = after[i : i + step]
-            frames = self.frames.frames(data.qpos[rows], data.qvel[rows], store=False)
-            out[i : i + step] = self.frame_reward(frames).cpu().numpy()
-        return out
+        return self.frames.relabel(data, self.frame_reward, self.config.batch_size, "a CLIP reward")
 
     # -- the rest of RewardModel ----------------------------------------------------------------
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pbrl.data import Segments
+from pbrl.errors import ConfigError
 
 if TYPE_CHECKING:  # MuJoCo and ffmpeg load when the first frame is rendered
+    import torch
+
+    from pbrl.data.offline import OfflineDataset
     from pbrl.video import StateRenderer
 
 CAMERA_KEYS = ("distance", "elevation", "azimuth", "lookat")
@@ -109,6 +113,29 @@ class FrameCache:
                 r = self._renderers[me] = StateRenderer(self.env_id, s, s, **self.env_kwargs)
                 apply_camera(r, self.camera)
             return r
+
+    def relabel(
+        self,
+        data: OfflineDataset,
+        frame_reward: Callable[[np.ndarray], torch.Tensor],
+        batch: int,
+        what: str,
+    ) -> np.ndarray:
+        """``frame_reward`` of the frame of the state each transition of an offline dataset
+        reached (as online), ``batch`` frames at a time, none kept; a dataset without
+        ``qpos``/``qvel`` is a ConfigError naming ``what`` (e.g. "an image reward")."""
+        if data.qpos is None or data.qvel is None:
+            raise ConfigError(
+                f"dataset {data.dataset_id} stores no qpos/qvel: its states cannot be rendered "
+                f"for {what} (build datasets with scripts/make_dataset.py)"
+            )
+        after = data.state_index(np.arange(len(data))) + 1
+        out = np.empty(len(data), dtype=np.float32)
+        for i in range(0, len(after), batch):
+            rows = after[i : i + batch]
+            frames = self.frames(data.qpos[rows], data.qvel[rows], store=False)
+            out[i : i + batch] = frame_reward(frames).cpu().numpy()
+        return out
 
     def frames(self, qpos: np.ndarray, qvel: np.ndarray, store: bool = True) -> np.ndarray:
         """Frames ``[K, S, S, 3]`` of ``K`` states (``qpos [K, nq]``, ``qvel [K, nv]``).

@@ -265,19 +265,8 @@ class ImageRewardEnsemble(PreferenceScoring, nn.Module):
     def relabel(self, data: OfflineDataset, length: int = 0) -> np.ndarray:
         """Reward of every transition of an offline dataset: ``r̂`` of the frame of the state
         it reached (as online). ``length`` is unused (a frame needs no context)."""
-        if data.qpos is None or data.qvel is None:
-            raise ConfigError(
-                f"dataset {data.dataset_id} stores no qpos/qvel: its states cannot be rendered "
-                "for an image reward (build datasets with scripts/make_dataset.py)"
-            )
-        after = data.state_index(np.arange(len(data))) + 1
-        out = np.empty(len(data), dtype=np.float32)
-        step = self.config.score_batch
-        for i in range(0, len(after), step):
-            rows = after[i : i + step]
-            frames = self.frame_cache.frames(data.qpos[rows], data.qvel[rows], store=False)
-            out[i : i + step] = self.frame_reward(frames).cpu().numpy()
-        return out
+        cache = self.frame_cache
+        return cache.relabel(data, self.frame_reward, self.config.score_batch, "an image reward")
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
