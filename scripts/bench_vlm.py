@@ -98,7 +98,6 @@ def image_reward_return(queries: Queries, labels: np.ndarray) -> float:
     from stable_baselines3 import SAC
 
     from pbrl.evaluation import evaluate
-    from pbrl.online.frames import FrameRewardVecEnv
     from pbrl.online.wrappers import PreferenceVecEnv
     from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
     from pbrl.sim import make_vec_env
@@ -120,8 +119,7 @@ def image_reward_return(queries: Queries, labels: np.ndarray) -> float:
                           max_updates=300),
     )  # fmt: skip
     model.fit(data, np.random.default_rng(seed))
-    frames = FrameRewardVecEnv(make_vec_env("gymnasium", env_id, 1, seed), model)
-    env = PreferenceVecEnv(frames, None, frames.step_reward)
+    env = PreferenceVecEnv(make_vec_env("gymnasium", env_id, 1, seed), None, model)
     sac = SAC("MlpPolicy", env, learning_starts=500, batch_size=128, seed=seed, verbose=0,
               policy_kwargs={"net_arch": [128, 128]})  # fmt: skip
     sac.learn(steps)

@@ -118,3 +118,32 @@ def test_the_checker_sees_an_upward_import():
     assert layer_of("pbrl.data.store") < layer_of("pbrl.teachers.human") < layer_of("pbrl.train")
     assert layer_of("pbrl.regret.cli") > layer_of("pbrl.regret.mdp")
     assert "pbrl.data.preferences" in graph()["pbrl.data.store"]
+
+
+def test_no_module_outside_rewards_and_teachers_probes_a_kind():
+    """Reward kinds are declared by type (pbrl/rewards/base.py) and turned into what a run
+    needs in pbrl/rewards/dispatch.py: no other module asks a model what it is."""
+    import re
+
+    probes = re.compile(
+        r"getattr\([^)]*[\"'](inputs|needs_labels|markovian|frame_cache|backbone_info)[\"']"
+        r"|is_frame_reward|\.markovian\b|kind != [\"']ensemble[\"']"
+        r"|isinstance\([^)]*(RewardEnsemble|ImageRewardEnsemble|ClipReward|RAPLReward"
+        r"|StateReward|FrameReward|EpisodeReward|ContextReward|LatentReward|FactorReward)"
+    )
+    found = [
+        f"{p.relative_to(PKG.parent)}:{i}: {line.strip()}"
+        for p in sorted(PKG.rglob("*.py"))
+        if not str(p.relative_to(PKG)).startswith(("rewards", "teachers"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if probes.search(line)
+    ]
+    assert not found, "kind probes outside pbrl/rewards:\n" + "\n".join(found)
+
+
+def test_every_reward_class_has_exactly_one_kind():
+    from pbrl.rewards import REWARD_MODELS
+    from pbrl.rewards.base import KINDS, kind_of
+
+    for name, (cls, _) in REWARD_MODELS.items():
+        assert kind_of(cls) in KINDS, name

@@ -634,8 +634,8 @@ def test_sac_learns_what_the_goal_prompt_describes():
     after 10k steps, ~6 min on 2 busy cores)."""
     from stable_baselines3 import SAC
 
-    from pbrl.online.frames import FrameRewardVecEnv, score_states
     from pbrl.online.wrappers import PreferenceVecEnv
+    from pbrl.rewards.dispatch import Steps, score_steps
     from pbrl.sim import make_vec_env
 
     torch.manual_seed(0)
@@ -649,7 +649,11 @@ def test_sac_learns_what_the_goal_prompt_describes():
     )
     enc = SideClip()
     model = ClipReward(0, 0, cfg, encoder=enc, tokenizer=enc.tokenize)
+
     # the reward sees the arm's side: left 1, up or down 1/sqrt(2), right ~0.1
+    def score_states(model, qpos, qvel):
+        return score_steps(model, Steps(np.zeros((len(qpos), 0)), qpos[:, :0], qpos, qvel))
+
     poses = np.zeros((3, 4))
     poses[:, 0] = [np.pi, np.pi / 2, 0.0]
     left, up, right = score_states(model, poses, np.zeros((3, 4)))
@@ -671,8 +675,7 @@ def test_sac_learns_what_the_goal_prompt_describes():
 
     rng = np.random.default_rng(0)
     random = mean_frame_reward(lambda obs: rng.uniform(-1, 1, 2))
-    frames = FrameRewardVecEnv(make_vec_env("gymnasium", "Reacher-v5", 1, 0), model)
-    env = PreferenceVecEnv(frames, None, frames.step_reward)  # no pool, no teacher: zero-shot
+    env = PreferenceVecEnv(make_vec_env("gymnasium", "Reacher-v5", 1, 0), None, model)  # zero-shot
     sac = SAC(
         "MlpPolicy",
         env,
@@ -682,7 +685,7 @@ def test_sac_learns_what_the_goal_prompt_describes():
         policy_kwargs={"net_arch": [64, 64]},
     )
     sac.learn(10_000)
-    assert frames.frames >= 10_000  # every step's frame was scored
+    assert env.scored >= 10_000  # every step's frame was scored
     trained = mean_frame_reward(lambda obs: sac.predict(obs, deterministic=True)[0])
     assert trained > 0.75 and trained > random + 0.2, (trained, random)
 

@@ -25,10 +25,11 @@ from pbrl.data.offline import Episode
 from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
 from pbrl.errors import ConfigError
-from pbrl.online.frames import FrameReplayBuffer, score_states
+from pbrl.online.pebble import EntropyReplayBuffer
 from pbrl.online.wrappers import random_rollout_pool
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
-from pbrl.rewards.base import FrameReward, is_frame_reward
+from pbrl.rewards.base import FrameReward, StateReward, kind_of
+from pbrl.rewards.dispatch import Steps, needs_labels, score_steps, scores_steps, step_fields
 from pbrl.rewards.frame_cache import FrameCache, apply_camera
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.teachers.vlm_mock import MockVLM
@@ -173,14 +174,18 @@ def test_frames_are_rendered_once_per_state(pool):
     assert small.renders == 7
 
 
-def test_state_interface_raises_and_registration():
+def score_states(model, qpos, qvel):
+    n = len(qpos)
+    return score_steps(model, Steps(np.zeros((n, 0)), np.zeros((n, 0)), qpos, qvel))
+
+
+def test_declared_kind_and_registration():
     model = make_model()
-    assert is_frame_reward(model) and isinstance(model, FrameReward)
+    assert kind_of(model) is FrameReward and not isinstance(model, StateReward)
+    assert scores_steps(model) and needs_labels(model) and step_fields(model) == ("qpos", "qvel")
     assert model.env_id == "Reacher-v5" and model.image_size == SIZE
-    with pytest.raises(TypeError, match="frame reward: use frame_reward"):
-        model.predict(np.zeros((1, 10)), np.zeros((1, 2)))
-    with pytest.raises(TypeError, match="frame reward: use frame_reward"):
-        model.reward(torch.zeros(1, 10), torch.zeros(1, 2))
+    with pytest.raises(ConfigError, match="scores rendered frames"):
+        score_steps(model, Steps(np.zeros((1, 10)), np.zeros((1, 2))))
     with pytest.raises(ValueError, match=r"uint8 frames \[B, 32, 32, 3\]"):
         model.frame_reward(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
     assert REWARD_MODELS["image"] == (ImageRewardEnsemble, ImageRewardConfig)
@@ -224,23 +229,23 @@ def test_replay_buffer_relabel_scores_stored_states(pool):
     from gymnasium import spaces
 
     model = make_model()
-    buffer = FrameReplayBuffer(
+    buffer = EntropyReplayBuffer(
         50,
         spaces.Box(-np.inf, np.inf, (10,)),
         spaces.Box(-1, 1, (2,)),
         n_envs=1,
-        state_dims=(4, 4),
+        step_fields={"qpos": 4, "qvel": 4},
     )
     n = 30
     for i in range(n):
-        info = {"frame_qpos": pool.next_qpos[0, i], "frame_qvel": pool.next_qvel[0, i]}
+        info = {"step_qpos": pool.next_qpos[0, i], "step_qvel": pool.next_qvel[0, i]}
         buffer.add(pool.obs[0, i : i + 1], pool.next_obs[0, i : i + 1], pool.act[0, i : i + 1],
                    np.zeros(1), np.zeros(1), [info])  # fmt: skip
     buffer.relabel(model)
     expected = score_states(model, pool.next_qpos[0, :n], pool.next_qvel[0, :n])
     np.testing.assert_allclose(buffer.rewards[:n, 0], expected, rtol=1e-6)
     assert not np.allclose(expected, expected[0])
-    with pytest.raises(RuntimeError, match="FrameRewardVecEnv"):
+    with pytest.raises(RuntimeError, match="PreferenceVecEnv"):
         buffer.add(pool.obs[0, :1], pool.next_obs[0, :1], pool.act[0, :1], np.zeros(1),
                    np.zeros(1), [{}])  # fmt: skip
 
@@ -313,11 +318,12 @@ def test_tiny_online_run_with_the_vlm_teacher(tmp_path, monkeypatch):
     assert isinstance(model, ImageRewardEnsemble) and model.camera == TOP_DOWN
     with open(run / "checkpoint" / "replay_buffer.pkl", "rb") as fh:
         buffer = pickle.load(fh)
-    assert isinstance(buffer, FrameReplayBuffer) and buffer.pos == 300
-    expected = score_states(model, buffer.frame_qpos[:300, 0], buffer.frame_qvel[:300, 0])
+    assert isinstance(buffer, EntropyReplayBuffer) and buffer.pos == 300
+    qpos, qvel = buffer.step_fields["qpos"], buffer.step_fields["qvel"]
+    expected = score_states(model, qpos[:300, 0], qvel[:300, 0])
     np.testing.assert_allclose(buffer.rewards[:300, 0], expected, rtol=1e-4, atol=1e-5)
     rows = list(csv.DictReader((run / "tb" / "progress.csv").open()))
-    fps = [float(r["time/frames_per_s"]) for r in rows if r.get("time/frames_per_s")]
+    fps = [float(r["time/reward_steps_per_s"]) for r in rows if r.get("time/reward_steps_per_s")]
     assert fps and all(f > 0 for f in fps)
     corr = [float(r["reward_model/true_reward_corr"]) for r in rows
             if r.get("reward_model/true_reward_corr")]  # fmt: skip

@@ -137,10 +137,10 @@ def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypat
     from pbrl.online import pebble
 
     seen = {}
-    original = pebble.relabel_buffer
+    original = pebble.EntropyReplayBuffer.relabel
 
-    def spy(buffer, model, *args):
-        original(buffer, model, *args)
+    def spy(buffer, model):
+        original(buffer, model)
         n = buffer.pos
         obs = buffer.observations[:n].reshape(n * buffer.n_envs, -1)
         act = buffer.actions[:n].reshape(n * buffer.n_envs, -1)
@@ -149,7 +149,7 @@ def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypat
         )
         seen["n"] = n
 
-    monkeypatch.setattr(pebble, "relabel_buffer", spy)
+    monkeypatch.setattr(pebble.EntropyReplayBuffer, "relabel", spy)
     monkeypatch.chdir(tmp_path)
     run_online(compose_exp("quickstart", ["video.enabled=false"]), tmp_path / "run")
     assert seen["n"] > 0 and seen["max_err"] < 1e-6

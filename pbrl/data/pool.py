@@ -222,6 +222,14 @@ class TrajectoryPool:
         "current_step",
     )
 
+    def step_widths(self) -> dict[str, int]:
+        """Width of each per-step field a reward may read beyond ``(obs, act)``: the reached
+        state (``qpos``, ``qvel``, when recorded) and the reward factors."""
+        out = {"factors": len(self.factor_names)}
+        if self.has_state:
+            out |= {"qpos": int(self.qpos.shape[-1]), "qvel": int(self.qvel.shape[-1])}
+        return out
+
     @property
     def obs_dim(self) -> int:
         return int(self.obs.shape[-1])

@@ -46,7 +46,7 @@ from pbrl.offline.common import (
     soft_update,
 )
 from pbrl.offline.nets import DecisionTransformer, TwinQ, init_weights
-from pbrl.rewards import RewardEnsemble
+from pbrl.rewards.dispatch import member_rewards
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -302,21 +302,20 @@ def build(
     device: torch.device,
     seed: int,
 ) -> DTR:
-    if reward is None or not isinstance(reward.model, RewardEnsemble):
+    if reward is None:
         raise ConfigError(
             f"algo {config.name} needs a reward ensemble learned from the labels: "
             "set reward=ensemble and algo.learn_reward=true"
         )
-    ensemble = reward.model
+    model = reward.model
+
+    def members_of(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        o, a = torch.as_tensor(obs, device=device), torch.as_tensor(act, device=device)
+        return member_rewards(model, o, a).cpu().numpy()  # [E, N]; a state reward only
+
     members = np.concatenate(
-        [  # [E, N], in chunks
-            ensemble.members(
-                torch.as_tensor(data.observations[i : i + 65536], device=device),
-                torch.as_tensor(data.actions[i : i + 65536], device=device),
-            )
-            .detach()
-            .cpu()
-            .numpy()
+        [
+            members_of(data.observations[i : i + 65536], data.actions[i : i + 65536])
             for i in range(0, len(data), 65536)
         ],
         1,
@@ -324,14 +323,7 @@ def build(
     rewards, mean, std = normalize_ensemble(members)
 
     def reward_fn(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            e = (
-                ensemble.members(
-                    torch.as_tensor(obs, device=device), torch.as_tensor(act, device=device)
-                )
-                .cpu()
-                .numpy()
-            )
+        e = members_of(obs, act)
         return ((e - mean[:, None]) / std[:, None]).mean(0)
 
     returns = data.episode_returns(rewards)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -31,8 +31,9 @@ from pbrl.errors import ConfigError, closest, make_config
 from pbrl.evaluation import EvalResult
 from pbrl.offline import bc, cpl, dtr, iql, oppo
 from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
-from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
+from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model, reward_kind_name
 from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import relabel_dataset, state_reward_fn
 from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, label_stats, plain, setup
 
 C = TypeVar("C", bound=OfflineAlgoConfig)
@@ -123,13 +124,6 @@ def teacher_info(cfg: DictConfig, labels: PreferenceDataset | None) -> dict[str,
 # -- the learned reward --------------------------------------------------------------------
 
 
-@runtime_checkable
-class SequenceRelabeler(Protocol):
-    """A non-Markovian reward model that relabels a dataset with segment context."""
-
-    def relabel(self, data: Any, length: int) -> np.ndarray: ...
-
-
 def learn_reward(
     values: dict[str, Any],
     data: OfflineDataset,
@@ -145,7 +139,7 @@ def learn_reward(
     metrics: dict[str, float] = {}
     if path.exists():
         model = load_reward_model(path, device)
-        if kind in REWARD_MODELS and not isinstance(model, REWARD_MODELS[kind][0]):
+        if kind in REWARD_MODELS and reward_kind_name(model) != kind:
             raise ConfigError(
                 f"{path} holds a {type(model).__name__}, but reward.kind={kind}: "
                 "use a fresh run directory or the reward group it was trained with"
@@ -155,15 +149,7 @@ def learn_reward(
         t0 = time.time()
         metrics = {**model.fit(labels, rng), "fit_time_s": time.time() - t0}
         model.save(path)
-    if model.markovian:
-        rewards = model.predict(data.observations, data.actions)
-    elif isinstance(model, SequenceRelabeler):
-        rewards = model.relabel(data, segment_length)
-    else:
-        raise ConfigError(
-            f"reward.kind={kind}: {type(model).__name__} is not Markovian and cannot relabel "
-            "a dataset; use reward=ensemble or reward=transformer"
-        )
+    rewards = relabel_dataset(model, data, segment_length)
     return LearnedReward(model, np.asarray(rewards, dtype=np.float32)), metrics
 
 
@@ -298,10 +284,7 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         for k, v in reward_metrics.items():
             writer.add_scalar(f"reward_model/{k}", v, 0)
     reward_model: RewardModel | None = None if reward is None else reward.model
-    # per-step learned reward for evaluation logs (Markovian models only)
-    reward_fn = (
-        reward_model.predict if reward_model is not None and reward_model.markovian else None
-    )
+    reward_fn = state_reward_fn(reward_model)  # evaluation's learned return, where it has one
 
     # --- the algorithm -------------------------------------------------------------------
     total = int(cfg.total_timesteps)

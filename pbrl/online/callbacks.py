@@ -16,6 +16,7 @@ from pbrl.data import Queries
 from pbrl.evaluation import Policy
 from pbrl.online.wrappers import PreferenceVecEnv
 from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import state_reward_fn
 from pbrl.run import Evaluation, Progress
 from pbrl.teachers.base import AsyncTeacher
 
@@ -46,7 +47,8 @@ class EvalCallback(BaseCallback):
     ) -> None:
         super().__init__()
         self.evaluation, self.every = evaluation, int(every)
-        self.reward_model, self.teacher = reward_model, teacher
+        self.reward_fn = state_reward_fn(reward_model)  # a learned return where the kind has one
+        self.teacher = teacher
         self.last = 0
         self.videos: list[str] = []
 
@@ -59,11 +61,11 @@ class EvalCallback(BaseCallback):
         self.last = self.num_timesteps
         ev = self.evaluation.policy(
             deterministic_policy(self.model),
-            reward_fn=self.reward_model.predict if self.reward_model else None,
+            reward_fn=self.reward_fn,
             video_name=f"eval_{self.num_timesteps:09d}.mp4",
         )
         self.logger.record("eval/true_return", ev.mean)
-        if self.reward_model is not None:
+        if self.reward_fn is not None:
             self.logger.record("eval/learned_return", float(np.mean(ev.learned_returns)))
         if ev.video:
             self.videos.append(ev.video)
@@ -108,6 +110,26 @@ class LearnedReturnLogger(BaseCallback):
         if self.wrapper.learned_episode_returns:
             mean = float(np.mean(self.wrapper.learned_episode_returns))
             self.logger.record("rollout/ep_learned_rew_mean", mean)
+
+
+class RewardTimeLogger(BaseCallback):
+    """``time/reward_steps_per_s``: steps scored by the learned reward per second spent scoring
+    them while stepping (rendering included for a frame reward), and ``time/reward_s``: that
+    time in total."""
+
+    def __init__(self, wrapper: PreferenceVecEnv) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.wrapper.reward_s > 0:
+            self.logger.record(
+                "time/reward_steps_per_s", self.wrapper.scored / self.wrapper.reward_s
+            )
+            self.logger.record("time/reward_s", self.wrapper.reward_s)
 
 
 class QueryVideos:

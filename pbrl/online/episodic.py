@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -48,42 +48,18 @@ from pbrl.errors import ConfigError, make_config
 from pbrl.online.callbacks import ProgressCallback, deterministic_policy
 from pbrl.online.logs import run_logger
 from pbrl.rewards import REWARD_MODELS, make_reward_model
+from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import (
+    episode_rewards,
+    scores_episodes,
+    set_demonstrations,
+    uses_demonstrations,
+)
 from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, setup
 from pbrl.sim import make_vec_env
 from pbrl.teachers.base import AsyncTeacher
 
 log = logging.getLogger("pbrl")
-
-
-@runtime_checkable
-class EpisodeReward(Protocol):
-    """A reward of whole episodes (``inputs = "episode_frames"``, e.g. RAPL)."""
-
-    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        """Per-step rewards ``[B, T]`` of episodes with states ``[B, T + 1, ...]``."""
-        ...
-
-    def set_demonstrations(self, segments: Segments) -> None:
-        """The demonstrations the reward compares episodes with."""
-        ...
-
-
-class FrameEpisodes:
-    """A per-frame reward (:class:`~pbrl.rewards.base.FrameReward`, e.g. the RLHF image
-    reward) as an episode reward: each step earns the reward of the frame it reached."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        b, t1, _ = qpos.shape
-        frames = self.model.frame_cache.frames(
-            qpos[:, 1:].reshape(b * (t1 - 1), -1), qvel[:, 1:].reshape(b * (t1 - 1), -1)
-        )
-        return self.model.frame_reward(frames).cpu().numpy().reshape(b, t1 - 1)
-
-    def set_demonstrations(self, segments: Segments) -> None:
-        pass  # a per-frame reward compares with no demonstration
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -159,8 +135,8 @@ def check_config(cfg: DictConfig) -> tuple[EpisodicAlgo, EpisodicSettings]:
             raise ConfigError(f"{key}={cfg[key]} must be positive (max_feedback: triplets)")
     reward = _plain(cfg.reward)
     kind = str(reward.pop("kind", ""))
-    cls = REWARD_MODELS.get(kind, (None, None))[0]
-    if getattr(cls, "inputs", "state") not in ("episode_frames", "frames"):
+    cls = REWARD_MODELS[kind][0] if kind in REWARD_MODELS else None
+    if cls is None or not scores_episodes(cls):
         raise ConfigError(
             f"algo={algo.name} trains on rewards of rendered episodes; reward.kind={kind!r} "
             "scores states: use reward=rapl, reward=ot or reward=image"
@@ -174,8 +150,7 @@ def check_config(cfg: DictConfig) -> tuple[EpisodicAlgo, EpisodicSettings]:
             f"algo.kwargs.n_steps={n_steps} is not a multiple of the episode length {length} "
             f"of {env_id}: a rollout must hold whole episodes (e.g. n_steps={length * 4})"
         )
-    uses_demos = getattr(REWARD_MODELS[kind][0], "inputs", "") == "episode_frames"
-    if uses_demos and settings.demos == "expert" and env_id not in EXPERTS:
+    if uses_demonstrations(cls) and settings.demos == "expert" and env_id not in EXPERTS:
         raise ConfigError(
             f"episodic.demos=expert but pbrl has no scripted expert for {env_id} (it has for "
             f"{', '.join(EXPERTS)}): use episodic.demos=preferred"
@@ -241,7 +216,7 @@ class EpisodicRelabel(BaseCallback):
     rollout buffer, then returns and advantages recomputed."""
 
     def __init__(
-        self, recorder: EpisodeRecorder, reward: EpisodeReward, normalize: bool = True
+        self, recorder: EpisodeRecorder, reward: RewardModel, normalize: bool = True
     ) -> None:
         super().__init__()
         self.recorder, self.reward, self.normalize = recorder, reward, normalize
@@ -272,7 +247,7 @@ class EpisodicRelabel(BaseCallback):
             )
         qpos = np.stack([d[1] for d in done])
         qvel = np.stack([d[2] for d in done])
-        learned = self.reward.episode_rewards(qpos, qvel)  # [episodes, L]
+        learned = episode_rewards(self.reward, qpos, qvel)  # [episodes, L]
         if self.normalize:
             self.scale.update(learned.reshape(-1))
             learned = learned / np.sqrt(self.scale.var + 1e-8)
@@ -371,15 +346,13 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     probe.close()
     reward_model = make_reward_model(_plain(cfg.reward), obs_dim, act_dim, device)
     # a per-frame reward (reward=image) is trained on the triplets' pairs, needs no demos
-    per_episode: EpisodeReward = (
-        reward_model if isinstance(reward_model, EpisodeReward) else FrameEpisodes(reward_model)
-    )
+    with_demos = uses_demonstrations(reward_model)
     demos: Segments | None = None
-    if not isinstance(per_episode, FrameEpisodes) and settings.demos == "expert":
+    if with_demos and settings.demos == "expert":
         demos = collect_episodes(
             env_id, settings.n_demos, seed + 50_000, rng, (0.0, 0.0), env_kwargs, name
         )
-        per_episode.set_demonstrations(demos)
+        set_demonstrations(reward_model, demos)
     fit = reward_model.fit(prefs, rng)
     heldout = collect_episodes(
         env_id, settings.heldout_episodes, seed + 100_000, rng, eps, env_kwargs, name
@@ -398,7 +371,7 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **algo.kwargs)
     tb_dir = run_dir / "tb"
     model.set_logger(run_logger(tb_dir))
-    callbacks: list[BaseCallback] = [EpisodicRelabel(recorder, per_episode, algo.normalize_reward)]
+    callbacks: list[BaseCallback] = [EpisodicRelabel(recorder, reward_model, algo.normalize_reward)]
     if cfg.progress_bar:
         callbacks.append(ProgressCallback(Progress(int(cfg.total_timesteps), name)))
     model.learn(int(cfg.total_timesteps), callback=CallbackList(callbacks))
@@ -449,13 +422,13 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         started_at=started,
         extra={
             "reward_kind": str(cfg.reward.kind),
-            "backbone": getattr(reward_model, "backbone_info", None),
+            "backbone": reward_model.describe().get("backbone"),
             "triplets": n_triplets,
             "reward_fit": fit,
             "heldout_spearman": rho,
             "heldout_videos": len(heldout),
             "demos": None
-            if isinstance(per_episode, FrameEpisodes)
+            if not with_demos
             else settings.demos
             if demos is None
             else f"expert x {len(demos)}",
@@ -463,9 +436,7 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         },
     ).write(run_dir)
     env.close()
-    close = getattr(reward_model, "close", None)
-    if close is not None:
-        close()
+    reward_model.close()
     return summary
 
 

@@ -24,6 +24,7 @@ from pbrl.data.pool import TrajectoryPool
 from pbrl.errors import ConfigError, fault_point
 from pbrl.query import QuerySelector
 from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import Steps, score_steps
 from pbrl.run import label_stats
 from pbrl.teachers.base import AsyncTeacher, Teacher, WatchesRewardModel, as_async
 
@@ -213,11 +214,11 @@ class FeedbackCallback(BaseCallback):
     def reward_correlation(self, n: int = 4096) -> float:
         """Pearson correlation of learned and true per-step reward on recent data."""
         held = min(self.pool.num_steps, n)
-        if held < 2:
-            return float("nan")
         length = self.schedule.segment_length
+        if held < 2 or held < length:
+            return float("nan")
         segs = self.pool.sample_segments(max(1, held // length), length, self.rng)
-        pred = self.reward_model.predict(segs.obs[segs.mask], segs.act[segs.mask])
+        pred = score_steps(self.reward_model, Steps.of_segments(segs))
         true = segs.true_reward[segs.mask]
         if true.std() > 0 and pred.std() > 0:
             return float(np.corrcoef(pred, true)[0, 1])

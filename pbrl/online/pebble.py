@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from pbrl.online.feedback import FeedbackCallback
 from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import Steps, score_steps
 
 
 def knn_distance(
@@ -46,13 +47,60 @@ def knn_distance(
 
 
 class EntropyReplayBuffer(ReplayBuffer):
-    """SB3 replay buffer with an optional PEBBLE state-entropy reward at sample time."""
+    """SB3 replay buffer with an optional PEBBLE state-entropy reward at sample time, that
+    relabels its transitions with a reward model (:meth:`relabel`).
 
-    def __init__(self, *args: Any, entropy_k: int = 5, **kwargs: Any) -> None:
+    ``step_fields`` maps what the reward's kind reads beyond ``(obs, act)`` to its width (e.g.
+    ``{"qpos": nq, "qvel": nv}`` for a frame reward: the state each step reached), taken from
+    the ``step_<field>`` entries ``PreferenceVecEnv`` puts in each step's info."""
+
+    def __init__(
+        self,
+        *args: Any,
+        entropy_k: int = 5,
+        step_fields: dict[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.intrinsic = False
         self.entropy_k = entropy_k
         self.entropy_stats = RunningMeanStd(shape=())
+        self.step_fields = {
+            name: np.zeros((self.buffer_size, self.n_envs, int(width)), dtype=np.float64)
+            for name, width in (step_fields or {}).items()
+        }
+
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        for name, column in self.step_fields.items():
+            key = f"step_{name}"
+            if any(key not in info for info in infos):
+                raise RuntimeError(
+                    f"the replay buffer keeps {key} for relabeling, but the env did not report "
+                    "it: put a PreferenceVecEnv with the reward model under the agent"
+                )
+            column[self.pos] = np.stack([info[key] for info in infos])
+        super().add(obs, next_obs, action, reward, done, infos)
+
+    def relabel(self, model: RewardModel) -> None:
+        """Replace every stored reward with the reward model's reward of that transition."""
+        n = self.buffer_size if self.full else self.pos
+        if n == 0:
+            return
+        flat = {k: v[:n].reshape(n * self.n_envs, -1) for k, v in self.step_fields.items()}
+        steps = Steps(
+            self.observations[:n].reshape(n * self.n_envs, -1),
+            self.actions[:n].reshape(n * self.n_envs, -1),
+            **flat,
+        )
+        self.rewards[:n] = score_steps(model, steps).reshape(n, self.n_envs)
 
     def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
@@ -73,19 +121,6 @@ class EntropyReplayBuffer(ReplayBuffer):
         self.entropy_stats.update(dist.cpu().numpy())
         reward = dist / float(np.sqrt(self.entropy_stats.var) + 1e-8)
         return samples._replace(rewards=reward.reshape(-1, 1).to(samples.rewards.dtype))
-
-
-def relabel_buffer(buffer: ReplayBuffer, model: RewardModel, chunk: int = 65536) -> None:
-    """Replace every stored reward with the reward model's ``r(s, a)``."""
-    n = buffer.buffer_size if buffer.full else buffer.pos
-    if n == 0:
-        return
-    obs = buffer.observations[:n].reshape(n * buffer.n_envs, -1)
-    act = buffer.actions[:n].reshape(n * buffer.n_envs, -1)
-    rewards = np.concatenate(
-        [model.predict(obs[i : i + chunk], act[i : i + chunk]) for i in range(0, len(obs), chunk)]
-    )
-    buffer.rewards[:n] = rewards.reshape(n, buffer.n_envs)
 
 
 def reset_critic(model: SAC) -> None:
@@ -123,9 +158,10 @@ class PebbleCallback(BaseCallback):
         model = self.model
         assert isinstance(model, SAC), "PEBBLE runs on SAC"
         buffer = model.replay_buffer
-        assert buffer is not None, "SAC has a replay buffer once learn() runs"
-        relabel_buffer(buffer, self.feedback.reward_model)
-        if isinstance(buffer, EntropyReplayBuffer) and buffer.intrinsic:
+        if not isinstance(buffer, EntropyReplayBuffer):
+            raise RuntimeError("PEBBLE relabels its own replay buffer: EntropyReplayBuffer")
+        buffer.relabel(self.feedback.reward_model)
+        if buffer.intrinsic:
             buffer.intrinsic = False  # end of unsupervised pre-training
             if self.reset_critic:
                 reset_critic(model)

@@ -30,23 +30,18 @@ from pbrl.online.callbacks import (
     LearnedReturnLogger,
     ProgressCallback,
     QueryVideos,
+    RewardTimeLogger,
     deterministic_policy,
 )
 from pbrl.online.checkpoint import Checkpoint
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
-from pbrl.online.frames import (
-    FrameFeedbackCallback,
-    FramePebbleCallback,
-    FrameRewardLogger,
-    FrameRewardVecEnv,
-    sac_buffer,
-)
 from pbrl.online.logs import run_logger
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
 from pbrl.online.wrappers import PreferenceVecEnv, make_pool
 from pbrl.query import QuerySelector
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
-from pbrl.rewards.base import RewardModel, is_frame_reward
+from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import needs_labels, scores_steps, state_reward_fn, step_fields
 from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, plain, setup
 from pbrl.sim import make_vec_env
 from pbrl.teachers.base import as_async
@@ -120,12 +115,12 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     if kind not in REWARD_MODELS:
         raise ConfigError(f"reward.kind={kind!r}: choose one of {', '.join(REWARD_MODELS)}")
     make_config(REWARD_MODELS[kind][1], reward, "reward")
-    if kind != "ensemble" and not is_frame_reward(REWARD_MODELS[kind][0]):
+    if not scores_steps(REWARD_MODELS[kind][0]):
         raise ConfigError(
-            f"reward.kind={kind} scores steps in context, which the online loop cannot give "
-            "it step by step: use reward=ensemble (states) or reward=image (frames) online"
+            f"reward.kind={kind} has no reward of a single step, which the online loop needs: "
+            "use reward=ensemble (states) or reward=image (frames) online"
         )
-    if not getattr(REWARD_MODELS[kind][0], "needs_labels", True):  # zero-shot (reward=clip)
+    if not needs_labels(REWARD_MODELS[kind][0]):
         if schedule.max_feedback != 0:
             raise ConfigError(
                 f"reward.kind={kind} is zero-shot and learns nothing from labels: set "
@@ -207,11 +202,8 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         else:
             pool = make_pool(cfg.env.id, cfg.n_envs, schedule.pool_size, env_kwargs, run_name)
             reward_model = make_reward_model(plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
-    frame_env: FrameRewardVecEnv | None = None  # a reward on rendered frames (pbrl.online.frames)
-    if reward_model is not None and is_frame_reward(reward_model):
-        venv = frame_env = FrameRewardVecEnv(venv, reward_model)
-    state_reward = None if frame_env is not None else reward_model  # scores (obs, act)
-    wrapper = PreferenceVecEnv(venv, pool, frame_env.step_reward if frame_env else reward_model)
+    wrapper = PreferenceVecEnv(venv, pool, reward_model)
+    learned_fn = state_reward_fn(reward_model)  # evaluation's learned return, where it has one
     env: VecEnv = wrapper
     if algo.normalize_reward or algo.normalize_obs:
         if resumed:
@@ -233,12 +225,16 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         extra: dict[str, Any] = {}
         if cls is SAC:
+            # what the reward's kind reads beyond (obs, act), kept to relabel the buffer
+            widths = {} if pool is None else pool.step_widths()
+            fields = step_fields(reward_model) if reward_model is not None else ()
             extra = {
                 "replay_buffer_class": EntropyReplayBuffer,
-                "replay_buffer_kwargs": {"entropy_k": algo.entropy_k},
+                "replay_buffer_kwargs": {
+                    "entropy_k": algo.entropy_k,
+                    "step_fields": {name: widths[name] for name in fields},
+                },
             }
-            if frame_env is not None and pool is not None:
-                extra = sac_buffer(algo.entropy_k, (pool.qpos.shape[-1], pool.qvel.shape[-1]))
         model = cls(
             "MlpPolicy", env, seed=cfg.seed, device=device, verbose=0, **algo.kwargs, **extra
         )
@@ -271,7 +267,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 int(cfg.video.queries_per_round),
                 evaluation.video_size,
             )
-        feedback = (FrameFeedbackCallback if frame_env else FeedbackCallback)(
+        feedback = FeedbackCallback(
             schedule,
             pool,
             reward_model,
@@ -300,11 +296,9 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             feedback.refit()  # labels newer than the saved reward model
         callbacks.append(feedback)
         if isinstance(model, SAC):
-            pebble = FramePebbleCallback if frame_env else PebbleCallback
-            callbacks.append(pebble(feedback, algo.reset_critic))
-    if frame_env is not None:
-        callbacks.append(FrameRewardLogger(frame_env))
-    eval_callback = EvalCallback(evaluation, int(cfg.eval.every), state_reward, teacher)
+            callbacks.append(PebbleCallback(feedback, algo.reset_critic))
+        callbacks.append(RewardTimeLogger(wrapper))
+    eval_callback = EvalCallback(evaluation, int(cfg.eval.every), reward_model, teacher)
     if "eval" in saved:
         eval_callback.load_state_dict(saved["eval"])
 
@@ -344,7 +338,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # --- evaluation on the true reward --------------------------------------------------------
     ev = evaluation.policy(
         deterministic_policy(model),
-        reward_fn=state_reward.predict if state_reward else None,
+        reward_fn=learned_fn,
         video_name="eval.mp4",
     )
     rand = evaluation.random()
@@ -357,7 +351,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     record = model.logger.record
     record("eval/true_return", ev.mean)
     record("eval/random_true_return", rand.mean)
-    if state_reward is not None:
+    if learned_fn is not None:
         record("eval/learned_return", float(np.mean(ev.learned_returns)))
     if test_acc is not None:
         record("reward_model/test_accuracy", test_acc)
@@ -374,7 +368,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         teacher={**plain(cfg.teacher), **teacher.describe()} if algo.preference else None,
         eval_true_return_mean=ev.mean,
         eval_true_return_std=ev.std,
-        eval_learned_return_mean=float(np.mean(ev.learned_returns)) if state_reward else None,
+        eval_learned_return_mean=float(np.mean(ev.learned_returns)) if learned_fn else None,
         random_true_return_mean=rand.mean,
         reward_model_test_accuracy=test_acc,
         # every clip of the run, those made before a resume included

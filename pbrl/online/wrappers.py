@@ -3,7 +3,7 @@
 ``PreferenceVecEnv`` sits between the simulator's VecEnv (with SB3's Monitor inside, so
 ``rollout/ep_rew_mean`` stays the *true* return) and the algorithm. Each step it records
 the transition (true reward, reward factors, simulator state) into a ``TrajectoryPool`` and
-replaces the reward with the reward model's ``r(obs, act)``, or passes the true reward through when
+replaces the reward with the learned reward of the step, or passes the true reward through when
 ``reward_model`` is None (the true-reward baselines run through the same code path).
 
 The reward model is evaluated once per step for the whole batch. On a device-side backend
@@ -13,6 +13,7 @@ batch's device, instead of going through numpy.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Any, Protocol, cast
 
@@ -23,7 +24,9 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from pbrl.data.pool import TrajectoryPool
+from pbrl.errors import ConfigError
 from pbrl.rewards.base import RewardModel
+from pbrl.rewards.dispatch import Steps, score_steps, score_steps_on_device, step_fields
 from pbrl.sim.probe import probe_env
 
 
@@ -89,27 +92,50 @@ def random_rollout_pool(env_id: str, steps: int, seed: int = 0) -> TrajectoryPoo
 
 
 class PreferenceVecEnv(VecEnvWrapper):
-    def __init__(self, venv: VecEnv, pool: TrajectoryPool | None, reward_model: RewardModel | None):
+    """Records each step into the pool and hands the agent the learned reward of the step
+    (:func:`pbrl.rewards.dispatch.score_steps`: whatever the model's kind reads: ``(obs, act)``,
+    the frame of the state the step reached, the step's reward factors), or the true reward
+    when ``reward_model`` is None.
+
+    What the kind reads beyond ``(obs, act)`` is also put in each step's ``info`` under
+    ``step_<field>`` (:func:`pbrl.rewards.dispatch.step_fields`), so a replay buffer can keep
+    it and relabel its transitions after a reward update. ``reward_s`` and ``scored`` count the
+    time spent scoring and the steps scored (``time/reward_steps_per_s``)."""
+
+    def __init__(
+        self, venv: VecEnv, pool: TrajectoryPool | None, reward_model: RewardModel | None
+    ) -> None:
         super().__init__(venv)
         self.pool, self.reward_model = pool, reward_model
+        self.fields = step_fields(reward_model) if reward_model is not None else ()
+        if "qpos" in self.fields and sim_state(venv) is None:
+            raise ConfigError(
+                f"reward {type(reward_model).__name__} scores rendered frames of the simulator "
+                "state, which this env does not expose: use a MuJoCo env (e.g. env=reacher)"
+            )
+        self.factor_names: tuple[str, ...] = tuple(pool.factor_names) if pool is not None else ()
         self.last_obs: np.ndarray | None = None
         self.actions: np.ndarray | None = None
         self.state: tuple[np.ndarray, np.ndarray] | None = None  # (qpos, qvel) before the step
         self.obs_torch: torch.Tensor | None = None
         self.learned_return = np.zeros(self.num_envs)
         self.learned_episode_returns: deque[float] = deque(maxlen=100)
+        self.reward_s, self.scored = 0.0, 0
+
+    def _needs_state(self) -> bool:
+        return "qpos" in self.fields or (self.pool is not None and self.pool.has_state)
 
     def reset(self) -> np.ndarray:
         obs = cast(np.ndarray, self.venv.reset())  # pbrl's envs have array observations
         self.last_obs = obs
-        if self.pool is not None and self.pool.has_state:
+        if self._needs_state():
             self.state = sim_state(self.venv)
         self.learned_return[:] = 0.0
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self.actions = np.asarray(actions)
-        device_obs = getattr(self.venv, "last_obs_torch", None)
+        device_obs = getattr(self.venv, "last_obs_torch", None)  # a backend's optional batch
         self.obs_torch = None if device_obs is None else device_obs.clone()
         self.venv.step_async(actions)
 
@@ -118,17 +144,23 @@ class PreferenceVecEnv(VecEnvWrapper):
         obs = cast(np.ndarray, step_obs)  # pbrl's envs have array observations
         assert self.last_obs is not None and self.actions is not None, "call reset() first"
         prev_obs, actions = self.last_obs, self.actions
+        reached = self._reached(dones, infos) if self._needs_state() else None
+        factors = None
+        if self.factor_names:
+            factors = np.array([[info.get(k, 0.0) for k in self.factor_names] for info in infos])
         if self.pool is not None:
-            self._record(prev_obs, actions, obs, true_reward, dones, infos)
-        if self.reward_model is None:
-            reward = true_reward
-        elif self.obs_torch is not None:
-            with torch.no_grad():  # the trainer puts the model on the batch's device
-                dev = self.reward_model.device
-                act = torch.as_tensor(actions, device=dev)
-                reward = self.reward_model.reward(self.obs_torch.to(dev), act).cpu().numpy()
-        else:
-            reward = self.reward_model.predict(prev_obs, actions)
+            self._record(prev_obs, actions, obs, true_reward, dones, infos, factors, reached)
+        if reached is not None:
+            self.state = sim_state(self.venv)
+        reward = true_reward
+        if self.reward_model is not None:
+            reward = self._score(prev_obs, actions, reached, factors)
+            extra = {"qpos": None, "qvel": None, "factors": factors}
+            if reached is not None:
+                extra["qpos"], extra["qvel"] = reached
+            for name in self.fields:
+                for j, info in enumerate(infos):
+                    info[f"step_{name}"] = extra[name][j]  # type: ignore[index]
         self.learned_return += reward
         for i in np.flatnonzero(dones):
             infos[i]["learned_return"] = float(self.learned_return[i])
@@ -139,6 +171,42 @@ class PreferenceVecEnv(VecEnvWrapper):
         self.last_obs = obs
         return obs, reward, dones, infos
 
+    def _score(
+        self,
+        obs: np.ndarray,
+        act: np.ndarray,
+        reached: tuple[np.ndarray, np.ndarray] | None,
+        factors: np.ndarray | None,
+    ) -> np.ndarray:
+        assert self.reward_model is not None
+        t0 = time.perf_counter()
+        on_device = None
+        if self.obs_torch is not None:  # the batch lives on a device (MuJoCo Warp)
+            act_t = torch.as_tensor(act, device=self.obs_torch.device)
+            on_device = score_steps_on_device(self.reward_model, self.obs_torch, act_t)
+        if on_device is not None:
+            reward = on_device.cpu().numpy()
+        else:
+            qpos, qvel = reached if reached is not None else (None, None)
+            reward = score_steps(self.reward_model, Steps(obs, act, qpos, qvel, factors))
+        self.reward_s += time.perf_counter() - t0
+        self.scored += len(reward)
+        return reward
+
+    def _reached(
+        self, dones: np.ndarray, infos: list[dict]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The state each env reached: the next step's start state, except where an episode
+        ended and the env auto-reset; there the backend left the terminal state in the info."""
+        post = sim_state(self.venv)
+        if post is None:
+            return None
+        qpos, qvel = post[0].copy(), post[1].copy()
+        for i in np.flatnonzero(dones):
+            if "terminal_qpos" in infos[i]:
+                qpos[i], qvel[i] = infos[i]["terminal_qpos"], infos[i]["terminal_qvel"]
+        return qpos, qvel
+
     def _record(
         self,
         obs: np.ndarray,
@@ -147,6 +215,8 @@ class PreferenceVecEnv(VecEnvWrapper):
         reward: np.ndarray,
         dones: np.ndarray,
         infos: list[dict],
+        factors: np.ndarray | None,
+        reached: tuple[np.ndarray, np.ndarray] | None,
     ) -> None:
         pool = self.pool
         assert pool is not None
@@ -155,24 +225,9 @@ class PreferenceVecEnv(VecEnvWrapper):
         next_obs = np.array(new_obs, copy=True)
         for i in np.flatnonzero(dones):
             next_obs[i] = infos[i]["terminal_observation"]
-        factors = None
-        if pool.factor_names:
-            factors = np.array([[info.get(k, 0.0) for k in pool.factor_names] for info in infos])
         qpos = qvel = next_qpos = next_qvel = None
-        if self.state is not None:
-            qpos, qvel = self.state
-            # After the step: the next step's start state, except where an episode ended and
-            # the env auto-reset; there the backend left the terminal state in the info.
-            post = sim_state(self.venv)
-            assert post is not None
-            next_qpos, next_qvel = post[0].copy(), post[1].copy()
-            for i in np.flatnonzero(dones):
-                if "terminal_qpos" in infos[i]:
-                    next_qpos[i], next_qvel[i] = (
-                        infos[i]["terminal_qpos"],
-                        infos[i]["terminal_qvel"],
-                    )
-            self.state = post
+        if pool.has_state and self.state is not None and reached is not None:
+            (qpos, qvel), (next_qpos, next_qvel) = self.state, reached
         pool.add(
             obs,
             act,
@@ -180,7 +235,7 @@ class PreferenceVecEnv(VecEnvWrapper):
             next_obs,
             terminated,
             truncated,
-            factors,
+            factors if pool.factor_names else None,
             qpos,
             qvel,
             next_qpos,

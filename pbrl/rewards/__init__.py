@@ -46,6 +46,11 @@ def make_reward_model(
     return model
 
 
+def reward_kind_name(model: RewardModel) -> str:
+    """The ``reward.kind`` a model was built from (its class's entry in ``REWARD_MODELS``)."""
+    return next((k for k, (cls, _) in REWARD_MODELS.items() if type(model) is cls), "")
+
+
 def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
     """A reward model saved by its ``save`` (the file names its kind)."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
@@ -69,4 +74,5 @@ __all__ = [
     "RewardModelConfig",
     "load_reward_model",
     "make_reward_model",
+    "reward_kind_name",
 ]

@@ -1,112 +1,73 @@
-"""The one reward-model interface, and the Bradley–Terry training loop its models share.
+"""Reward kinds: what a reward model reads, declared by its type, and the Bradley–Terry
+training loop the models share.
 
-A reward model scores ``(obs, act)`` and is trained from labeled queries. The MLP ensemble
-(:mod:`pbrl.rewards.ensemble`) and the Preference Transformer
-(:mod:`pbrl.rewards.transformer`) implement :class:`RewardModel`; so do the image and
-reward-factor models that plug in later. Query selection, the online loop, the offline
-runner and evaluation only use this interface.
+Every model is a :class:`RewardModel` (trained from labeled queries, scores segments for
+query selection and accuracy) of exactly one kind, which says what it reads:
+
+* :class:`StateReward`: a per-step reward of ``(obs, act)`` (the MLP ensemble);
+* :class:`ContextReward`: a per-step reward that depends on the steps before it (the
+  Preference Transformer): datasets are relabeled with segment context;
+* :class:`FrameReward`: a per-step reward of the rendered frame of the state a step reached
+  (the image CNN, CLIP);
+* :class:`EpisodeReward`: a reward of whole episodes (RAPL's optimal transport against
+  demonstrations);
+* :class:`LatentReward`: a per-step reward of ``(obs, act)`` conditioned on a user's latent
+  ``z`` inferred from that user's labels (VPL);
+* :class:`FactorReward`: a per-step reward of ``(obs, act)`` and the step's reward-factor
+  values (HERON's official model).
+
+A zero-shot reward (CLIP) also derives from :class:`ZeroShot`: it needs no labels.
+Runs never ask a model what it is: :mod:`pbrl.rewards.dispatch` turns the kind into what a
+run needs (per-step rewards of buffered transitions, a relabeled dataset, episode rewards).
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeGuard, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from pbrl.data import PreferenceDataset, Segments
 
+if TYPE_CHECKING:
+    from pbrl.rewards.frame_cache import FrameCache
 
-@runtime_checkable
-class RewardModel(Protocol):
-    """``inputs`` (a class attribute, optional: ``"state"`` when absent) says what a model
-    scores: ``"state"`` models score ``(obs, act)`` through ``reward``/``predict``;
-    ``"frames"`` models (:class:`FrameReward`) score rendered frames of simulator states and
-    raise ``TypeError`` from ``reward``/``predict``. ``needs_labels`` (optional, True when
-    absent) is False for a zero-shot reward that ``fit`` does not change (``reward=clip``):
-    the online loop then runs it with ``max_feedback=0``."""
+
+class RewardModel(ABC):
+    """What every reward kind offers: ``fit`` on labels, segment scores (hence preference
+    probabilities and accuracy), ``save`` (and a ``load`` classmethod per class)."""
 
     device: torch.device
-    #: True when ``reward(obs, act)`` of one step is the model's reward for that step (an
-    #: MLP); False when a step's reward depends on its history (the Preference Transformer):
-    #: then datasets are relabeled with segment context, not step by step. Frame rewards
-    #: that relabel offline datasets by rendering their states set it False and provide
-    #: ``relabel(data, length)`` (:class:`pbrl.rewards.image.ImageRewardEnsemble`).
-    markovian: bool
+    prob_batch_size: int | None = None  # segments per forward pass (None: all at once)
 
+    @abstractmethod
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
         """One training round on every trainable label; returns ``loss``,
         ``train_accuracy`` and ``epochs`` (logged as ``reward_model/...``)."""
-        ...
 
-    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Per-step reward ``[*batch]`` on the model's device."""
-        ...
-
-    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        """Per-step reward of numpy batches ``obs [B, D]``, ``act [B, A]``."""
-        ...
-
+    @abstractmethod
     def segment_returns(self, segments: Segments) -> torch.Tensor:
         """Predicted segment scores ``[E, N]`` (E ensemble members; 1 for a single model)."""
-        ...
 
-    def preference_probs(self, first: Segments, second: Segments) -> np.ndarray:
-        """P(second ≻ first) per member, ``[E, N]``."""
-        ...
-
-    def accuracy(self, dataset: PreferenceDataset) -> float: ...
-
+    @abstractmethod
     def save(self, path: str | os.PathLike[str]) -> None: ...
 
+    def describe(self) -> dict[str, Any]:
+        """Settings a run reports beside the config (e.g. which backbone was loaded)."""
+        return {}
 
-@runtime_checkable
-class FrameReward(RewardModel, Protocol):
-    """A reward computed from rendered frames (``inputs = "frames"``).
-
-    Frames are rendered square, ``image_size`` pixels, by :class:`pbrl.video.StateRenderer`
-    of ``env_id`` from stored ``qpos``/``qvel``. ``segment_returns`` sums ``frame_reward``
-    over the states reached by each valid action (``qpos[:, 1:]``; padded steps count 0), so
-    ``preference_probs``, ``accuracy`` and query selection work unchanged. The online loop
-    (:mod:`pbrl.online.frames`) renders the state reached after each step and calls
-    ``frame_reward`` with the whole batch of envs. Optional attributes it reads: ``camera``
-    (free-camera overrides: ``distance``, ``elevation``, ``azimuth``, ``lookat``; absent or
-    empty: the renderer's default view) and ``frame_cache`` (a
-    :class:`pbrl.rewards.frame_cache.FrameCache` to render into, so states rendered while
-    stepping are not rendered again for queries and relabeling).
-    """
-
-    inputs: str  # "frames"
-    env_id: str
-    image_size: int
-
-    def frame_reward(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[B, H, W, 3]`` uint8 frames on any device -> reward ``[B]`` float on the model's
-        device (member mean for an ensemble)."""
-        ...
-
-
-def is_frame_reward(model: object) -> TypeGuard[FrameReward]:
-    """Whether ``model`` scores rendered frames (``inputs == "frames"``) rather than states."""
-    return getattr(model, "inputs", "state") == "frames"
-
-
-class PreferenceScoring:
-    """``preference_probs`` and ``accuracy`` from ``segment_returns``, for ``nn.Module``
-    reward models (mixed in before ``nn.Module``)."""
-
-    prob_batch_size: int | None = None  # segments per forward pass (None: all at once)
-
-    def segment_returns(self, segments: Segments) -> torch.Tensor:
-        raise NotImplementedError
+    def close(self) -> None:  # noqa: B027  (an optional hook)
+        """Free what the model holds beside its weights (renderers)."""
 
     @torch.no_grad()
     def preference_probs(self, first: Segments, second: Segments) -> np.ndarray:
         """P(second ≻ first) per member, ``[E, N]``."""
-        cast(torch.nn.Module, self).eval()  # mixed in before nn.Module
+        cast(torch.nn.Module, self).eval()  # every model is an nn.Module too
         n = len(first)
         step = self.prob_batch_size or max(n, 1)
         out = []
@@ -126,6 +87,116 @@ class PreferenceScoring:
         q = dataset.queries[keep]
         p = self.preference_probs(q.first, q.second).mean(0)
         return float(np.mean((p > 0.5) == (dataset.labels[keep] == 1.0)))
+
+
+class StateReward(RewardModel):
+    """A per-step reward of ``(obs, act)``: a step's reward stands alone."""
+
+    @abstractmethod
+    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Per-step reward ``[*batch]`` on the model's device."""
+
+    @abstractmethod
+    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        """Per-step reward of numpy batches ``obs [B, D]``, ``act [B, A]``."""
+
+    def members(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Per-member rewards ``[E, *batch]`` (a single model: ``E = 1``)."""
+        return self.reward(obs, act)[None]
+
+
+class ContextReward(RewardModel):
+    """A per-step reward that depends on the steps before it (no online use)."""
+
+    @abstractmethod
+    def relabel(self, data: Any, length: int) -> np.ndarray:
+        """Reward of every transition of an offline dataset, scored in windows of ``length``."""
+
+
+class FrameReward(RewardModel):
+    """A per-step reward of the rendered frame of the state each step reached.
+
+    Frames are square, ``image_size`` pixels, rendered of ``env_id`` from stored ``qpos``/
+    ``qvel`` through ``frame_cache`` (which keeps recent frames, so a state rendered while
+    stepping is not rendered again for queries and relabeling). ``segment_returns`` sums
+    ``frame_reward`` over the states reached by each valid action (``qpos[:, 1:]``).
+    """
+
+    env_id: str
+    image_size: int
+
+    @property
+    @abstractmethod
+    def frame_cache(self) -> FrameCache:
+        """Renders (and keeps, up to its capacity) the frames this model scores."""
+
+    @abstractmethod
+    def frame_reward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``[B, H, W, 3]`` uint8 frames on any device -> reward ``[B]`` float on the model's
+        device (member mean for an ensemble)."""
+
+    @abstractmethod
+    def relabel(self, data: Any, length: int = 0) -> np.ndarray:
+        """Reward of every transition of an offline dataset (its states rendered)."""
+
+
+class EpisodeReward(RewardModel):
+    """A reward of whole episodes: a step's reward is known once its episode is complete."""
+
+    @abstractmethod
+    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """Per-step rewards ``[B, T]`` of episodes with states ``[B, T + 1, ...]``."""
+
+    @abstractmethod
+    def set_demonstrations(self, segments: Segments) -> None:
+        """The demonstrations the reward compares episodes with."""
+
+
+class LatentReward(RewardModel):
+    """A per-step reward of ``(obs, act)`` conditioned on a user's latent ``z`` (VPL)."""
+
+    latent_dim: int
+
+    @abstractmethod
+    def reward(self, obs: torch.Tensor, act: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-step reward ``[*batch]`` under latent ``z`` (``[Z]`` or ``[*batch, Z]``)."""
+
+    @abstractmethod
+    def infer(self, pairs: PreferenceDataset) -> np.ndarray:
+        """The latent ``z [Z]`` (posterior mean) of the user who labeled ``pairs``."""
+
+
+class FactorReward(RewardModel):
+    """A per-step reward of ``(obs, act)`` and the step's reward-factor values (HERON)."""
+
+    factor_names: tuple[str, ...]
+
+    @abstractmethod
+    def reward(self, obs: torch.Tensor, act: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """Per-step reward ``[*batch]`` from ``factors [*batch, K]`` beside the state."""
+
+
+class ZeroShot:
+    """Mixed into a reward whose ``fit`` learns nothing (CLIP): a run needs no labels."""
+
+
+KINDS: tuple[type[RewardModel], ...] = (
+    StateReward,
+    ContextReward,
+    FrameReward,
+    EpisodeReward,
+    LatentReward,
+    FactorReward,
+)
+
+
+def kind_of(cls: type[RewardModel] | RewardModel) -> type[RewardModel]:
+    """The one kind (a class of :data:`KINDS`) a reward class or model belongs to."""
+    c = cls if isinstance(cls, type) else type(cls)
+    found = [k for k in KINDS if issubclass(c, k)]
+    if len(found) != 1:
+        raise TypeError(f"{c.__name__} must derive from exactly one reward kind, not {found}")
+    return found[0]
 
 
 NOTHING_TO_FIT = {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0, "updates": 0}

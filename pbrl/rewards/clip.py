@@ -31,7 +31,7 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
 from pbrl.errors import ConfigError
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, save_atomically
+from pbrl.rewards.base import NOTHING_TO_FIT, FrameReward, ZeroShot, save_atomically
 from pbrl.rewards.frame_cache import FrameCache, check_camera
 
 # The normalisation of OpenAI's CLIP, which open_clip uses for its LAION models too; an
@@ -285,19 +285,14 @@ def load_open_clip(
     return model, open_clip.get_tokenizer(name)
 
 
-class ClipReward(PreferenceScoring, nn.Module):
+class ClipReward(ZeroShot, FrameReward, nn.Module):
     """VLM-RM: a fixed reward ``R(frame)`` from a CLIP model and goal/baseline prompts.
 
-    A frame reward (``inputs = "frames"``): ``frame_reward(frames)`` scores rendered frames;
+    A zero-shot frame reward: ``frame_reward(frames)`` scores rendered frames;
     ``segment_returns`` renders each segment's states after every action (``qpos[:, 1:]``)
     and sums their rewards over valid steps, so query selection and accuracy work unchanged.
     """
 
-    inputs = "frames"
-    # reward(obs, act) is no step's reward here (it raises): offline datasets are relabeled by
-    # rendering their states (relabel), which the offline runner does for non-Markovian models
-    markovian = False
-    needs_labels = False  # zero-shot: a run needs no teacher and no label budget
     prob_batch_size = 256  # segments per preference_probs pass (rendered in smaller parts)
     goal: torch.Tensor  # buffers
     baseline: torch.Tensor
@@ -341,9 +336,8 @@ class ClipReward(PreferenceScoring, nn.Module):
         self.register_buffer("goal", goal)
         self.register_buffer("baseline", goal.clone() if baseline is None else baseline)
         self.register_buffer("proj", projection(goal, baseline, cfg.alpha))
-        # renders segments' states for segment_returns (queries, test accuracy). Not called
-        # frame_cache: the online loop would store every frame it renders there, and CLIP's
-        # frames are large (150 kB at 224 px) while a zero-shot run rarely scores a state twice.
+        # renders the states it scores; keeps cache_frames of them (0 by default: CLIP's
+        # frames are large, 150 kB at 224 px, and a zero-shot run rarely scores a state twice)
         self.frames: FrameCache | None = None
         if cfg.env_id:
             self.frames = FrameCache(
@@ -374,21 +368,22 @@ class ClipReward(PreferenceScoring, nn.Module):
         """``[B, H, W, 3]`` uint8 frames (any device) -> reward ``[B]`` on the model's device."""
         return vlm_rm_reward(self.embed(frames), self.goal, self.proj)
 
-    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} is a frame reward: use frame_reward(frames)")
-
-    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        raise TypeError(f"{type(self).__name__} is a frame reward: use frame_reward(frames)")
+    @property
+    def frame_cache(self) -> FrameCache:
+        """The renderer of this reward's frames (keeps ``cache_frames`` of them: 0 by default)."""
+        if self.frames is None:
+            raise ValueError("ClipReward has no env_id: set reward.env_id (the config: ${env.id})")
+        return self.frames
 
     # -- segments ----------------------------------------------------------------------------
     @property
     def camera(self) -> dict[str, Any]:
-        """Free-camera overrides the frames are rendered with (read by the online loop)."""
+        """Free-camera overrides the frames are rendered with."""
         return self.config.camera
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
-        """The env's ``gym.make`` arguments for rendering (read by the online loop)."""
+        """The env's ``gym.make`` arguments for rendering."""
         return self.config.env_kwargs
 
     @torch.no_grad()

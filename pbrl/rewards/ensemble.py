@@ -20,7 +20,7 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.rewards.base import (
     NOTHING_TO_FIT,
-    PreferenceScoring,
+    StateReward,
     fit_epochs,
     save_atomically,
     trainable_pairs,
@@ -55,10 +55,9 @@ class RewardModelConfig:
     weight_decay: float = 0.0
 
 
-class RewardEnsemble(PreferenceScoring, nn.Module):
+class RewardEnsemble(StateReward, nn.Module):
     """Reward ensemble; ``reward(obs, act)`` is the member mean used by the policy."""
 
-    markovian = True
     in_mean: torch.Tensor  # input standardization (buffers)
     in_std: torch.Tensor
 

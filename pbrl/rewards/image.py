@@ -47,7 +47,7 @@ from pbrl.data.offline import OfflineDataset
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import (
     NOTHING_TO_FIT,
-    PreferenceScoring,
+    FrameReward,
     fit_epochs,
     save_atomically,
     trainable_pairs,
@@ -175,13 +175,8 @@ def random_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
     return padded[batch, chan, rows, cols]
 
 
-class ImageRewardEnsemble(PreferenceScoring, nn.Module):
+class ImageRewardEnsemble(FrameReward, nn.Module):
     """The image reward ensemble; ``frame_reward`` is the member mean the policy is trained on."""
-
-    inputs = "frames"
-    # reward(obs, act) is no step's reward here; offline datasets are relabeled by rendering
-    # their states (relabel), which the offline runner does for models that are not Markovian
-    markovian = False
 
     def __init__(
         self,
@@ -202,9 +197,13 @@ class ImageRewardEnsemble(PreferenceScoring, nn.Module):
         self.optimizer = torch.optim.Adam(
             self.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
-        self.frame_cache = FrameCache(
+        self._frames = FrameCache(
             cfg.env_id, cfg.image_size, cfg.camera, cfg.env_kwargs, cfg.cache_frames
         )
+
+    @property
+    def frame_cache(self) -> FrameCache:
+        return self._frames
 
     @property
     def camera(self) -> dict[str, Any]:
@@ -240,12 +239,6 @@ class ImageRewardEnsemble(PreferenceScoring, nn.Module):
         """Ensemble-mean reward ``[B]`` of frames ``[B, S, S, 3]`` uint8 (any device)."""
         self.eval()
         return self.members(frames).mean(0)
-
-    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        raise TypeError(f"{type(self).__name__} is a frame reward: use frame_reward(frames)")
-
-    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        raise TypeError(f"{type(self).__name__} is a frame reward: use frame_reward(frames)")
 
     @torch.no_grad()
     def segment_rewards(self, segments: Segments) -> torch.Tensor:

@@ -66,7 +66,7 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.triplets import Triplets, triplets_from_dataset
 from pbrl.errors import ConfigError
-from pbrl.rewards.base import NOTHING_TO_FIT, PreferenceScoring, save_atomically
+from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, save_atomically
 from pbrl.rewards.frame_cache import FrameCache, check_camera
 from pbrl.rewards.ot import COSTS, ot_similarity, ot_step_rewards
 from pbrl.rewards.resnet import (
@@ -326,12 +326,10 @@ class VideoEncoder:
         self.frame_cache.close()
 
 
-class RAPLReward(PreferenceScoring, nn.Module):
+class RAPLReward(EpisodeReward, nn.Module):
     """RAPL's aligned encoder and OT reward (``align: false``: the un-aligned baseline)."""
 
     # the reward of a step depends on its whole episode: see pbrl.online.episodic
-    inputs = "episode_frames"
-    markovian = False
     demo_features: torch.Tensor  # [K, T', 512] backbone features of the demonstrations
 
     def __init__(
@@ -356,6 +354,9 @@ class RAPLReward(PreferenceScoring, nn.Module):
         self.to(self.device)
         self.optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.learning_rate)
         self.prob_batch_size = 256
+
+    def describe(self) -> dict[str, Any]:
+        return {"backbone": self.backbone_info}
 
     @property
     def backbone_info(self) -> dict[str, Any]:
@@ -420,18 +421,6 @@ class RAPLReward(PreferenceScoring, nn.Module):
         """Per-frame rewards ``[T']`` of one video given as frames ``[T, S, S, 3]`` uint8."""
         feats = self.encoder.frame_features(frames)[self.encoder.kept_steps(len(frames))]
         return self.video_rewards(feats[None])[0]
-
-    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        raise TypeError(
-            "RAPLReward scores whole videos (optimal transport couples every frame): use "
-            "episode_rewards(qpos, qvel) or segment_returns(segments), not a state reward"
-        )
-
-    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        raise TypeError(
-            "RAPLReward scores whole videos (optimal transport couples every frame): use "
-            "episode_rewards(qpos, qvel) or segment_returns(segments), not a state reward"
-        )
 
     # -- alignment -------------------------------------------------------------------------------
     def triplet_logits(

@@ -30,7 +30,7 @@ from torch import nn
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.rewards.base import (
     NOTHING_TO_FIT,
-    PreferenceScoring,
+    ContextReward,
     fit_epochs,
     save_atomically,
     trainable_pairs,
@@ -55,8 +55,7 @@ class PreferenceTransformerConfig:
     relabel_stride: int = 0  # 0: half the segment length; 1: PT's exact "last" relabeling
 
 
-class PreferenceTransformer(PreferenceScoring, nn.Module):
-    markovian = False
+class PreferenceTransformer(ContextReward, nn.Module):
     prob_batch_size = 256
     in_mean: torch.Tensor  # input standardization (buffers)
     in_std: torch.Tensor
