@@ -19,11 +19,14 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from pbrl.checkpoint import Checkpoint
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.preferences import oracle_labels
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
 from pbrl.evaluation import EvalResult, Policy, evaluate, peak_rss_mb
 from pbrl.rewards.base import RewardModel
+from pbrl.teachers.base import AsyncTeacher, as_async
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -246,3 +249,138 @@ class Progress:
             self.bar.close()
         elif self.enabled and self.n != self.last_n:
             self._line(self.n, time.time())
+
+
+# -- the run context: what every recipe starts from ------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """Built once per run by :func:`start_run` (after the config was checked): the run's
+    directory, seeds and generator, device, environment, checkpoint, teacher and evaluation.
+    A recipe (``pbrl.online.trainer``, ``pbrl.online.episodic``, ``pbrl.offline.runner``) takes
+    it with its typed settings and reads top to bottom from there."""
+
+    cfg: Any  # the validated DictConfig (recipes read their own groups from it)
+    run_dir: Path
+    name: str
+    seeds: RunSeeds
+    rng: np.random.Generator
+    device: torch.device
+    env: EnvSpec
+    checkpoint: Checkpoint
+    teacher: AsyncTeacher | None  # None when the run asks no teacher
+    evaluation: Evaluation
+    video_root: Path
+    started: float = field(default_factory=time.time)
+
+    def summary(self, algo: str, **values: Any) -> RunSummary:
+        """A :class:`RunSummary` with this run's identity filled in."""
+        return RunSummary(
+            exp=self.name,
+            algo=algo,
+            env_id=self.env.id,
+            seed=self.seeds.seed,
+            started_at=self.started,
+            **values,
+        )
+
+    def teacher_summary(self) -> dict[str, Any] | None:
+        """The summary's ``teacher``: its config with what it reports about itself."""
+        if self.teacher is None:
+            return None
+        return {**plain(self.cfg.teacher), **self.teacher.describe()}
+
+    def close(self) -> None:
+        if self.teacher is not None:
+            self.teacher.close()  # e.g. stops a labeling page served from this process
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One kind of run (``algo.kind``): ``check(cfg)`` turns the config into typed settings
+    (every check that needs no simulation; a bad value is a :class:`ConfigError`),
+    ``asks_teacher(cfg, settings)`` says whether the run needs a teacher, and
+    ``run(ctx, settings)`` trains, evaluates and writes the summary."""
+
+    check: Callable[[Any], Any]
+    asks_teacher: Callable[[Any, Any], bool]
+    run: Callable[[RunContext, Any], dict[str, Any]]
+
+
+def build_teacher(cfg: Any, rng: np.random.Generator) -> AsyncTeacher:
+    """The ``teacher`` group's teacher, behind the asynchronous interface; a bad setting is a
+    :class:`ConfigError` naming its cause."""
+    from hydra.utils import instantiate
+
+    try:
+        return as_async(instantiate(cfg.teacher, rng=rng))
+    except Exception as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(str(cause)) from exc
+
+
+def budget(cfg: Any) -> str:
+    """What a run will spend, read off its config: steps and labels."""
+    kind = str(cfg.algo.get("kind", "online"))
+    steps = f"{int(cfg.total_timesteps)} {'gradient' if kind == 'offline' else 'env'} steps"
+    if not cfg.algo.get("preference", True):
+        return f"{steps}, true reward (no labels)"
+    unit = "triplets" if kind == "episodic" else "queries"
+    return f"{steps}, {int(cfg.max_feedback)} {unit}"
+
+
+def announce(cfg: Any, run_dir: Path) -> None:
+    """The first line of every run, before anything slow: where it writes, on which device,
+    its budget, and whether it resumes (from which step, with how many labels)."""
+    import logging
+
+    from pbrl.checkpoint import Checkpoint
+
+    progress = Checkpoint(run_dir).progress() if cfg.get("resume") else None
+    device = str(cfg.device)
+    if device == "auto":  # torch is imported already: asking it costs nothing
+        device = f"auto ({'cuda' if torch.cuda.is_available() else 'cpu'})"
+    state = (
+        f"resuming from step {progress[0]}, labels {progress[1]}"
+        if progress is not None
+        else "starting fresh"
+    )
+    logging.getLogger("pbrl").info(
+        "run %s: dir %s, device %s, budget %s; %s", cfg.name, run_dir, device, budget(cfg), state
+    )
+
+
+def start_run(cfg: Any, run_dir: Path, asks_teacher: bool) -> RunContext:
+    """The context of a run whose config was checked: seeds everything from ``cfg.seed``, probes
+    the env once, recovers the checkpoint directory, builds the teacher once (when the run
+    asks one), and sets up evaluation."""
+    run_dir = Path(run_dir)
+    started = time.time()
+    rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.get("torch_threads", 0)))
+    teacher_rng = np.random.default_rng(rng.integers(2**63))  # the first draw, as always
+    env = EnvSpec.from_config(plain(cfg.env))
+    checkpoint = Checkpoint(run_dir)
+    checkpoint.recover()
+    teacher = build_teacher(cfg, teacher_rng) if asks_teacher else None
+    name = str(cfg.name)
+    video_root = Path(cfg.video.root) / f"{name}_{run_dir.name}"
+    seeds = RunSeeds(int(cfg.seed))
+    evaluation = Evaluation(
+        env.id,
+        dict(env.kwargs),
+        seeds,
+        int(cfg.eval.n_episodes),
+        int(cfg.eval.random_episodes),
+        int(cfg.eval.get("test_queries", 0)),
+        video_root if cfg.video.enabled else None,
+        (int(cfg.video.width), int(cfg.video.height)),
+    )
+    return RunContext(
+        cfg, run_dir, name, seeds, rng, device, env, checkpoint, teacher, evaluation,
+        video_root, started,
+    )  # fmt: skip

@@ -35,7 +35,9 @@ def check_group_overrides(argv: list[str]) -> None:
             raise ConfigError(f"unknown {key} {value!r}: choose one of {', '.join(choices(key))}")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> tuple[Any, Any]:
+    """Every check that needs no simulation, once: the env, backend, budget and device here,
+    the recipe's own settings in its ``check``. Returns the recipe and its typed settings."""
     import gymnasium as gym
 
     import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
@@ -69,17 +71,6 @@ def validate(cfg: DictConfig) -> None:
     from pbrl.run import resolve_device
 
     resolve_device(str(cfg.device))
-    # Build the teacher once here so an invalid parameter fails before training starts.
-    import numpy as np
-    from hydra.utils import instantiate
-
-    try:
-        instantiate(cfg.teacher, rng=np.random.default_rng(0))
-    except Exception as exc:
-        cause: BaseException = exc
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ConfigError(str(cause)) from exc
     if cfg.algo.get("kind", "online") == "offline":
         try:
             import minari  # noqa: F401
@@ -88,13 +79,9 @@ def validate(cfg: DictConfig) -> None:
                 "offline runs read Minari datasets, which need the offline extra: "
                 "pip install -e '.[offline]'"
             ) from None
-        from pbrl.offline.runner import check
+    from pbrl import recipes
 
-        check(cfg)
-    else:
-        from pbrl.online.trainer import check_config
-
-        check_config(cfg)
+    return recipes.check(cfg)
 
 
 def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
@@ -134,22 +121,19 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
     try:
         if cfg.resume:
             cfg, run_dir = resume_config(cfg)
-            from pbrl.online.checkpoint import Checkpoint
+            from pbrl.checkpoint import Checkpoint
 
             checkpoint = Checkpoint(run_dir)
             checkpoint.recover()
             if checkpoint.complete():
                 checkpoint.verify()  # a damaged checkpoint fails before anything is rewritten
-        validate(cfg)
+        from pbrl import recipes
+        from pbrl.run import announce
+
+        announce(cfg, run_dir)
+        checked = validate(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        if cfg.algo.get("kind", "online") == "offline":
-            from pbrl.offline import run_offline
-
-            summary = run_offline(cfg, run_dir)
-        else:
-            from pbrl.online.trainer import run_online
-
-            summary = run_online(cfg, run_dir)
+        summary = recipes.run(cfg, run_dir, checked)
     except ConfigError as exc:  # Hydra would print a traceback for an Exception
         if run_dir == hydra_dir and not (run_dir / "summary.json").exists():
             discard(run_dir)  # a run that never started leaves no directory behind

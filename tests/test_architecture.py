@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.regret",),  # the delivery domain's planning and preference models
     ("pbrl.video", "pbrl.evaluation", "pbrl.rewards"),
     ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
-    ("pbrl.query", "pbrl.run"),
+    ("pbrl.query", "pbrl.run", "pbrl.checkpoint"),
     ("pbrl.online", "pbrl.offline"),
     ("pbrl.train", "pbrl.label", "pbrl.regret.cli", "pbrl.regret.__main__"),
 ]

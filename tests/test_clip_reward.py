@@ -566,14 +566,14 @@ def run_tiny(tmp_path, monkeypatch, extra: list[str]) -> dict:
         "pbrl.online.frames",
         reason="pbrl.online.frames (online wiring for frame rewards) is missing",
     )
-    from pbrl.online.trainer import run_online
+    from pbrl.recipes import run as run_config
 
     monkeypatch.setitem(REWARD_MODELS, "clip", (InjectedClip, ClipRewardConfig))
     monkeypatch.chdir(tmp_path)
     InjectedClip.scored = []
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[*TINY_ONLINE, *extra])
-    summary = run_online(cfg, tmp_path / "run")
+    summary = run_config(cfg, tmp_path / "run")
     assert summary["total_timesteps"] >= 300
     assert summary["reward_model_test_accuracy"] is not None  # segment_returns on the pool
     online = [s for s in InjectedClip.scored if s[1:] == (32, 32, 3)]
@@ -586,7 +586,7 @@ def run_tiny(tmp_path, monkeypatch, extra: list[str]) -> dict:
 def test_a_label_budget_for_a_zero_shot_reward_is_one_error(tmp_path, monkeypatch):
     """Labels would be asked and thrown away: the trainer refuses before any work."""
     from pbrl.errors import ConfigError
-    from pbrl.online.trainer import check_config
+    from pbrl.recipes import check as check_config
 
     monkeypatch.setitem(REWARD_MODELS, "clip", (InjectedClip, ClipRewardConfig))
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

@@ -182,14 +182,14 @@ def test_prefppo_runs_on_heron_labels(tmp_path, monkeypatch):
     """HERON drives PrefPPO too (the hopper exp with algo=prefppo, at a tiny budget)."""
     from conftest import compose_exp
 
-    from pbrl.online.trainer import run_online
+    from pbrl.recipes import run as run_config
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_exp(
         "heron_hopper",
         ["algo=prefppo", "n_envs=2", "algo.kwargs.n_steps=32", "algo.kwargs.batch_size=32"],
     )
-    summary = run_online(cfg, tmp_path / "run")
+    summary = run_config(cfg, tmp_path / "run")
     assert summary["algo"] == "prefppo" and summary["num_labels"] > 0
     assert summary["teacher"]["ranking"] == ["survive", "forward", "ctrl"]
     levels = summary["teacher"]["decided_by_level"]
@@ -228,7 +228,7 @@ PENDULUM = [
 def test_heron_ranking_steers_pendulum(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from pbrl.online.trainer import run_online
+    from pbrl.recipes import run as run_config
     from pbrl.train import CONF_DIR
 
     monkeypatch.chdir(tmp_path)
@@ -236,7 +236,7 @@ def test_heron_ranking_steers_pendulum(tmp_path, monkeypatch):
     for name, directions in (("ranked", "[true,true,true]"), ("reversed", "[false,true,true]")):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[*PENDULUM, f"teacher.higher_is_better={directions}"])
-        summary = run_online(cfg, tmp_path / name)
+        summary = run_config(cfg, tmp_path / name)
         totals[name] = summary["eval_factor_totals"]["angle"]
         if name == "ranked":
             random = summary["random_true_return_mean"]

@@ -21,7 +21,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pbrl.data.offline import Episode, save_minari
-from pbrl.offline import run_offline
+from pbrl.recipes import run as run_config
 
 pytest.importorskip("minari", reason="offline datasets need the `offline` extra (minari[hdf5])")
 pytestmark = pytest.mark.slow
@@ -144,7 +144,7 @@ def run(exp: str, store: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"+exp={exp}", *RUN, *METHODS.get(exp, [])])
-    return run_offline(cfg, run_dir)
+    return run_config(cfg, run_dir)
 
 
 def test_cloning_the_mixture_fails(

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from pbrl.data.offline import load_dataset
-from pbrl.offline import run_offline
+from pbrl.recipes import run as run_config
 
 pytest.importorskip("minari", reason="offline datasets need the `offline` extra (minari[hdf5])")
 
@@ -164,7 +164,7 @@ def test_offline_experiment_runs(exp: str, store, tmp_path, monkeypatch) -> None
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     cfg = compose_exp(exp, [*TINY_RUN, f"dataset.id={TINY}/hopper/medium-replay-v0"])
     assert cfg.algo.kind == "offline"
-    summary = run_offline(cfg, tmp_path)
+    summary = run_config(cfg, tmp_path)
     assert SUMMARY_KEYS <= set(summary)
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert summary["total_timesteps"] == 12 and summary["exp"] == exp
@@ -183,10 +183,10 @@ def test_offline_experiment_runs(exp: str, store, tmp_path, monkeypatch) -> None
 def test_resume_continues_from_the_checkpoint(store, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     root, _ = store
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    first = run_offline(compose_exp("offline_tiny", TINY_RUN), tmp_path)
+    first = run_config(compose_exp("offline_tiny", TINY_RUN), tmp_path)
     assert not first["resumed"]
     labels = (tmp_path / "preferences.npz").read_bytes()
-    again = run_offline(
+    again = run_config(
         compose_exp("offline_tiny", [*TINY_RUN[:2], "total_timesteps=18", *TINY_RUN[3:]]), tmp_path
     )
     assert again["resumed"] and again["total_timesteps"] == 18
@@ -248,5 +248,5 @@ def test_labels_from_a_file(store, tmp_path, monkeypatch) -> None:  # type: igno
     for path in (npz, tmp_path / "labels.csv"):
         run_dir = tmp_path / path.suffix[1:]
         cfg = compose_exp("offline_tiny", [*TINY_RUN, "algo=cpl", f"dataset.preferences={path}"])
-        summary = run_offline(cfg, run_dir)
+        summary = run_config(cfg, run_dir)
         assert summary["teacher"]["source"] == "file" and summary["num_queries"] == 12

@@ -16,7 +16,7 @@ import yaml
 from conftest import compose_exp
 from hydra import compose, initialize_config_dir
 
-from pbrl.online.trainer import run_online
+from pbrl.recipes import run as run_config
 from pbrl.train import CONF_DIR
 
 EXPS = sorted(p.stem for p in (CONF_DIR / "exp").glob("*.yaml"))
@@ -53,7 +53,7 @@ def test_every_online_experiment_runs_tiny(name, tmp_path, monkeypatch):
     # reward factors
     faster = "halfcheetah" in name and not name.startswith("heron")
     cfg = compose_exp(name, ["env.id=InvertedPendulum-v5"] if faster else [])
-    summary = run_online(cfg, tmp_path / "run")
+    summary = run_config(cfg, tmp_path / "run")
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     for key in (
@@ -99,7 +99,7 @@ def test_early_terminating_env_pads_segments(sim, tmp_path, monkeypatch):
             "n_envs=2",
         ],
     )
-    summary = run_online(cfg, tmp_path / "run")
+    summary = run_config(cfg, tmp_path / "run")
     from pbrl.data import PreferenceDataset
 
     ds = PreferenceDataset.load(tmp_path / "run" / "checkpoint" / "preferences.npz")
@@ -125,7 +125,7 @@ def test_prefppo_runs_on_batched_backends(sim, tmp_path, monkeypatch):
     cfg = compose_exp(
         "prefppo_halfcheetah", [f"sim={sim}", "n_envs=4", "video.enabled=false", "device=cpu"]
     )
-    summary = run_online(cfg, tmp_path / "run")
+    summary = run_config(cfg, tmp_path / "run")
     assert summary["num_labels"] > 0 and summary["total_timesteps"] >= 300
     from pbrl.data import PreferenceDataset
 
@@ -151,7 +151,7 @@ def test_relabeling_makes_buffer_rewards_equal_model_outputs(tmp_path, monkeypat
 
     monkeypatch.setattr(pebble.EntropyReplayBuffer, "relabel", spy)
     monkeypatch.chdir(tmp_path)
-    run_online(compose_exp("quickstart", ["video.enabled=false"]), tmp_path / "run")
+    run_config(compose_exp("quickstart", ["video.enabled=false"]), tmp_path / "run")
     assert seen["n"] > 0 and seen["max_err"] < 1e-6
 
 

@@ -366,8 +366,12 @@ def test_rapl_reward_fits_scores_and_refuses_bad_input(tmp_path, backbone_file):
         RAPLInputError, match=r"uint8 \[B, 64, 64, 3\].*got torch.uint8 \(2, 112, 112, 3\)"
     ):
         model.encoder.frame_features(np.zeros((2, 112, 112, 3), np.uint8))
-    with pytest.raises(TypeError, match="whole videos"):
-        model.predict(pool.obs[0], pool.act[0])
+    from pbrl.errors import ConfigError
+    from pbrl.rewards.dispatch import Steps, score_steps, scores_episodes, scores_steps
+
+    assert scores_episodes(model) and not scores_steps(model)
+    with pytest.raises(ConfigError, match="EpisodeReward: it has no reward of a single step"):
+        score_steps(model, Steps(pool.obs[0], pool.act[0]))
     with pytest.raises(RuntimeError, match="no demonstration"):
         model.segment_returns(pool)
     q = sample_triplets(pool, 4, rng)
@@ -389,15 +393,7 @@ def test_rapl_reward_fits_scores_and_refuses_bad_input(tmp_path, backbone_file):
 
 
 # -- episode-level relabeling in PPO ---------------------------------------------------------------
-class StepIndexReward:
-    """A fake episode reward: step t of every episode earns t + 1."""
-
-    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-        b, t1, _ = qpos.shape
-        return np.tile(np.arange(1, t1, dtype=np.float64), (b, 1))
-
-    def set_demonstrations(self, segments: object) -> None:
-        pass
+from fake_rewards import StepIndexReward  # noqa: E402
 
 
 def test_episodic_relabel_writes_episode_rewards_into_the_rollout_and_recomputes_gae():
@@ -447,7 +443,7 @@ def compose_cfg(exp: str, overrides: list[str] | None = None):
 )
 def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     """Every rapl_* exp end to end (reward=image: the RLHF baseline's policy, same pipeline)."""
-    from pbrl.online.trainer import run_online
+    from pbrl.recipes import run as run_config
     from pbrl.train import validate
 
     length = 50 if exp == "rapl_sweep" else 100
@@ -480,7 +476,7 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
         ],
     )
     validate(cfg)
-    summary = run_online(cfg, tmp_path)
+    summary = run_config(cfg, tmp_path)
     assert summary["algo"] == "rapl" and summary["total_timesteps"] == length
     assert summary["num_queries"] == 6  # 2 triplets = 6 pairs
     assert summary["heldout_videos"] == 3 and "heldout_spearman" in summary
@@ -502,7 +498,7 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
 
     from pbrl.data.store import LabelStore
     from pbrl.gui.server import BackgroundServer
-    from pbrl.online.trainer import run_online
+    from pbrl.recipes import run as run_config
 
     store = tmp_path / "labels.sqlite"
     LabelStore(store)
@@ -532,7 +528,7 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
         person = ScriptedPerson(server.url, store)
         person.start()
         cfg = compose_cfg("rapl_sweep", [*tiny, "teacher.wait_timeout_s=120"])
-        summary = run_online(cfg, tmp_path / "run")
+        summary = run_config(cfg, tmp_path / "run")
         person.stop.set()
     assert not person.errors, person.errors
     assert len(person.answered) == 3  # three triplet leases, one ranking each
@@ -547,7 +543,7 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
     cfg = compose_cfg("rapl_sweep", [*tiny, f"teacher.store={tmp_path}/empty.sqlite",
                                      "teacher.wait_timeout_s=1", "seed=3"])  # fmt: skip
     with pytest.raises(ConfigError, match="none of the 3 triplets"):
-        run_online(cfg, tmp_path / "run2")
+        run_config(cfg, tmp_path / "run2")
 
 
 def test_rapl_exp_settings_are_checked_before_any_work(backbone_file):

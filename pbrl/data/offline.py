@@ -448,6 +448,7 @@ def scripted_preferences(
     teacher: Callable[[Queries], np.ndarray],
     rng: np.random.Generator,
     tie_threshold: float = 0.0,
+    annotator: str = "",
 ) -> PreferenceDataset:
     """Uni-RLHF's scripted labels: ``num_queries`` random pairs of single-episode segments,
     labeled by ``teacher`` (a B-Pref :class:`~pbrl.teachers.ScriptedTeacher`), then 0.5
@@ -459,7 +460,7 @@ def scripted_preferences(
     if tie_threshold > 0:
         close = np.abs(queries.first.returns() - queries.second.returns()) <= tie_threshold
         labels = np.where(close & ~np.isnan(labels), 0.5, labels)
-    name = getattr(teacher, "__class__", type(teacher)).__name__
+    name = annotator or type(teacher).__name__
     return PreferenceDataset(queries, labels, np.full(num_queries, name))
 
 

@@ -7,13 +7,13 @@
 * :mod:`pbrl.offline.dtr` — DTR (normalized reward ensemble, decision transformer + twin Q);
 * :mod:`pbrl.offline.bc` — behavior cloning.
 
-:func:`run_offline` is what ``python -m pbrl.train`` calls for ``algo.kind: offline``;
+``pbrl.offline.runner.RECIPE`` is what ``python -m pbrl.train`` runs for ``algo.kind: offline``;
 :data:`ALGORITHMS` maps ``algo.name`` to each algorithm's config dataclass and ``build``.
 Problems with the config or the data are :class:`pbrl.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
-from pbrl.offline.runner import ALGORITHMS, OfflineAlgorithm, run_offline
+from pbrl.offline.runner import ALGORITHMS, OfflineAlgorithm
 
-__all__ = ["ALGORITHMS", "OfflineAlgorithm", "run_offline"]
+__all__ = ["ALGORITHMS", "OfflineAlgorithm"]

@@ -11,6 +11,7 @@ with ``total_timesteps`` counting gradient steps, plus dataset facts and normali
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,8 +21,6 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
@@ -34,7 +33,8 @@ from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model, reward_kind_name
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import relabel_dataset, state_reward_fn
-from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, label_stats, plain, setup
+from pbrl.run import Progress, Recipe, RunContext, label_stats, plain
+from pbrl.teachers.base import AsyncTeacher
 
 C = TypeVar("C", bound=OfflineAlgoConfig)
 
@@ -75,7 +75,11 @@ ALGORITHMS: dict[str, OfflineAlgorithm[Any]] = {
 
 
 def make_labels(
-    cfg: DictConfig, data: OfflineDataset, rng: np.random.Generator, run_dir: Path
+    cfg: DictConfig,
+    data: OfflineDataset,
+    rng: np.random.Generator,
+    run_dir: Path,
+    teacher: AsyncTeacher | None,
 ) -> PreferenceDataset:
     """The run's preference labels: a user's file (``dataset.preferences``), or scripted ones."""
     saved = run_dir / "preferences.npz"
@@ -91,21 +95,15 @@ def make_labels(
         if cfg.max_feedback and len(prefs) > cfg.max_feedback:
             prefs = prefs[np.arange(int(cfg.max_feedback))]
     else:
-        teacher_rng = np.random.default_rng(rng.integers(2**63))
-        try:
-            teacher = instantiate(cfg.teacher, rng=teacher_rng)
-        except InstantiationException as exc:  # a bad teacher setting: report its cause
-            cause: BaseException = exc
-            while cause.__cause__ is not None:
-                cause = cause.__cause__
-            raise ConfigError(str(cause)) from exc
+        assert teacher is not None  # asks_teacher
         prefs = scripted_preferences(
             data,
             int(cfg.max_feedback),
             length,
-            teacher,
+            lambda q: teacher.answer_all(q).labels,
             rng,
             float(cfg.dataset.get("tie_threshold", 0.0)),
+            teacher.name,
         )
     prefs.save(saved)
     return prefs
@@ -221,20 +219,20 @@ def check_segment_length(data: OfflineDataset, length: int, needed: bool) -> Non
         )
 
 
-def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and evaluate one offline run; writes ``summary.json`` into ``run_dir``.
+def asks_teacher(cfg: DictConfig, config: OfflineAlgoConfig) -> bool:
+    """Whether the run asks a teacher: it learns from labels that no file gives."""
+    return config.preference and not cfg.dataset.get("preferences")
+
+
+def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
+    """Train and evaluate one offline run from its context; writes ``summary.json``.
 
     A problem with the config or the data (unknown algo or dataset, malformed label file,
     wrong env) is a :class:`pbrl.errors.ConfigError` naming the problem and the fix.
     """
-    started = time.time()
-    run_dir = Path(run_dir)
+    cfg, run_dir, rng, device = ctx.cfg, ctx.run_dir, ctx.rng, ctx.device
     ckpt_dir = run_dir / "checkpoint"
-    config = check(cfg)
     algorithm = ALGORITHMS[config.name]
-    rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.get("torch_threads", 0)))
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    env_kwargs = plain(cfg.env.kwargs)
     segment_length = int(cfg.feedback.segment_length)
 
     # --- data and labels -----------------------------------------------------------------
@@ -247,7 +245,8 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_segment_length(true_data, segment_length, config.preference)
     labels = None
     if config.preference:
-        labels = require_labels(make_labels(cfg, true_data, rng, run_dir), config.name)
+        labels = require_labels(make_labels(cfg, true_data, rng, run_dir, ctx.teacher), config.name)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)  # the data loaded: the run starts
     # a preference learner never sees the true reward: it is only for oracles and evaluation
     data = (
         true_data.with_rewards(np.full(len(true_data), np.nan, np.float32))
@@ -303,19 +302,11 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             {"trainer": trainer.state_dict(), "generator": gen.get_state(), "step": step}, tmp
         )
         tmp.replace(ckpt_dir / "trainer.pt")
+        progress = ckpt_dir / "progress.json.tmp"  # read by the start-of-run announcement
+        progress.write_text(json.dumps({"step": step}))
+        progress.replace(ckpt_dir / "progress.json")
 
-    evaluation = Evaluation(
-        str(cfg.env.id),
-        env_kwargs,
-        RunSeeds(int(cfg.seed)),
-        n_episodes=int(cfg.eval.n_episodes),
-        random_episodes=int(cfg.eval.random_episodes),
-        test_queries=int(cfg.eval.test_queries),
-        video_dir=(
-            Path(cfg.video.root) / f"{cfg.name}_{run_dir.name}" if cfg.video.enabled else None
-        ),
-        video_size=(int(cfg.video.width), int(cfg.video.height)),
-    )
+    evaluation = ctx.evaluation
 
     def eval_now(step: int, video_name: str) -> EvalResult:
         agent = trainer.agent()
@@ -381,11 +372,8 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     scores = true_data.normalized_score(np.asarray(ev.true_returns))
     d4rl = true_data.d4rl_normalized_score(np.asarray(ev.true_returns))
-    return RunSummary(
-        exp=str(cfg.name),
-        algo=config.name,
-        env_id=str(cfg.env.id),
-        seed=int(cfg.seed),
+    summary = ctx.summary(
+        config.name,
         total_timesteps=total,
         num_labels=0 if labels is None else len(labels.trainable),
         num_queries=0 if labels is None else len(labels),
@@ -400,7 +388,6 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         videos=([ev.video] if ev.video else []) + videos,
         tensorboard_dir=str(tb_dir),
         resumed=resumed,
-        started_at=started,
         extra={
             "dataset_id": str(cfg.dataset.id),
             "dataset_transitions": len(true_data),
@@ -414,3 +401,8 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "train_time_s": train_time,
         },
     ).write(run_dir)
+    ctx.close()
+    return summary
+
+
+RECIPE = Recipe(check, asks_teacher, run)

@@ -28,13 +28,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -45,9 +43,9 @@ from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.triplets import new_triplet_ids, sample_triplets
 from pbrl.envs.rollouts import EXPERTS, collect_episodes, task_success
 from pbrl.errors import ConfigError, make_config
-from pbrl.online.callbacks import ProgressCallback, deterministic_policy
+from pbrl.online.callbacks import CheckpointCallback, ProgressCallback, deterministic_policy
 from pbrl.online.logs import run_logger
-from pbrl.rewards import REWARD_MODELS, make_reward_model
+from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import (
     episode_rewards,
@@ -55,9 +53,8 @@ from pbrl.rewards.dispatch import (
     set_demonstrations,
     uses_demonstrations,
 )
-from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, setup
+from pbrl.run import Progress, Recipe, RunContext, plain
 from pbrl.sim import make_vec_env
-from pbrl.teachers.base import AsyncTeacher
 
 log = logging.getLogger("pbrl")
 
@@ -109,10 +106,6 @@ class EpisodicSettings:
             raise ConfigError("episodic.n_demos and episodic.frame_stride must be >= 1")
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
-
-
 def fixed_episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
     """The env's time limit: every episode's length (the env never terminates earlier)."""
     import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
@@ -126,14 +119,14 @@ def fixed_episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
     return int(limit)
 
 
-def check_config(cfg: DictConfig) -> tuple[EpisodicAlgo, EpisodicSettings]:
+def check(cfg: DictConfig) -> tuple[EpisodicAlgo, EpisodicSettings]:
     """Typed settings of an episodic (RAPL) run, after every check without simulation."""
-    algo = make_config(EpisodicAlgo, _plain(cfg.algo), "algo")
-    settings = make_config(EpisodicSettings, _plain(cfg.get("episodic")), "episodic")
+    algo = make_config(EpisodicAlgo, plain(cfg.algo), "algo")
+    settings = make_config(EpisodicSettings, plain(cfg.get("episodic")), "episodic")
     for key in ("n_envs", "total_timesteps", "max_feedback"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"{key}={cfg[key]} must be positive (max_feedback: triplets)")
-    reward = _plain(cfg.reward)
+    reward = plain(cfg.reward)
     kind = str(reward.pop("kind", ""))
     cls = REWARD_MODELS[kind][0] if kind in REWARD_MODELS else None
     if cls is None or not scores_episodes(cls):
@@ -143,7 +136,7 @@ def check_config(cfg: DictConfig) -> tuple[EpisodicAlgo, EpisodicSettings]:
         )
     make_config(REWARD_MODELS[kind][1], reward, "reward")
     env_id = str(cfg.env.id)
-    length = fixed_episode_length(env_id, _plain(cfg.env.kwargs) or {})
+    length = fixed_episode_length(env_id, plain(cfg.env.kwargs) or {})
     n_steps = int(algo.kwargs.get("n_steps", 2048))
     if n_steps % length:
         raise ConfigError(
@@ -226,6 +219,15 @@ class EpisodicRelabel(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+    def state_dict(self) -> dict[str, Any]:
+        s = self.scale
+        return {"mean": float(s.mean), "var": float(s.var), "count": float(s.count)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale.mean = np.asarray(state["mean"], dtype=np.float64)
+        self.scale.var = np.asarray(state["var"], dtype=np.float64)
+        self.scale.count = float(state["count"])
+
     def _on_rollout_end(self) -> None:
         t0 = time.time()
         buffer = cast(PPO, self.model).rollout_buffer
@@ -300,101 +302,123 @@ def success_rate(
 
 
 # -- the RAPL run ---------------------------------------------------------------------------------
-def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    started = time.time()
-    run_dir = Path(run_dir)
-    algo, settings = check_config(cfg)
-    if cfg.get("resume"):
-        raise ConfigError("episodic runs cannot resume yet: start the run again")
-    rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.torch_threads))
-    env_id, env_kwargs = str(cfg.env.id), _plain(cfg.env.kwargs) or {}
-    seed, name = int(cfg.seed), str(cfg.name)
-    eps = (settings.eps_min, settings.eps_max)
+def asks_teacher(cfg: DictConfig, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> bool:
+    return True  # the triplets are ranked before the policy learns
 
-    # --- behaviour videos and triplets ranked by the teacher ----------------------------------
-    teacher = instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63)))
-    if not callable(teacher):
-        raise ConfigError(
-            "episodic runs ask for all triplets before training: use a teacher that answers "
-            "them all (teacher=triplet, a scripted or VLM teacher, or teacher=human: people "
-            f"rank them on the labeling page), not {type(teacher).__name__}"
-        )
-    pool = collect_episodes(env_id, settings.pool_episodes, seed, rng, eps, env_kwargs, name)
-    n_triplets = int(cfg.max_feedback)
-    queries = sample_triplets(pool, n_triplets, rng, new_triplet_ids(n_triplets, rng))
-    try:
-        # teacher=human: the triplets go to the label store and this waits (teacher.wait_timeout_s)
-        # until people have ranked them on the labeling page
-        labels = teacher(queries)
-    finally:
-        if isinstance(teacher, AsyncTeacher):
-            teacher.close()
-    prefs = PreferenceDataset(queries, labels, np.full(len(queries), type(teacher).__name__))
-    prefs.save(run_dir / "preferences.npz")
+
+def _ask_triplets(ctx: RunContext, settings: EpisodicSettings) -> PreferenceDataset:
+    """Behaviour episodes, triplets cut from them, ranked by the teacher (saved at once)."""
+    saved = ctx.run_dir / "preferences.npz"
+    if saved.exists():  # a resumed run keeps the rankings it was given
+        return PreferenceDataset.load(saved)
+    env, rng, teacher = ctx.env, ctx.rng, ctx.teacher
+    assert teacher is not None  # asks_teacher
+    eps = (settings.eps_min, settings.eps_max)
+    pool = collect_episodes(
+        env.id, settings.pool_episodes, ctx.seeds.seed, rng, eps, dict(env.kwargs), ctx.name
+    )
+    n = int(ctx.cfg.max_feedback)
+    queries = sample_triplets(pool, n, rng, new_triplet_ids(n, rng))
+    # teacher=human: the triplets go to the label store and this waits (teacher.wait_timeout_s)
+    # until people have ranked them on the labeling page
+    prefs = teacher.answer_all(queries)
+    prefs.save(saved)
     if not len(prefs.trainable):
         raise ConfigError(
-            f"none of the {n_triplets} triplets was ranked (teacher {type(teacher).__name__}): "
-            "nothing to learn a reward from. With teacher=human, rank them on the labeling page "
+            f"none of the {n} triplets was ranked: nothing to learn a reward from (the rankings "
+            f"asked are kept in {saved}). With teacher=human, rank them on the labeling page "
             "(teacher.serve=true, or python -m pbrl.label serve --store ...) and raise "
-            "teacher.wait_timeout_s (null: wait until all are ranked)"
+            "teacher.wait_timeout_s (null: wait until all are ranked), then resume"
         )
+    return prefs
+
+
+def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dict[str, Any]:
+    """The episodic recipe (RAPL): triplets ranked first, the reward aligned on them and
+    frozen, then PPO on it, relabeled per episode. Resumes from the labels, the reward, or
+    the last PPO checkpoint, whichever the run reached."""
+    cfg, rng, device, env = ctx.cfg, ctx.rng, ctx.device, ctx.env
+    algo, episodic = settings
+    seed = ctx.seeds.seed
+    checkpoint = ctx.checkpoint
+    state: dict[str, Any] = checkpoint.read_state() if checkpoint.complete() else {}
+    prefs = _ask_triplets(ctx, episodic)
+    demos: Segments | None = None
+    with_demos = False
 
     # --- the reward: demonstrations, alignment, held-out correlation ---------------------------
-    probe = gym.make(env_id, **env_kwargs)
-    obs_dim = int(np.prod(probe.observation_space.shape or (0,)))
-    act_dim = int(np.prod(probe.action_space.shape or (0,)))
-    probe.close()
-    reward_model = make_reward_model(_plain(cfg.reward), obs_dim, act_dim, device)
-    # a per-frame reward (reward=image) is trained on the triplets' pairs, needs no demos
-    with_demos = uses_demonstrations(reward_model)
-    demos: Segments | None = None
-    if with_demos and settings.demos == "expert":
-        demos = collect_episodes(
-            env_id, settings.n_demos, seed + 50_000, rng, (0.0, 0.0), env_kwargs, name
+    if state:  # aligned before the kill: the checkpoint holds it
+        rng.bit_generator.state = state["rng"]
+        reward_model = load_reward_model(checkpoint.dir / "reward_model.pt", device)
+        fit, rho, with_demos = state["reward_fit"], float(state["heldout_spearman"]), True
+        with_demos = uses_demonstrations(reward_model)
+    else:
+        reward_model = make_reward_model(plain(cfg.reward), env.obs_dim, env.act_dim, device, env)
+        # a per-frame reward (reward=image) is trained on the triplets' pairs, needs no demos
+        with_demos = uses_demonstrations(reward_model)
+        if with_demos and episodic.demos == "expert":
+            demos = collect_episodes(
+                env.id, episodic.n_demos, seed + 50_000, rng, (0.0, 0.0), dict(env.kwargs), ctx.name
+            )
+            set_demonstrations(reward_model, demos)
+        fit = reward_model.fit(prefs, rng)
+        eps = (episodic.eps_min, episodic.eps_max)
+        heldout = collect_episodes(
+            env.id, episodic.heldout_episodes, seed + 100_000, rng, eps, dict(env.kwargs), ctx.name
         )
-        set_demonstrations(reward_model, demos)
-    fit = reward_model.fit(prefs, rng)
-    heldout = collect_episodes(
-        env_id, settings.heldout_episodes, seed + 100_000, rng, eps, env_kwargs, name
-    )
-    predicted = reward_model.segment_returns(heldout).mean(0).cpu().numpy()
-    rho = spearman(predicted, heldout.returns())
-    reward_model.save(run_dir / "reward_model.pt")
-    log.info("reward: Spearman %.3f with the true return on %d held-out videos", rho, len(heldout))
+        predicted = reward_model.segment_returns(heldout).mean(0).cpu().numpy()
+        rho = spearman(predicted, heldout.returns())
+        log.info(
+            "reward: Spearman %.3f with the true return on %d held-out videos", rho, len(heldout)
+        )
+    reward_model.save(ctx.run_dir / "reward_model.pt")
 
     # --- the policy: PPO on the learned reward, relabeled per episode --------------------------
-    venv = make_vec_env("gymnasium", env_id, int(cfg.n_envs), seed, **env_kwargs)
+    venv = make_vec_env("gymnasium", env.id, int(cfg.n_envs), seed, **env.kwargs)
     recorder = EpisodeRecorder(venv)
-    env: VecEnv = recorder
-    if algo.normalize_obs:
-        env = VecNormalize(recorder, norm_obs=True, norm_reward=False)
-    model = PPO("MlpPolicy", env, seed=seed, device=device, verbose=0, **algo.kwargs)
-    tb_dir = run_dir / "tb"
-    model.set_logger(run_logger(tb_dir))
-    callbacks: list[BaseCallback] = [EpisodicRelabel(recorder, reward_model, algo.normalize_reward)]
+    policy_env: VecEnv = recorder
+    if state:
+        model = PPO.load(checkpoint.dir / "model.zip", env=None, device=device)
+        if algo.normalize_obs:
+            policy_env = VecNormalize.load(str(checkpoint.dir / "vecnormalize.pkl"), recorder)
+        model.set_env(policy_env)
+    else:
+        if algo.normalize_obs:
+            policy_env = VecNormalize(recorder, norm_obs=True, norm_reward=False)
+        model = PPO("MlpPolicy", policy_env, seed=seed, device=device, verbose=0, **algo.kwargs)
+    tb_dir = ctx.run_dir / "tb"
+    model.set_logger(run_logger(tb_dir, int(state["num_timesteps"]) if state else None))
+    relabel = EpisodicRelabel(recorder, reward_model, algo.normalize_reward)
+    if state:
+        relabel.load_state_dict(state["relabel"])
+
+    def save(step: int) -> None:
+        extra = {"rng": rng.bit_generator.state, "reward_fit": fit, "heldout_spearman": rho}
+        checkpoint.save(model, None, reward_model, {"num_timesteps": step, **extra,
+                                                     "relabel": relabel.state_dict()})  # fmt: skip
+
+    done = int(state.get("num_timesteps", 0))
+    if not state:
+        save(0)  # the aligned reward survives a kill during PPO
+    callbacks: list[BaseCallback] = [
+        relabel,
+        CheckpointCallback(int(cfg.checkpoint_every), save, last=done),
+    ]
     if cfg.progress_bar:
-        callbacks.append(ProgressCallback(Progress(int(cfg.total_timesteps), name)))
-    model.learn(int(cfg.total_timesteps), callback=CallbackList(callbacks))
-    (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
-    model.save(run_dir / "checkpoint" / "model.zip")
+        callbacks.append(ProgressCallback(Progress(int(cfg.total_timesteps), ctx.name, done)))
+    if int(cfg.total_timesteps) > done:
+        model.learn(
+            int(cfg.total_timesteps) - done,
+            callback=CallbackList(callbacks),
+            reset_num_timesteps=not state,
+        )
+    save(int(model.num_timesteps))
 
     # --- evaluation on the true reward ---------------------------------------------------------
-    seeds = RunSeeds(seed)
-    video_root = Path(cfg.video.root) / f"{name}_{run_dir.name}"
-    evaluation = Evaluation(
-        env_id,
-        env_kwargs,
-        seeds,
-        int(cfg.eval.n_episodes),
-        int(cfg.eval.random_episodes),
-        0,
-        video_root if cfg.video.enabled else None,
-        (int(cfg.video.width), int(cfg.video.height)),
-    )
     act = deterministic_policy(model)
-    ev = evaluation.policy(act, video_name="eval.mp4")
-    rand = evaluation.random()
-    success = success_rate(env_id, env_kwargs, act, int(cfg.eval.n_episodes), seeds.eval)
+    ev = ctx.evaluation.policy(act, video_name="eval.mp4")
+    rand = ctx.evaluation.random()
+    success = success_rate(env.id, dict(env.kwargs), act, int(cfg.eval.n_episodes), ctx.seeds.eval)
     record = model.logger.record
     record("eval/true_return", ev.mean)
     record("eval/success_rate", success)
@@ -402,15 +426,12 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     record("reward_model/heldout_spearman", rho)
     model.logger.dump(model.num_timesteps)
 
-    summary = RunSummary(
-        exp=name,
-        algo=algo.name,
-        env_id=env_id,
-        seed=seed,
+    summary = ctx.summary(
+        algo.name,
         total_timesteps=int(model.num_timesteps),
-        num_labels=len(prefs.trainable),
+        num_labels=len(prefs.trainable),  # pairs derived from the ranked triplets
         num_queries=len(prefs),
-        teacher=_plain(cfg.teacher),
+        teacher=ctx.teacher_summary(),
         eval_true_return_mean=ev.mean,
         eval_true_return_std=ev.std,
         eval_learned_return_mean=None,
@@ -418,34 +439,38 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         reward_model_test_accuracy=None,
         videos=[ev.video] if ev.video else [],
         tensorboard_dir=str(tb_dir),
-        resumed=False,
-        started_at=started,
+        resumed=bool(state),
         extra={
             "reward_kind": str(cfg.reward.kind),
             "backbone": reward_model.describe().get("backbone"),
-            "triplets": n_triplets,
+            "triplets_asked": int(cfg.max_feedback),
+            "pairs_derived": len(prefs),
             "reward_fit": fit,
             "heldout_spearman": rho,
-            "heldout_videos": len(heldout),
+            "heldout_videos": int(episodic.heldout_episodes),
             "demos": None
             if not with_demos
-            else settings.demos
-            if demos is None
-            else f"expert x {len(demos)}",
+            else episodic.demos
+            if demos is None and not state
+            else f"{episodic.demos} x {episodic.n_demos}",
             "eval_success_rate": success,
         },
-    ).write(run_dir)
-    env.close()
+    ).write(ctx.run_dir)
+    policy_env.close()
     reward_model.close()
+    ctx.close()
     return summary
 
+
+RECIPE = Recipe(check, asks_teacher, run)
 
 __all__ = [
     "EpisodeRecorder",
     "EpisodicAlgo",
     "EpisodicRelabel",
     "EpisodicSettings",
-    "check_config",
-    "run_episodic",
+    "RECIPE",
+    "check",
+    "run",
     "spearman",
 ]

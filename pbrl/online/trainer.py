@@ -1,4 +1,4 @@
-"""``run_online``: PEBBLE (SAC) and PrefPPO (PPO), and the true-reward baselines through the
+"""The online recipe: PEBBLE (SAC) and PrefPPO (PPO), and the true-reward baselines through the
 same code path, wired from a Hydra config. The only module of ``pbrl.online`` that reads a
 ``DictConfig``: it turns the config into typed parts and hands them to SB3 as callbacks.
 
@@ -9,13 +9,10 @@ evaluation, summary.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -33,7 +30,6 @@ from pbrl.online.callbacks import (
     RewardTimeLogger,
     deterministic_policy,
 )
-from pbrl.online.checkpoint import Checkpoint
 from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
 from pbrl.online.logs import run_logger
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
@@ -42,9 +38,8 @@ from pbrl.query import QuerySelector
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import needs_labels, scores_steps, state_reward_fn, step_fields
-from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, plain, setup
+from pbrl.run import Progress, Recipe, RunContext, plain
 from pbrl.sim import make_vec_env
-from pbrl.teachers.base import as_async
 
 log = logging.getLogger("pbrl")
 ALGOS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO}
@@ -90,7 +85,7 @@ def _warn_once(message: str) -> None:  # validate() and run_online() both check 
         log.warning(message)
 
 
-def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
+def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     """Typed settings of an online run, after every check that needs no simulation: a run
     that could not learn (no feedback round fits, segments longer than an episode, too few
     labels for a first reward update) is a :class:`ConfigError`."""
@@ -98,11 +93,6 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     schedule = make_config(
         FeedbackSchedule, {**plain(cfg.feedback), "max_feedback": cfg.max_feedback}, "feedback"
     )
-    if algo.kind == "episodic":  # RAPL: whole-episode rewards, PPO relabeled per rollout
-        from pbrl.online.episodic import check_config as check_episodic
-
-        check_episodic(cfg)
-        return algo, schedule
     for key in ("n_envs", "checkpoint_every", "total_timesteps"):
         if int(cfg[key]) <= 0:
             raise ConfigError(f"{key}={cfg[key]} must be positive")
@@ -168,22 +158,21 @@ def check_config(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     return algo, schedule
 
 
-def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    started = time.time()
-    run_dir = Path(run_dir)
-    algo, schedule = check_config(cfg)
-    if algo.kind == "episodic":
-        from pbrl.online.episodic import run_episodic
+def asks_teacher(cfg: DictConfig, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> bool:
+    """Whether the run asks a teacher (it learns its reward, and the reward needs labels)."""
+    return settings[0].preference and settings[1].max_feedback > 0
 
-        return run_episodic(cfg, run_dir)
-    checkpoint = Checkpoint(run_dir)
-    checkpoint.recover()
+
+def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[str, Any]:
+    """The online recipe: PEBBLE/PrefPPO (or SAC/PPO on the true reward) from a context."""
+    cfg, run_dir, rng, device = ctx.cfg, ctx.run_dir, ctx.rng, ctx.device
+    algo, schedule = settings
+    checkpoint = ctx.checkpoint
     resumed = checkpoint.complete()
     labels_only = not resumed and checkpoint.labels.exists() and algo.preference
-    rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.torch_threads))
-    env_kwargs: dict[str, Any] = plain(cfg.env.kwargs) or {}
-    run_name = f"{cfg.name}_{run_dir.name}"
-    video_root = Path(cfg.video.root) / run_name
+    env_kwargs: dict[str, Any] = dict(ctx.env.kwargs)
+    run_name = f"{ctx.name}_{run_dir.name}"
+    video_root = ctx.video_root
     saved: dict[str, Any] = {}
     if resumed:
         saved = checkpoint.read_state()
@@ -201,7 +190,9 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             reward_model = load_reward_model(checkpoint.dir / "reward_model.pt", device)
         else:
             pool = make_pool(cfg.env.id, cfg.n_envs, schedule.pool_size, env_kwargs, run_name)
-            reward_model = make_reward_model(plain(cfg.reward), pool.obs_dim, pool.act_dim, device)
+            reward_model = make_reward_model(
+                plain(cfg.reward), pool.obs_dim, pool.act_dim, device, env=ctx.env
+            )
     wrapper = PreferenceVecEnv(venv, pool, reward_model)
     learned_fn = state_reward_fn(reward_model)  # evaluation's learned return, where it has one
     env: VecEnv = wrapper
@@ -244,21 +235,11 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     model.set_logger(run_logger(tb_dir, int(saved["num_timesteps"]) if resumed else None))
 
     # --- callbacks: feedback (+ PEBBLE), checkpoints, evaluation ---------------------------
-    teacher = as_async(instantiate(cfg.teacher, rng=np.random.default_rng(rng.integers(2**63))))
-    evaluation = Evaluation(
-        cfg.env.id,
-        env_kwargs,
-        RunSeeds(int(cfg.seed)),
-        int(cfg.eval.n_episodes),
-        int(cfg.eval.random_episodes),
-        int(cfg.eval.test_queries),
-        video_root if cfg.video.enabled else None,
-        (int(cfg.video.width), int(cfg.video.height)),
-    )
+    teacher, evaluation = ctx.teacher, ctx.evaluation
     callbacks: list[BaseCallback] = []
     feedback: FeedbackCallback | None = None
     query_videos: QueryVideos | None = None
-    if pool is not None and reward_model is not None:
+    if pool is not None and reward_model is not None and teacher is not None:
         if cfg.video.enabled:
             query_videos = QueryVideos(
                 cfg.env.id,
@@ -297,6 +278,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         callbacks.append(feedback)
         if isinstance(model, SAC):
             callbacks.append(PebbleCallback(feedback, algo.reset_critic))
+    if reward_model is not None:
         callbacks.append(RewardTimeLogger(wrapper))
     eval_callback = EvalCallback(evaluation, int(cfg.eval.every), reward_model, teacher)
     if "eval" in saved:
@@ -357,15 +339,12 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         record("reward_model/test_accuracy", test_acc)
     model.logger.dump(model.num_timesteps)
 
-    summary = RunSummary(
-        exp=str(cfg.name),
-        algo=algo.name,
-        env_id=str(cfg.env.id),
-        seed=int(cfg.seed),
+    summary = ctx.summary(
+        algo.name,
         total_timesteps=int(model.num_timesteps),
         num_labels=feedback.num_labels if feedback else 0,
         num_queries=feedback.state.queries if feedback else 0,
-        teacher={**plain(cfg.teacher), **teacher.describe()} if algo.preference else None,
+        teacher=ctx.teacher_summary(),
         eval_true_return_mean=ev.mean,
         eval_true_return_std=ev.std,
         eval_learned_return_mean=float(np.mean(ev.learned_returns)) if learned_fn else None,
@@ -376,7 +355,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         + sorted(str(p) for p in video_root.glob("*.mp4") if p.name != "eval.mp4"),
         tensorboard_dir=str(tb_dir),
         resumed=resumed or labels_only,
-        started_at=started,
         extra={
             "resumed_from": "checkpoint" if resumed else "labels" if labels_only else None,
             # each reward factor's mean episode total, and how many episodes the env ended
@@ -387,9 +365,11 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "reward_learning_s": feedback.reward_learning_s if feedback else None,
         },
     ).write(run_dir)
-    teacher.close()  # e.g. stops a labeling page served from this process
+    ctx.close()
     env.close()
     return summary
 
 
-__all__ = ["OnlineAlgo", "run_online"]
+RECIPE = Recipe(check, asks_teacher, run)
+
+__all__ = ["RECIPE", "OnlineAlgo", "check", "run"]

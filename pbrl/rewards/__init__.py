@@ -7,11 +7,13 @@ dataclass fields (``conf/reward/<kind>.yaml``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError, closest, make_config
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.clip import ClipReward, ClipRewardConfig
@@ -31,9 +33,17 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
 
 
 def make_reward_model(
-    values: Mapping[str, Any], obs_dim: int, act_dim: int, device: str | torch.device = "cpu"
+    values: Mapping[str, Any],
+    obs_dim: int,
+    act_dim: int,
+    device: str | torch.device = "cpu",
+    env: EnvSpec | None = None,
 ) -> RewardModel:
-    """A fresh reward model from the ``reward`` config group (``kind`` + config fields)."""
+    """A fresh reward model from the ``reward`` config group (``kind`` + config fields).
+
+    ``env``: the run's environment; a model that renders it (a frame or episode reward) takes
+    the env id, its ``gym.make`` arguments and the camera from there unless the config sets
+    them."""
     values = dict(values)
     kind = str(values.pop("kind", "ensemble"))
     if kind not in REWARD_MODELS:
@@ -42,6 +52,12 @@ def make_reward_model(
             f"of {', '.join(REWARD_MODELS)}"
         )
     cls, config_cls = REWARD_MODELS[kind]
+    if env is not None:
+        names = {f.name for f in fields(config_cls)}
+        given = {"env_id": env.id, "env_kwargs": dict(env.kwargs), "camera": dict(env.camera)}
+        for key, value in given.items():
+            if key in names and not values.get(key):
+                values[key] = value
     model: RewardModel = cls(obs_dim, act_dim, make_config(config_cls, values, "reward"), device)
     return model
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -51,6 +52,11 @@ class WatchesRewardModel(Protocol):
 
 
 class AsyncTeacher(ABC):
+    @property
+    def name(self) -> str:
+        """Who answers (the annotator id of scripted answers)."""
+        return type(self).__name__
+
     @abstractmethod
     def submit(self, queries: Queries) -> None:
         """Hand a round's queries over to be answered."""
@@ -61,6 +67,28 @@ class AsyncTeacher(ABC):
 
     def close(self) -> None:  # noqa: B027  (an optional hook)
         """Release what the teacher holds (a served page, a connection)."""
+
+    def answer_all(self, queries: Queries, poll_s: float = 0.5) -> PreferenceDataset:
+        """Submit ``queries`` and wait until every one is answered: the answers in the order
+        asked (a teacher that answers later bounds the wait itself, e.g. ``wait_timeout_s``)."""
+        self.submit(queries)
+        wanted = [str(q) for q in queries.query_id]
+        got: dict[str, tuple[float, str]] = {}
+        while True:
+            new = self.collect()
+            if new is not None:
+                for qid, label, who in zip(
+                    new.queries.query_id.tolist(),
+                    new.labels.tolist(),
+                    list(new.annotator if new.annotator is not None else [""] * len(new)),
+                    strict=True,
+                ):
+                    got[str(qid)] = (float(label), str(who))
+            if all(q in got for q in wanted):
+                break
+            time.sleep(poll_s)
+        labels = np.array([got[q][0] for q in wanted])
+        return PreferenceDataset(queries, labels, np.array([got[q][1] for q in wanted]))
 
     def stats(self) -> dict[str, float]:
         """Figures about the answers collected last (``preferences/<name>``)."""
@@ -82,12 +110,16 @@ class Immediate(AsyncTeacher):
 
     def __init__(self, teacher: Teacher) -> None:
         self.teacher = teacher
-        self.name = type(teacher).__name__
+        self._name = type(teacher).__name__
         self._answered: list[PreferenceDataset] = []
 
     def submit(self, queries: Queries) -> None:
         labels = self.teacher(queries)
-        self._answered.append(PreferenceDataset(queries, labels, np.full(len(queries), self.name)))
+        self._answered.append(PreferenceDataset(queries, labels, np.full(len(queries), self._name)))
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def stats(self) -> dict[str, float]:
         return self.teacher.stats() if isinstance(self.teacher, ReportsStats) else {}

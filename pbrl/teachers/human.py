@@ -199,6 +199,12 @@ class HumanTeacher(AsyncTeacher):
                 time.sleep(self.poll_s)
         return np.array([labels.get(str(q), math.nan) for q in queries.query_id])
 
+    def answer_all(self, queries: Queries, poll_s: float = 0.5) -> PreferenceDataset:
+        """Every query answered on the page, waiting at most ``wait_timeout_s`` (NaN, a skip,
+        for the rest)."""
+        labels = self(queries)
+        return PreferenceDataset(queries, labels, np.full(len(queries), type(self).__name__))
+
     # -- extras --------------------------------------------------------------------------------------
     def show_eval_video(
         self, path: str | Path, step: int | None = None, true_return: float | None = None

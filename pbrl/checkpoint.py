@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +65,31 @@ class Checkpoint:
         reward_model: RewardModel | None,
         state: dict[str, Any],
     ) -> None:
-        """Everything a resumed run needs, with the generators' states in ``state.json``."""
+        """An SB3 agent's checkpoint (its replay buffer and VecNormalize statistics included),
+        the pool and the reward model, with the generators' states in ``state.json``."""
+
+        def write(folder: Path) -> None:
+            model.save(folder / "model.zip")
+            fault_point("checkpoint_write")  # tests: a kill while the checkpoint is half written
+            if isinstance(model, SAC):
+                model.save_replay_buffer(folder / "replay_buffer.pkl")
+            venv = model.get_env()
+            if isinstance(venv, VecNormalize):
+                venv.save(str(folder / "vecnormalize.pkl"))
+            if pool is not None:
+                pool.save(folder / "pool.npz")
+            if reward_model is not None:
+                reward_model.save(folder / "reward_model.pt")
+
+        self.save_with(write, state)
+
+    def save_with(self, write: Callable[[Path], None], state: dict[str, Any]) -> None:
+        """A checkpoint whose files ``write(folder)`` puts in ``folder``, with ``state`` (and
+        torch's generator state) in ``state.json``; the labels file is carried over."""
         if self.new.exists():
             shutil.rmtree(self.new)
         self.new.mkdir(parents=True)
-        model.save(self.new / "model.zip")
-        fault_point("checkpoint_write")  # tests: a kill while the checkpoint is half written
-        if isinstance(model, SAC):
-            model.save_replay_buffer(self.new / "replay_buffer.pkl")
-        venv = model.get_env()
-        if isinstance(venv, VecNormalize):
-            venv.save(str(self.new / "vecnormalize.pkl"))
-        if pool is not None:
-            pool.save(self.new / "pool.npz")
-        if reward_model is not None:
-            reward_model.save(self.new / "reward_model.pt")
+        write(self.new)
         if self.labels.exists():
             shutil.copy2(self.labels, self.new / LABELS)
         files = {f.name: _fingerprint(f) for f in sorted(self.new.iterdir()) if f.name != LABELS}
@@ -112,6 +123,20 @@ class Checkpoint:
                     f"{self.labels} is damaged ({_why(exc)}): this run cannot be resumed; "
                     "start a new run"
                 ) from None
+
+    def progress(self) -> tuple[int, int] | None:
+        """``(step, labels)`` a resume continues from, read without loading anything heavy:
+        the checkpoint's step and the trainable labels in the newest labels file (None when
+        there is neither)."""
+        step, labels, found = 0, 0, False
+        if self.complete():
+            state = json.loads((self.dir / STATE).read_text())
+            step, found = int(state.get("num_timesteps", state.get("step", 0))), True
+        for path in (self.labels, self.run_dir / LABELS):
+            if path.exists():
+                labels, found = len(PreferenceDataset.load(path).trainable), True
+                break
+        return (step, labels) if found else None
 
     def read_state(self) -> dict[str, Any]:
         self.verify()

@@ -1,0 +1,80 @@
+"""Fake rewards, one per declared kind, with outputs computable by hand: they drive the
+recipes in tests without training anything."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from pbrl.data import PreferenceDataset, Segments
+from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, FrameReward, StateReward
+
+
+class _Fake(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.device = torch.device("cpu")
+        self.fits = 0
+
+    def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
+        self.fits += 1
+        return dict(NOTHING_TO_FIT)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        torch.save({"kind": "fake"}, path)
+
+
+class FirstObsReward(_Fake, StateReward):
+    """A state reward: the first observation coordinate."""
+
+    def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return obs[..., 0].float()
+
+    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        return np.asarray(obs, dtype=np.float32)[..., 0]
+
+    def segment_returns(self, segments: Segments) -> torch.Tensor:
+        return torch.as_tensor((segments.obs[..., 0] * segments.mask).sum(-1))[None]
+
+
+class StepIndexReward(_Fake, EpisodeReward):
+    """An episode reward: step t of every episode earns t + 1."""
+
+    def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        b, t1, _ = qpos.shape
+        return np.tile(np.arange(1, t1, dtype=np.float64), (b, 1))
+
+    def set_demonstrations(self, segments: Segments) -> None:
+        pass
+
+    def segment_returns(self, segments: Segments) -> torch.Tensor:
+        return torch.as_tensor(segments.mask.sum(-1) * (segments.mask.sum(-1) + 1) / 2)[None]
+
+
+class MeanPixelReward(_Fake, FrameReward):
+    """A frame reward: the mean pixel value of the rendered frame, in [0, 1]."""
+
+    def __init__(self, env_id: str, image_size: int = 16) -> None:
+        super().__init__()
+        from pbrl.rewards.frame_cache import FrameCache
+
+        self.env_id, self.image_size = env_id, image_size
+        self._frames = FrameCache(env_id, image_size, capacity=0)
+
+    @property
+    def frame_cache(self):  # noqa: ANN201
+        return self._frames
+
+    def frame_reward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(frames).float().mean((1, 2, 3)) / 255.0
+
+    def relabel(self, data: object, length: int = 0) -> np.ndarray:
+        raise NotImplementedError
+
+    def segment_returns(self, segments: Segments) -> torch.Tensor:
+        frames, index = self._frames.segment_frames(segments)
+        per = self.frame_reward(frames).numpy()
+        return torch.as_tensor(np.where(index >= 0, per[index], 0.0).sum(-1))[None]
