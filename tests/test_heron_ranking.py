@@ -18,7 +18,7 @@ import pytest
 
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
-from pbrl.data.store import (
+from pbrl.store import (
     SCHEMA_VERSION,
     BadInput,
     Conflict,

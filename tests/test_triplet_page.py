@@ -20,7 +20,7 @@ import pytest
 from test_label_store import pair_queries
 
 from pbrl.data import PreferenceDataset, Queries, Segments
-from pbrl.data.store import (
+from pbrl.store import (
     BadInput,
     Conflict,
     LabelStore,
@@ -366,7 +366,7 @@ def test_ranked_triplets_read_back_from_the_export(store: LabelStore) -> None:
 
 _RANKER = """
 import sys
-from pbrl.data.store import LabelStore
+from pbrl.store import LabelStore
 store = LabelStore(sys.argv[1])
 while (lease := store.lease("w", triplets=True)) is not None:
     store.answer_triplet(lease.lease_id, "w", {"a": 2, "b": 0, "c": 1})

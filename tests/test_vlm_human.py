@@ -30,7 +30,7 @@ from test_vlm_teacher import TINY_ONLINE, make_teacher, run_train  # noqa: E402
 from pbrl.data import PreferenceDataset, Queries  # noqa: E402
 from pbrl.data.pool import TrajectoryPool  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
-from pbrl.data.store import BadInput, LabelStore, Suggestion  # noqa: E402
+from pbrl.store import BadInput, LabelStore, Suggestion  # noqa: E402
 from pbrl.gui.server import BackgroundServer, create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402

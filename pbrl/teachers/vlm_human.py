@@ -43,7 +43,7 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
-from pbrl.data.store import Suggestion
+from pbrl.store import Suggestion
 from pbrl.rewards.base import RewardModel
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.human import HumanTeacher
