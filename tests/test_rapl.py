@@ -500,9 +500,9 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
     pytest.importorskip("fastapi", reason="the web stack is not installed: pip install -e .[gui]")
     from test_human_loop import ScriptedPerson, free_port
 
-    from pbrl.store import LabelStore
     from pbrl.gui.server import BackgroundServer
     from pbrl.online.trainer import run_online
+    from pbrl.store import LabelStore
 
     store = tmp_path / "labels.sqlite"
     LabelStore(store)

@@ -20,6 +20,7 @@ import pytest
 from test_label_store import pair_queries
 
 from pbrl.data import PreferenceDataset, Queries, Segments
+from pbrl.data.triplets import triplet_queries, triplets_from_dataset
 from pbrl.store import (
     BadInput,
     Conflict,
@@ -29,7 +30,6 @@ from pbrl.store import (
     labels_ranks,
     ranking_labels,
 )
-from pbrl.data.triplets import triplet_queries, triplets_from_dataset
 
 try:  # the web stack (pip install -e .[gui]); the store tests run without it
     from fastapi.testclient import TestClient

@@ -61,6 +61,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
 from pbrl.store import (
     AGGREGATES,
     QUERY_ID,
@@ -74,7 +75,6 @@ from pbrl.store import (
     check_annotator,
     labels_ranks,
 )
-from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
 
 log = logging.getLogger("pbrl.label")
 STATIC = {  # the only files the page serves from its package folder
