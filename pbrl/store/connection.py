@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -96,7 +97,10 @@ class StoreBase:
                         timeout=self.timeout,
                         isolation_level=None,
                         uri=True,
-                        check_same_thread=False,  # closed by close_all from another thread
+                        # Closed by close/close_all from another thread: a connection
+                        # that checks its thread is never closed once its thread has ended
+                        # (left -wal/-shm files behind).
+                        check_same_thread=False,
                     )
                 else:
                     conn = sqlite3.connect(
@@ -167,6 +171,27 @@ class StoreBase:
             pass  # another process is busy with the file: it checkpoints when it closes
         finally:
             conn.close()
+        if self.readonly and not self._immutable:
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """After a reader's close: SQLite lets only a writable connection remove the ``-wal``
+        and ``-shm`` files a reader made, so when the ``-wal`` is empty (everything is in the
+        store itself) and the folder writable, open one, read, and close it. It changes no
+        byte of the store; if another connection is still open, it removes nothing."""
+        wal = Path(f"{self.path}-wal")
+        try:
+            if wal.stat().st_size or not os.access(self.path.parent, os.W_OK | os.X_OK):
+                return
+            if not os.access(self.path, os.R_OK | os.W_OK):
+                return
+            conn = sqlite3.connect(self.path, timeout=0.1, isolation_level=None)
+            try:
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error):
+            pass  # nothing to tidy, or someone else is using the store
 
     # -- schema --------------------------------------------------------------------------------
     def _foreign(self, why: str) -> NotAStore:
