@@ -14,13 +14,24 @@ with their rankings.
 
 from __future__ import annotations
 
+from pbrl.store.answers import AnswersMixin
 from pbrl.store.datasets import DatasetsMixin
+from pbrl.store.leases import LeasesMixin
 from pbrl.store.queries import QueriesMixin
 from pbrl.store.runs import RunsMixin
 from pbrl.store.stats import StatsMixin
+from pbrl.store.suggestions import SuggestionsMixin
 
 
-class LabelStore(StatsMixin, DatasetsMixin, QueriesMixin, RunsMixin):
+class LabelStore(
+    StatsMixin,
+    AnswersMixin,
+    LeasesMixin,
+    SuggestionsMixin,
+    DatasetsMixin,
+    QueriesMixin,
+    RunsMixin,
+):
     """One SQLite label store, safe to use from many threads and processes at once.
 
     Each thread gets its own connection; writers serialize on SQLite's write lock (waiting
