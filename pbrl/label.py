@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-from pbrl.data.store import AGGREGATES, LabelStore, Ranking, StoreError
+from pbrl.store import AGGREGATES, LabelStore, Ranking, StoreError
 
 
 class CliError(Exception):

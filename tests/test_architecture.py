@@ -12,7 +12,7 @@ PKG = Path(__file__).resolve().parent.parent / "pbrl"
 # same layer or a lower one.
 LAYERS: list[tuple[str, ...]] = [
     ("pbrl.errors",),
-    ("pbrl.data", "pbrl.sim", "pbrl.envs"),
+    ("pbrl.data", "pbrl.store", "pbrl.sim", "pbrl.envs"),
     ("pbrl.regret",),  # the delivery domain's planning and preference models
     ("pbrl.video", "pbrl.evaluation", "pbrl.rewards"),
     ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
@@ -115,9 +115,23 @@ def test_no_import_cycle():
 
 def test_the_checker_sees_an_upward_import():
     """The layer rule is not vacuous: a lower layer importing the entry point is caught."""
-    assert layer_of("pbrl.data.store") < layer_of("pbrl.teachers.human") < layer_of("pbrl.train")
+    assert layer_of("pbrl.store") < layer_of("pbrl.teachers.human") < layer_of("pbrl.train")
     assert layer_of("pbrl.regret.cli") > layer_of("pbrl.regret.mdp")
-    assert "pbrl.data.preferences" in graph()["pbrl.data.store"]
+    assert "pbrl.data.preferences" in graph()["pbrl.store.datasets"]
+
+
+def test_the_store_imports_only_the_data_model_and_errors():
+    """pbrl.store sits beside pbrl.data: it may import pbrl.data and pbrl.errors, no more."""
+    allowed = ("pbrl.store", "pbrl.data", "pbrl.errors")
+    found = {
+        f"{src} imports {dst}"
+        for src, targets in graph().items()
+        if src == "pbrl.store" or src.startswith("pbrl.store.")
+        for dst in targets
+        if not any(dst == a or dst.startswith(a + ".") for a in allowed)
+    }
+    assert not found, "\n".join(sorted(found))
+    assert "pbrl.store.core" in graph() and "pbrl.data.store" not in graph()
 
 
 def test_no_module_outside_rewards_and_teachers_probes_a_kind():

@@ -18,15 +18,16 @@ import pytest
 
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
-from pbrl.data.store import (
+from pbrl.label import main as label_main
+from pbrl.sim.probe import probe_env
+from pbrl.store import (
     SCHEMA_VERSION,
     BadInput,
     Conflict,
     LabelStore,
     NotFound,
+    schema,
 )
-from pbrl.label import main as label_main
-from pbrl.sim.probe import probe_env
 from pbrl.teachers.heron import HeronTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 
@@ -162,14 +163,14 @@ def test_queries_register_their_run_and_a_schema_1_store_is_migrated(tmp_path: P
     assert schema_and_tables()[0] == "1"
 
     # A crash mid-migration leaves the store as it was (one transaction).
-    real = LabelStore._add_run
+    real = schema.add_run
 
     def crash(*args: Any, **kwargs: Any) -> None:
-        real(*args, **kwargs)
+        real(*args, **kwargs)  # the run's row is written, then the power goes
         raise RuntimeError("power cut")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(LabelStore, "_add_run", staticmethod(crash))
+        mp.setattr(schema, "add_run", crash)
         with pytest.raises(RuntimeError, match="power cut"):
             LabelStore(path)
     version, tables = schema_and_tables()

@@ -29,8 +29,8 @@ from test_label_store import pair_queries  # noqa: E402  (tests/ is on sys.path)
 
 from pbrl.data import PreferenceDataset  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
-from pbrl.data.store import LabelStore, labels_ranks  # noqa: E402
 from pbrl.gui.server import BackgroundServer  # noqa: E402
+from pbrl.store import LabelStore, labels_ranks  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pbrl.data.store import LabelStore
 from pbrl.gui import sources
 from pbrl.gui.server import BackgroundServer
+from pbrl.store import LabelStore
 from pbrl.video import write_video
 
 playwright_api = pytest.importorskip(

@@ -26,10 +26,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from test_label_store import pair_queries  # noqa: E402  (tests/ is on sys.path)
 
 from pbrl.data import PreferenceDataset  # noqa: E402
-from pbrl.data.store import LabelStore  # noqa: E402
 from pbrl.gui import sources  # noqa: E402
 from pbrl.gui.server import create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
+from pbrl.store import LabelStore  # noqa: E402
 from pbrl.video import write_video  # noqa: E402
 
 ENV = "InvertedPendulum-v5"

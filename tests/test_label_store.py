@@ -1,4 +1,4 @@
-"""The SQLite label store (pbrl.data.store): leases, answers, undo, aggregation, agreement."""
+"""The SQLite label store (pbrl.store): leases, answers, undo, aggregation, agreement."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pbrl.data import PreferenceDataset, Queries, Segments
-from pbrl.data.store import (
+from pbrl.store import (
     BadInput,
     Conflict,
     LabelStore,
@@ -406,7 +406,7 @@ def test_read_only_store_is_refused_for_writing_but_readable(tmp_path: Path, wha
     (path if what == "file" else path.parent).chmod(0o444 if what == "file" else 0o555)
     script = (
         "import sys\n"
-        "from pbrl.data.store import LabelStore, StoreError\n"
+        "from pbrl.store import LabelStore, StoreError\n"
         f"print(LabelStore({str(path)!r}, readonly=True).counts()['total'])\n"
         "try:\n"
         f"    LabelStore({str(path)!r})\n"
@@ -460,7 +460,7 @@ def test_eight_processes_label_each_query_exactly_once(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
-from pbrl.data.store import LabelStore
+from pbrl.store import LabelStore
 store = LabelStore(sys.argv[1])
 while (lease := store.lease("w")) is not None:
     store.answer(lease.lease_id, "w", "right")

@@ -169,7 +169,7 @@ def test_triplets_are_three_pairs_that_read_back_as_rankings(tmp_path):
 def test_triplets_go_through_the_sqlite_label_store_as_pairs(tmp_path):
     """A person answering a triplet's three pairs on the labeling page (real SQLite store):
     the collected labels read back as the same ranking."""
-    from pbrl.data.store import LabelStore
+    from pbrl.store import LabelStore
 
     rng = np.random.default_rng(0)
     pool = collect_episodes("pbrl/Sweep-v0", 6, 0, rng)
@@ -496,9 +496,9 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
     pytest.importorskip("fastapi", reason="the web stack is not installed: pip install -e .[gui]")
     from test_human_loop import ScriptedPerson, free_port
 
-    from pbrl.data.store import LabelStore
     from pbrl.gui.server import BackgroundServer
     from pbrl.recipes import run as run_config
+    from pbrl.store import LabelStore
 
     store = tmp_path / "labels.sqlite"
     LabelStore(store)

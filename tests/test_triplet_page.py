@@ -20,7 +20,8 @@ import pytest
 from test_label_store import pair_queries
 
 from pbrl.data import PreferenceDataset, Queries, Segments
-from pbrl.data.store import (
+from pbrl.data.triplets import triplet_queries, triplets_from_dataset
+from pbrl.store import (
     BadInput,
     Conflict,
     LabelStore,
@@ -29,7 +30,6 @@ from pbrl.data.store import (
     labels_ranks,
     ranking_labels,
 )
-from pbrl.data.triplets import triplet_queries, triplets_from_dataset
 
 try:  # the web stack (pip install -e .[gui]); the store tests run without it
     from fastapi.testclient import TestClient
@@ -366,7 +366,7 @@ def test_ranked_triplets_read_back_from_the_export(store: LabelStore) -> None:
 
 _RANKER = """
 import sys
-from pbrl.data.store import LabelStore
+from pbrl.store import LabelStore
 store = LabelStore(sys.argv[1])
 while (lease := store.lease("w", triplets=True)) is not None:
     store.answer_triplet(lease.lease_id, "w", {"a": 2, "b": 0, "c": 1})

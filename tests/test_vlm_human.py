@@ -30,11 +30,11 @@ from test_vlm_teacher import TINY_ONLINE, make_teacher, run_train  # noqa: E402
 from pbrl.data import PreferenceDataset, Queries  # noqa: E402
 from pbrl.data.pool import TrajectoryPool  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
-from pbrl.data.store import BadInput, LabelStore, Suggestion  # noqa: E402
 from pbrl.gui.server import BackgroundServer, create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.rewards import RewardEnsemble, RewardModelConfig  # noqa: E402
+from pbrl.store import SCHEMA_VERSION, BadInput, LabelStore, Suggestion  # noqa: E402
 from pbrl.teachers.base import WatchesRewardModel  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
@@ -55,7 +55,7 @@ def suggest(qid: str, label: float, analysis: str = ANALYSIS) -> Suggestion:
 
 
 # -- the store: schema 3, suggestions, agreement -------------------------------------------------
-def test_a_schema_2_store_is_migrated_to_3_in_one_transaction(tmp_path: Path) -> None:
+def test_a_schema_2_store_is_migrated_in_one_transaction(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     db = LabelStore(path)
     queries = pair_queries([1.0, 2.0], [0.0, 3.0])
@@ -95,7 +95,7 @@ def test_a_schema_2_store_is_migrated_to_3_in_one_transaction(tmp_path: Path) ->
 
     migrated = LabelStore(path)
     version, tables = schema_and_tables()
-    assert version == "3" and "suggestions" in tables
+    assert version == str(SCHEMA_VERSION) and "suggestions" in tables
     assert migrated.counts()["total"] == 2 and len(migrated.answers()) == 1  # data untouched
     assert migrated.run("run-a").env_id == "InvertedPendulum-v5"
     migrated.set_suggestions([suggest(lease.query_id, 1.0)])

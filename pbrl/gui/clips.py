@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pbrl.data.store import LabelStore, triplet_of
+from pbrl.store import LabelStore
 
 log = logging.getLogger("pbrl.label")
 SIDES = ("left", "right")  # left = the query's first segment (label 0), right = second (label 1)
@@ -237,7 +237,7 @@ class ClipCache:
         if self.prerender <= 0:
             return
         for row in store.upcoming(self.prerender):
-            if triplet_of(row["id"]) and row["id"].endswith(":bc"):
+            if row["role"] == "bc":
                 continue  # a triplet's page shows the clips of its ab and ac pairs only
             if not self.ready(row["seq"], row["id"]) and row["id"] not in self._errors:
                 self.request(row["seq"], row["id"], urgent=False)

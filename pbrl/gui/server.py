@@ -1,4 +1,4 @@
-"""The labeling page's web server: FastAPI over a :class:`~pbrl.data.store.LabelStore`.
+"""The labeling page's web server: FastAPI over a :class:`~pbrl.store.LabelStore`.
 
 Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` message):
 
@@ -61,7 +61,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pbrl.data.store import (
+from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
+from pbrl.store import (
     AGGREGATES,
     QUERY_ID,
     Answer,
@@ -74,7 +75,6 @@ from pbrl.data.store import (
     check_annotator,
     labels_ranks,
 )
-from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
 
 log = logging.getLogger("pbrl.label")
 STATIC = {  # the only files the page serves from its package folder
@@ -434,9 +434,9 @@ def create_app(
 
     def triplet_answer_json(answers: list[Answer]) -> dict[str, Any]:
         """A triplet's three answers (``ab``, ``ac``, ``bc``) as the ranking they say."""
-        labels = {a.query_id.rpartition(":")[2]: a.label for a in answers}
+        labels = {str(a.role): a.label for a in answers}
         return {
-            "triplet_id": answers[0].query_id.rpartition(":")[0],
+            "triplet_id": answers[0].triplet,
             "ids": [a.answer_id for a in answers],
             "labels": {k: None if math.isnan(v) else v for k, v in labels.items()},
             "ranks": labels_ranks(labels),  # null: skipped

@@ -36,7 +36,7 @@ from urllib.parse import quote
 import numpy as np
 
 from pbrl.data import Queries, Segments
-from pbrl.data.store import LabelStore, Ranking, StoreError, factor_name
+from pbrl.store import LabelStore, Ranking, StoreError, factor_name
 from pbrl.teachers.scripted import TeacherConfigError
 
 log = logging.getLogger("pbrl")

@@ -33,7 +33,7 @@ from typing import Any, cast
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
-from pbrl.data.store import LabelStore, StoreError, check_writable
+from pbrl.store import LabelStore, StoreError, check_writable
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 

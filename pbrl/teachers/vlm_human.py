@@ -43,8 +43,8 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
-from pbrl.data.store import Suggestion
 from pbrl.rewards.base import RewardModel
+from pbrl.store import Suggestion
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.human import HumanTeacher
 from pbrl.teachers.scripted import TeacherConfigError
