@@ -334,14 +334,14 @@ def budget(cfg: Any) -> str:
     return f"{steps}, {int(cfg.max_feedback)} {unit}"
 
 
-def announce(cfg: Any, run_dir: Path) -> None:
+def announce(cfg: Any, run_dir: Path, resuming: bool = False) -> None:
     """The first line of every run, before anything slow: where it writes, on which device,
     its budget, and whether it resumes (from which step, with how many labels)."""
     import logging
 
     from pbrl.checkpoint import Checkpoint
 
-    progress = Checkpoint(run_dir).progress() if cfg.get("resume") else None
+    progress = Checkpoint(run_dir).progress() if resuming else None
     device = str(cfg.device)
     if device == "auto":  # torch is imported already: asking it costs nothing
         device = f"auto ({'cuda' if torch.cuda.is_available() else 'cpu'})"

@@ -118,8 +118,9 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
 def _main(cfg: DictConfig) -> dict[str, Any]:
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = hydra_dir
+    resuming = bool(cfg.resume)
     try:
-        if cfg.resume:
+        if resuming:
             cfg, run_dir = resume_config(cfg)
             from pbrl.checkpoint import Checkpoint
 
@@ -130,7 +131,7 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
         from pbrl import recipes
         from pbrl.run import announce
 
-        announce(cfg, run_dir)
+        announce(cfg, run_dir, resuming)
         checked = validate(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         summary = recipes.run(cfg, run_dir, checked)

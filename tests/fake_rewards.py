@@ -4,6 +4,7 @@ recipes in tests without training anything."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,10 +14,22 @@ from pbrl.data import PreferenceDataset, Segments
 from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, FrameReward, StateReward
 
 
+@dataclass
+class FakeConfig:
+    env_id: str = ""  # filled from the run's env (frame rewards render it)
+    env_kwargs: dict = field(default_factory=dict)
+    camera: dict = field(default_factory=dict)
+
+
 class _Fake(nn.Module):
-    def __init__(self) -> None:
+    """Built like every registered reward: ``cls(obs_dim, act_dim, config, device)``."""
+
+    def __init__(
+        self, obs_dim: int = 0, act_dim: int = 0, config: FakeConfig | None = None, device="cpu"
+    ) -> None:
         super().__init__()
-        self.device = torch.device("cpu")
+        self.config = config or FakeConfig()
+        self.device = torch.device(device)
         self.fits = 0
 
     def fit(self, dataset: PreferenceDataset, rng: np.random.Generator) -> dict[str, float]:
@@ -57,12 +70,12 @@ class StepIndexReward(_Fake, EpisodeReward):
 class MeanPixelReward(_Fake, FrameReward):
     """A frame reward: the mean pixel value of the rendered frame, in [0, 1]."""
 
-    def __init__(self, env_id: str, image_size: int = 16) -> None:
-        super().__init__()
+    def __init__(self, *args, image_size: int = 16, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         from pbrl.rewards.frame_cache import FrameCache
 
-        self.env_id, self.image_size = env_id, image_size
-        self._frames = FrameCache(env_id, image_size, capacity=0)
+        self.env_id, self.image_size = self.config.env_id, image_size
+        self._frames = FrameCache(self.env_id, image_size, capacity=0)
 
     @property
     def frame_cache(self):  # noqa: ANN201

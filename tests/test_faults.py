@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pbrl.data import PreferenceDataset
 
@@ -246,3 +247,49 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path):
     for exp in ("quickstart", "offline_tiny"):
         out = train(f"+exp={exp}", "device=cuda", cwd=tmp_path)
         assert out.returncode == 2 and "no CUDA device" in out.stderr, out.stderr[-2000:]
+
+
+EPISODIC = [
+    "+exp=rapl_sweep",
+    "reward=image",
+    "reward.n_members=1",
+    "reward.max_epochs=2",
+    "total_timesteps=150",
+    "n_envs=1",
+    "max_feedback=2",
+    "checkpoint_every=50",
+    "episodic.pool_episodes=4",
+    "episodic.heldout_episodes=3",
+    "algo.kwargs.n_steps=50",
+    "algo.kwargs.batch_size=50",
+    "algo.kwargs.n_epochs=1",
+    "eval.n_episodes=1",
+    "eval.random_episodes=1",
+    "video.enabled=false",
+    "progress_bar=false",
+]
+
+
+def test_the_episodic_recipe_resumes_after_a_kill(tmp_path):
+    """RAPL's recipe killed while writing its third checkpoint (steps 0, 50, then 100): the
+    resume keeps the ranked triplets and the aligned reward (not asked or fit again), says
+    where it resumes, and trains PPO from step 50 to the end."""
+    run = tmp_path / "run"
+    out = train(*EPISODIC, f"hydra.run.dir={run}", cwd=tmp_path, fault="checkpoint_write:3")
+    assert killed(out), out.stderr[-2000:]
+    labels = PreferenceDataset.load(run / "preferences.npz")
+    before = tmp_path / "reward_before.pt"
+    before.write_bytes((run / "checkpoint" / "reward_model.pt").read_bytes())
+    out = train(f"resume={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming from step 50, labels" in out.stderr + out.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] and summary["total_timesteps"] == 150
+    again = PreferenceDataset.load(run / "preferences.npz")
+    np.testing.assert_array_equal(again.queries.query_id, labels.queries.query_id)
+    from pbrl.rewards import load_reward_model
+
+    old, new = load_reward_model(before), load_reward_model(run / "checkpoint" / "reward_model.pt")
+    for a, b in zip(old.state_dict().values(), new.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the reward stayed frozen: not fit again
+    assert csv_steps(run)[-1] == 150

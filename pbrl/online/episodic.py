@@ -39,7 +39,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from pbrl.data import PreferenceDataset, Segments
+from pbrl.data import PreferenceDataset
 from pbrl.data.triplets import new_triplet_ids, sample_triplets
 from pbrl.envs.rollouts import EXPERTS, collect_episodes, task_success
 from pbrl.errors import ConfigError, make_config
@@ -343,14 +343,12 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
     checkpoint = ctx.checkpoint
     state: dict[str, Any] = checkpoint.read_state() if checkpoint.complete() else {}
     prefs = _ask_triplets(ctx, episodic)
-    demos: Segments | None = None
-    with_demos = False
 
     # --- the reward: demonstrations, alignment, held-out correlation ---------------------------
     if state:  # aligned before the kill: the checkpoint holds it
         rng.bit_generator.state = state["rng"]
         reward_model = load_reward_model(checkpoint.dir / "reward_model.pt", device)
-        fit, rho, with_demos = state["reward_fit"], float(state["heldout_spearman"]), True
+        fit, rho = state["reward_fit"], float(state["heldout_spearman"])
         with_demos = uses_demonstrations(reward_model)
     else:
         reward_model = make_reward_model(plain(cfg.reward), env.obs_dim, env.act_dim, device, env)
@@ -450,9 +448,9 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
             "heldout_videos": int(episodic.heldout_episodes),
             "demos": None
             if not with_demos
-            else episodic.demos
-            if demos is None and not state
-            else f"{episodic.demos} x {episodic.n_demos}",
+            else f"expert x {episodic.n_demos}"
+            if episodic.demos == "expert"
+            else "preferred",
             "eval_success_rate": success,
         },
     ).write(ctx.run_dir)
