@@ -23,6 +23,7 @@ from conftest import TINY, with_overrides
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
+from support.vlm import RecordingMockVLM
 
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
@@ -36,8 +37,7 @@ from pbrl.teachers.vlm import (
     label_messages,
     parse_answer,
 )
-from pbrl.teachers.vlm_images import ImageSpec, render_segment_images
-from pbrl.teachers.vlm_mock import MockVLM
+from pbrl.teachers.vlm.images import ImageSpec, render_segment_images
 from pbrl.train import CONF_DIR
 
 pytest.importorskip("openai")
@@ -57,11 +57,11 @@ def queries_from(pool: TrajectoryPool, n: int, seed: int = 0) -> Queries:
 
 @pytest.fixture
 def vlm():
-    with MockVLM(score_rendered=True) as server:
+    with RecordingMockVLM(score_rendered=True) as server:
         yield server
 
 
-def make_teacher(server: MockVLM, tmp_path: Path, **kwargs) -> VLMTeacher:
+def make_teacher(server: RecordingMockVLM, tmp_path: Path, **kwargs) -> VLMTeacher:
     settings = {
         "model": server.model,
         "base_url": server.base_url,
@@ -146,7 +146,7 @@ def test_prompts_carry_goal_images_and_analysis():
 
 def test_labels_agree_with_oracle_at_noise_0(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 16)
-    with MockVLM() as server:  # scores registered by hand, from the true returns
+    with RecordingMockVLM() as server:  # scores registered by hand, from the true returns
         teacher = make_teacher(server, tmp_path, size=224)
         server.register_segments(teacher.segment_images(queries.first), queries.first.returns())
         server.register_segments(teacher.segment_images(queries.second), queries.second.returns())
@@ -172,7 +172,7 @@ def test_labels_agree_with_oracle_at_noise_0(reacher_pool, tmp_path):
 
 def test_noise_flips_labels(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 12, seed=1)
-    with MockVLM(noise=1.0, score_rendered=True) as server:
+    with RecordingMockVLM(noise=1.0, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path)
         labels = teacher(queries)
         teacher.close()
@@ -183,7 +183,7 @@ def test_noise_flips_labels(reacher_pool, tmp_path):
 
 def test_malformed_replies_are_unsure_and_skipped(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 6)
-    with MockVLM(malformed=1.0, score_rendered=True) as server:
+    with RecordingMockVLM(malformed=1.0, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, price_per_1k_tokens=0.5)
         labels = teacher(queries)
         stats = teacher.stats()
@@ -277,7 +277,7 @@ def test_give_up_after_max_retries_skips_and_counts(reacher_pool, vlm, tmp_path)
 
 def test_timeouts_are_retried_then_given_up(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 1)
-    with MockVLM(latency_s=0.6, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.6, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, timeout_s=0.15, max_retries=1)
         labels = teacher(queries)
         stats = teacher.stats()
@@ -297,7 +297,7 @@ def test_non_retryable_error_is_not_retried(reacher_pool, vlm, tmp_path):
 
 def test_concurrency_cap_is_never_exceeded(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 12)
-    with MockVLM(latency_s=0.1, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.1, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, max_concurrency=3)
         teacher(queries)
         teacher.close()
@@ -320,7 +320,7 @@ def test_rate_limit_spaces_requests(reacher_pool, vlm, tmp_path):
 
 def test_submit_returns_at_once_and_late_answers_come_through_collect(reacher_pool, tmp_path):
     first, second = queries_from(reacher_pool, 4, seed=2), queries_from(reacher_pool, 4, seed=3)
-    with MockVLM(latency_s=0.3, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.3, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, min_labels=0)
         t0 = time.monotonic()
         teacher.submit(first)
@@ -340,7 +340,7 @@ def test_submit_returns_at_once_and_late_answers_come_through_collect(reacher_po
 
 def test_collect_waits_for_min_labels(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 4)
-    with MockVLM(latency_s=0.1, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.1, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, min_labels=2, max_concurrency=1)
         teacher.submit(queries)
         got = teacher.collect()  # blocks until two usable labels exist
@@ -372,7 +372,7 @@ def test_probe_failures_are_one_config_error(monkeypatch):
     port = _closed_port()
     message = _probe_error(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None)
     assert "cannot reach" in message and str(port) in message
-    with MockVLM(api_key="right-key") as server:
+    with RecordingMockVLM(api_key="right-key") as server:
         monkeypatch.setenv("PBRL_TEST_VLM_KEY", "wrong-key")
         message = _probe_error(
             model=server.model, base_url=server.base_url, api_key_env="PBRL_TEST_VLM_KEY"
@@ -544,7 +544,7 @@ def test_pebble_learns_from_noisy_vlm_labels(tmp_path, monkeypatch):
     recovered), as the oracle-labeled quickstart must."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    with MockVLM(noise=0.1, score_rendered=True, seed=1) as server:
+    with RecordingMockVLM(noise=0.1, score_rendered=True, seed=1) as server:
         run_train(
             [
                 "+exp=quickstart",
