@@ -9,10 +9,14 @@ import io
 import json
 import logging
 import math
+import queue
 import socket
 import sqlite3
+import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from pbrl.teachers.vlm import (
     parse_answer,
 )
 from pbrl.teachers.vlm.images import ImageSpec, render_segment_images
+from pbrl.teachers.vlm.mock import main as mock_main
 from pbrl.train import CONF_DIR
 
 pytest.importorskip("openai")
@@ -484,6 +489,64 @@ def test_config_has_a_goal_for_every_configured_env():
     teacher.close()
     with pytest.raises(ConfigError, match="teacher.goal"):  # an env without a goal
         VLMTeacher(model="m", goals=goals, env_id="Swimmer-v5", probe=False, api_key_env=None)
+
+
+# -- the mock command (trying teacher=vlm without a key) ------------------------------------------
+
+
+def test_the_mock_command_serves_until_stopped_and_prints_a_train_line(reacher_pool, tmp_path):
+    """``python -m pbrl.teachers.vlm.mock`` (docs/vlm.md): the line it prints names an endpoint
+    that answers, and its overrides build a teacher there whose labels are decided (the
+    command's mock ranks images without an oracle, never "no difference")."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pbrl.teachers.vlm.mock", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or []], daemon=True).start()
+    seen: list[str] = []
+    try:
+        while not seen or "python -m pbrl.train" not in seen[-1]:
+            try:
+                seen.append(lines.get(timeout=120))
+            except queue.Empty:
+                pytest.fail(f"no train line within 120 s; printed: {seen}")
+        argv = seen[-1].split()
+        assert argv[:4] == ["python", "-m", "pbrl.train", "+exp=vlm_pebble_reacher"]
+        settings = dict(a.split("=", 1) for a in argv[4:])
+        assert settings["teacher.api_key_env"] == "null"
+        base_url = settings["teacher.base_url"]
+        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+        with urllib.request.urlopen(f"{base_url}/models", timeout=30) as answer:
+            served = [m["id"] for m in json.load(answer)["data"]]
+        assert served == [settings["teacher.model"]]
+
+        overrides = [*argv[3:], f"teacher.cache={tmp_path / 'vlm.sqlite'}", "teacher.size=64"]
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))  # probes the mock
+        try:
+            labels = teacher(queries_from(reacher_pool, 6))
+        finally:
+            teacher.close()
+        assert set(labels.tolist()) <= {0.0, 1.0}, labels
+    finally:
+        proc.terminate()  # SIGTERM stops it as Ctrl-C does
+        assert proc.wait(timeout=60) == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{base_url}/models", timeout=5)
+
+
+def test_the_mock_command_names_a_busy_port(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert mock_main(["--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 # -- online --------------------------------------------------------------------------------------

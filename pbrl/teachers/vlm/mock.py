@@ -338,13 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (0: a free one)"
     )
-    parser.add_argument("--model", default="mock-vlm", help="the model name it serves")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
-    parser.add_argument("--seed", type=int, default=0, help="fixes its random ranking")
     args = parser.parse_args(argv)
-    mock = MockVLM(
-        model=args.model, latency_s=args.latency, seed=args.seed, guess=True, port=args.port
-    )
+    # one model name, never a real one: answers are cached under the model's name
+    mock = MockVLM(latency_s=args.latency, guess=True, port=args.port)
     try:
         mock.start()
     except OSError as exc:
@@ -357,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (a supervisor, a test) stops it as Ctrl-C does
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(
-        f"mock VLM serving model {mock.model!r} at {mock.base_url} (random but consistent "
-        "answers, no task knowledge); Ctrl-C stops it. Train against it from another shell:",
+        f"mock VLM: model {mock.model!r} at {mock.base_url} (it ranks images at random, "
+        "consistently: no task knowledge)\n"
+        "Train against it from another shell (Ctrl-C here stops the server):",
         flush=True,
     )
     print(f"    {train_command(mock)}", flush=True)
