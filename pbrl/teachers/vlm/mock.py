@@ -351,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    # SIGTERM (a supervisor, a test) stops it as Ctrl-C does
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C and SIGTERM (a supervisor, a test) stop it, even where the shell that started it
+    # ignores SIGINT for background jobs
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     print(
         f"mock VLM: model {mock.model!r} at {mock.base_url} (it ranks images at random, "
         "consistently: no task knowledge)\n"
