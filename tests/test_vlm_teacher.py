@@ -5,6 +5,7 @@ the start-up probe, and a tiny online run."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -41,7 +42,7 @@ from pbrl.teachers.vlm import (
     label_messages,
     parse_answer,
 )
-from pbrl.teachers.vlm.images import ImageSpec, render_segment_images
+from pbrl.teachers.vlm.images import ImageSpec, SegmentImager, render_segment_images
 from pbrl.teachers.vlm.mock import main as mock_main
 from pbrl.train import CONF_DIR
 
@@ -489,6 +490,24 @@ def test_config_has_a_goal_for_every_configured_env():
     teacher.close()
     with pytest.raises(ConfigError, match="teacher.goal"):  # an env without a goal
         VLMTeacher(model="m", goals=goals, env_id="Swimmer-v5", probe=False, api_key_env=None)
+
+
+def test_score_rendered_scores_this_process_renders_only_while_the_server_runs(reacher_pool):
+    """tests/support's RecordingMockVLM(score_rendered=True) wraps SegmentImager.images while
+    it runs and restores it when it stops: the package carries no observer hook."""
+    queries = queries_from(reacher_pool, 2)
+    spec = ImageSpec(size=48)
+    original = SegmentImager.images
+    with RecordingMockVLM(score_rendered=True) as server:
+        assert SegmentImager.images is not original
+        images = render_segment_images(queries.first, spec)
+        for row, shown in enumerate(images):
+            score = float(queries.first.returns()[row])
+            assert all(server._scores[hashlib.sha256(b).hexdigest()] == score for b in shown)
+    assert SegmentImager.images is original
+    with RecordingMockVLM() as plain:  # score_rendered off: nothing is registered
+        render_segment_images(queries.second, spec)
+        assert not plain._scores and SegmentImager.images is original
 
 
 # -- the mock command (trying teacher=vlm without a key) ------------------------------------------

@@ -32,7 +32,7 @@ ANNOTATOR = "vlm"
 
 
 class VLMTeacher(AsyncTeacher):
-    """``teacher=vlm``: see the module docstring and ``conf/teacher/vlm.yaml``.
+    """``teacher=vlm``: see :mod:`pbrl.teachers.vlm` and ``conf/teacher/vlm.yaml``.
 
     ``goal`` is the task's text goal; when it is empty, ``goals[env_id]`` is used (the config
     keeps one per environment). ``api_key_env`` names the environment variable holding the key
