@@ -36,7 +36,8 @@ from pbrl.data import PreferenceDataset, Queries, Segments  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.teachers.vlm import VLMTeacher  # noqa: E402
-from pbrl.teachers.vlm_mock import MockVLM  # noqa: E402
+from pbrl.teachers.vlm.images import ImageSpec, render_segment_images  # noqa: E402
+from pbrl.teachers.vlm.mock import MockVLM  # noqa: E402
 
 GOALS = {
     "Reacher-v5": "the tip of the two-link robot arm touches the small red target",
@@ -190,6 +191,12 @@ def main() -> None:
         "s per 100 pairs | unsure fraction |"
     )
     rows = [header, "|---" * 8 + "|"]
+    # the mock's oracle: every image the teacher will show scores as its segment's true return
+    spec = ImageSpec(args.frames, size=args.size)
+    shown = [
+        (render_segment_images(segments, spec), segments.returns())
+        for segments in (queries.first, queries.second)
+    ]
     for noise in args.noise:
         with (
             tempfile.TemporaryDirectory() as tmp,
@@ -198,9 +205,10 @@ def main() -> None:
                 latency_s=args.latency,
                 malformed=args.malformed,
                 seed=args.seed,
-                score_rendered=True,
             ) as server,
         ):
+            for images, returns in shown:
+                server.register_segments(images, returns)
             cache = Path(tmp) / "vlm.sqlite"
             labels, first, _ = label_pass(server, args, queries, cache)
             sent = server.requests

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from support.vlm import RecordingMockVLM
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
@@ -32,7 +33,6 @@ from pbrl.rewards.base import FrameReward, StateReward, kind_of
 from pbrl.rewards.dispatch import Steps, needs_labels, score_steps, scores_steps, step_fields
 from pbrl.rewards.frame_cache import FrameCache, apply_camera
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
-from pbrl.teachers.vlm_mock import MockVLM
 from pbrl.train import CONF_DIR
 from pbrl.video import StateRenderer
 
@@ -261,7 +261,7 @@ def run_train(argv: list[str], monkeypatch) -> None:  # type: ignore[no-untyped-
         runpy.run_module("pbrl.train", run_name="__main__", alter_sys=True)
 
 
-def vlm_args(server: MockVLM, tmp_path: Path) -> list[str]:
+def vlm_args(server: RecordingMockVLM, tmp_path: Path) -> list[str]:
     return [
         f"teacher.base_url={server.base_url}",
         f"teacher.model={server.model}",
@@ -302,7 +302,7 @@ def test_tiny_online_run_with_the_vlm_teacher(tmp_path, monkeypatch):
     relabeled with the final model."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    with MockVLM(score_rendered=True) as server:
+    with RecordingMockVLM(score_rendered=True) as server:
         run_train(
             ["+exp=vlm_pebble_reacher", *TINY_ONLINE, *vlm_args(server, tmp_path),
              f"hydra.run.dir={run}"],
@@ -379,7 +379,7 @@ def test_tiny_offline_run_labels_renders_relabels(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     dataset_id = hopper_dataset(tmp_path / "minari")
     run = tmp_path / "run"
-    with MockVLM(score_rendered=True) as server:
+    with RecordingMockVLM(score_rendered=True) as server:
         run_train(
             ["+exp=offline_vlm_iql_hopper", f"dataset.id={dataset_id}",
              "++env.kwargs.max_episode_steps=60", "total_timesteps=10", "max_feedback=16",
@@ -424,7 +424,7 @@ def test_pebble_learns_from_the_image_reward_with_noisy_vlm_labels(tmp_path, mon
     against random -8.6, reward-model accuracy 0.81, 33 min on a loaded 2-core machine)."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    with MockVLM(noise=0.1, score_rendered=True, seed=1) as server:
+    with RecordingMockVLM(noise=0.1, score_rendered=True, seed=1) as server:
         args = [a for a in vlm_args(server, tmp_path) if "wait_for_round" not in a]
         run_train(["+exp=vlm_pebble_reacher", *args, f"hydra.run.dir={run}",
                    "video.enabled=false", "progress_bar=false"], monkeypatch)  # fmt: skip

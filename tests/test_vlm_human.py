@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx", reason="pip install httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from support.vlm import RecordingMockVLM  # noqa: E402
 from test_human_loop import ScriptedPerson, free_port  # noqa: E402  (tests/ is on sys.path)
 from test_label_store import pair_queries  # noqa: E402
 from test_vlm_teacher import TINY_ONLINE, make_teacher, run_train  # noqa: E402
@@ -39,7 +40,6 @@ from pbrl.teachers.base import WatchesRewardModel  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
 from pbrl.teachers.vlm_human import VLMThenHuman  # noqa: E402
-from pbrl.teachers.vlm_mock import MockVLM  # noqa: E402
 from pbrl.train import CONF_DIR  # noqa: E402
 
 ANALYSIS = "1. Image 1 shows the arm far from the target.\n2. Image 2 shows it touching it."
@@ -214,7 +214,7 @@ def test_the_page_shows_the_suggestion_and_the_person_overrides_it(tmp_path: Pat
 
 # -- the routing teacher -------------------------------------------------------------------------
 def make_vlm_then_human(
-    vlm: MockVLM, tmp_path: Path, route: str = "unsure", **kwargs: Any
+    vlm: RecordingMockVLM, tmp_path: Path, route: str = "unsure", **kwargs: Any
 ) -> VLMThenHuman:
     inner = make_teacher(vlm, tmp_path, wait_timeout_s=30, min_labels=5)
     human = HumanTeacher(str(tmp_path / "labels.sqlite"), min_labels=5, wait_for_round=True)
@@ -240,7 +240,7 @@ def test_only_unsure_pairs_reach_people_and_their_answers_arrive_later(
     store_path = tmp_path / "labels.sqlite"
     LabelStore(store_path)
     with (
-        MockVLM(score_rendered=True, malformed=0.4, seed=2) as vlm,
+        RecordingMockVLM(score_rendered=True, malformed=0.4, seed=2) as vlm,
         BackgroundServer(store_path, port=free_port(), prerender=0) as server,
     ):
         teacher = make_vlm_then_human(vlm, tmp_path, min_labels=0, wait_timeout_s=0)
@@ -294,7 +294,7 @@ def test_route_all_asks_people_everything_and_measures_the_vlm(
     store_path = tmp_path / "labels.sqlite"
     LabelStore(store_path)
     with (
-        MockVLM(score_rendered=True, noise=0.4, seed=5) as vlm,
+        RecordingMockVLM(score_rendered=True, noise=0.4, seed=5) as vlm,
         BackgroundServer(store_path, port=free_port(), prerender=0) as server,
     ):
         teacher = make_vlm_then_human(
@@ -340,7 +340,7 @@ def test_pairs_the_ensemble_disagrees_on_go_to_people_with_the_vlms_answer(
     expected = set(queries.query_id[np.argsort(-spread)[:3]].tolist())
     store_path = tmp_path / "labels.sqlite"
     LabelStore(store_path)
-    with MockVLM(score_rendered=True, seed=2) as vlm:
+    with RecordingMockVLM(score_rendered=True, seed=2) as vlm:
         teacher = make_vlm_then_human(vlm, tmp_path, disagreement=0.3, min_labels=0)
         assert isinstance(teacher, WatchesRewardModel)
         teacher.set_reward_model(None)  # before the first fit: nothing is contested
@@ -363,7 +363,7 @@ def test_pairs_the_ensemble_disagrees_on_go_to_people_with_the_vlms_answer(
 
 
 def test_config_builds_the_teacher_and_rejects_bad_settings(tmp_path: Path) -> None:
-    with MockVLM() as vlm:
+    with RecordingMockVLM() as vlm:
         overrides = [
             "+exp=quickstart",
             "teacher=vlm_then_human",
@@ -412,7 +412,7 @@ def test_tiny_online_run_routes_unsure_pairs_to_the_store(
     labels: the run trains on the VLM's labels, the unsure pairs wait in the store)."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    with MockVLM(score_rendered=True, malformed=0.5, seed=1) as vlm:
+    with RecordingMockVLM(score_rendered=True, malformed=0.5, seed=1) as vlm:
         run_train(
             [
                 "+exp=quickstart",

@@ -5,14 +5,19 @@ the start-up probe, and a tiny online run."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import math
+import queue
 import socket
 import sqlite3
+import subprocess
 import sys
+import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from conftest import TINY, with_overrides
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
+from support.vlm import RecordingMockVLM
 
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
@@ -36,8 +42,8 @@ from pbrl.teachers.vlm import (
     label_messages,
     parse_answer,
 )
-from pbrl.teachers.vlm_images import ImageSpec, render_segment_images
-from pbrl.teachers.vlm_mock import MockVLM
+from pbrl.teachers.vlm.images import ImageSpec, SegmentImager, render_segment_images
+from pbrl.teachers.vlm.mock import main as mock_main
 from pbrl.train import CONF_DIR
 
 pytest.importorskip("openai")
@@ -57,11 +63,11 @@ def queries_from(pool: TrajectoryPool, n: int, seed: int = 0) -> Queries:
 
 @pytest.fixture
 def vlm():
-    with MockVLM(score_rendered=True) as server:
+    with RecordingMockVLM(score_rendered=True) as server:
         yield server
 
 
-def make_teacher(server: MockVLM, tmp_path: Path, **kwargs) -> VLMTeacher:
+def make_teacher(server: RecordingMockVLM, tmp_path: Path, **kwargs) -> VLMTeacher:
     settings = {
         "model": server.model,
         "base_url": server.base_url,
@@ -146,7 +152,7 @@ def test_prompts_carry_goal_images_and_analysis():
 
 def test_labels_agree_with_oracle_at_noise_0(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 16)
-    with MockVLM() as server:  # scores registered by hand, from the true returns
+    with RecordingMockVLM() as server:  # scores registered by hand, from the true returns
         teacher = make_teacher(server, tmp_path, size=224)
         server.register_segments(teacher.segment_images(queries.first), queries.first.returns())
         server.register_segments(teacher.segment_images(queries.second), queries.second.returns())
@@ -172,7 +178,7 @@ def test_labels_agree_with_oracle_at_noise_0(reacher_pool, tmp_path):
 
 def test_noise_flips_labels(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 12, seed=1)
-    with MockVLM(noise=1.0, score_rendered=True) as server:
+    with RecordingMockVLM(noise=1.0, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path)
         labels = teacher(queries)
         teacher.close()
@@ -183,7 +189,7 @@ def test_noise_flips_labels(reacher_pool, tmp_path):
 
 def test_malformed_replies_are_unsure_and_skipped(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 6)
-    with MockVLM(malformed=1.0, score_rendered=True) as server:
+    with RecordingMockVLM(malformed=1.0, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, price_per_1k_tokens=0.5)
         labels = teacher(queries)
         stats = teacher.stats()
@@ -277,7 +283,7 @@ def test_give_up_after_max_retries_skips_and_counts(reacher_pool, vlm, tmp_path)
 
 def test_timeouts_are_retried_then_given_up(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 1)
-    with MockVLM(latency_s=0.6, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.6, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, timeout_s=0.15, max_retries=1)
         labels = teacher(queries)
         stats = teacher.stats()
@@ -297,7 +303,7 @@ def test_non_retryable_error_is_not_retried(reacher_pool, vlm, tmp_path):
 
 def test_concurrency_cap_is_never_exceeded(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 12)
-    with MockVLM(latency_s=0.1, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.1, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, max_concurrency=3)
         teacher(queries)
         teacher.close()
@@ -320,7 +326,7 @@ def test_rate_limit_spaces_requests(reacher_pool, vlm, tmp_path):
 
 def test_submit_returns_at_once_and_late_answers_come_through_collect(reacher_pool, tmp_path):
     first, second = queries_from(reacher_pool, 4, seed=2), queries_from(reacher_pool, 4, seed=3)
-    with MockVLM(latency_s=0.3, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.3, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, min_labels=0)
         t0 = time.monotonic()
         teacher.submit(first)
@@ -340,7 +346,7 @@ def test_submit_returns_at_once_and_late_answers_come_through_collect(reacher_po
 
 def test_collect_waits_for_min_labels(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 4)
-    with MockVLM(latency_s=0.1, score_rendered=True) as server:
+    with RecordingMockVLM(latency_s=0.1, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, min_labels=2, max_concurrency=1)
         teacher.submit(queries)
         got = teacher.collect()  # blocks until two usable labels exist
@@ -372,7 +378,7 @@ def test_probe_failures_are_one_config_error(monkeypatch):
     port = _closed_port()
     message = _probe_error(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None)
     assert "cannot reach" in message and str(port) in message
-    with MockVLM(api_key="right-key") as server:
+    with RecordingMockVLM(api_key="right-key") as server:
         monkeypatch.setenv("PBRL_TEST_VLM_KEY", "wrong-key")
         message = _probe_error(
             model=server.model, base_url=server.base_url, api_key_env="PBRL_TEST_VLM_KEY"
@@ -486,6 +492,82 @@ def test_config_has_a_goal_for_every_configured_env():
         VLMTeacher(model="m", goals=goals, env_id="Swimmer-v5", probe=False, api_key_env=None)
 
 
+def test_score_rendered_scores_this_process_renders_only_while_the_server_runs(reacher_pool):
+    """tests/support's RecordingMockVLM(score_rendered=True) wraps SegmentImager.images while
+    it runs and restores it when it stops: the package carries no observer hook."""
+    queries = queries_from(reacher_pool, 2)
+    spec = ImageSpec(size=48)
+    original = SegmentImager.images
+    with RecordingMockVLM(score_rendered=True) as server:
+        assert SegmentImager.images is not original
+        images = render_segment_images(queries.first, spec)
+        for row, shown in enumerate(images):
+            score = float(queries.first.returns()[row])
+            assert all(server._scores[hashlib.sha256(b).hexdigest()] == score for b in shown)
+    assert SegmentImager.images is original
+    with RecordingMockVLM() as plain:  # score_rendered off: nothing is registered
+        render_segment_images(queries.second, spec)
+        assert not plain._scores and SegmentImager.images is original
+
+
+# -- the mock command (trying teacher=vlm without a key) ------------------------------------------
+
+
+def test_the_mock_command_serves_until_stopped_and_prints_a_train_line(reacher_pool, tmp_path):
+    """``python -m pbrl.teachers.vlm.mock`` (docs/vlm.md): the line it prints names an endpoint
+    that answers, and its overrides build a teacher there whose labels are decided (the
+    command's mock ranks images without an oracle, never "no difference")."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pbrl.teachers.vlm.mock", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or []], daemon=True).start()
+    seen: list[str] = []
+    try:
+        while not seen or "python -m pbrl.train" not in seen[-1]:
+            try:
+                seen.append(lines.get(timeout=120))
+            except queue.Empty:
+                pytest.fail(f"no train line within 120 s; printed: {seen}")
+        argv = seen[-1].split()
+        assert argv[:4] == ["python", "-m", "pbrl.train", "+exp=vlm_pebble_reacher"]
+        settings = dict(a.split("=", 1) for a in argv[4:])
+        assert settings["teacher.api_key_env"] == "null"
+        base_url = settings["teacher.base_url"]
+        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+        with urllib.request.urlopen(f"{base_url}/models", timeout=30) as answer:
+            served = [m["id"] for m in json.load(answer)["data"]]
+        assert served == [settings["teacher.model"]]
+
+        overrides = [*argv[3:], f"teacher.cache={tmp_path / 'vlm.sqlite'}", "teacher.size=64"]
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))  # probes the mock
+        try:
+            labels = teacher(queries_from(reacher_pool, 6))
+        finally:
+            teacher.close()
+        assert set(labels.tolist()) <= {0.0, 1.0}, labels
+    finally:
+        proc.terminate()  # SIGTERM stops it as Ctrl-C does
+        assert proc.wait(timeout=60) == 0
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{base_url}/models", timeout=5)
+
+
+def test_the_mock_command_names_a_busy_port(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert mock_main(["--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
 # -- online --------------------------------------------------------------------------------------
 
 
@@ -544,7 +626,7 @@ def test_pebble_learns_from_noisy_vlm_labels(tmp_path, monkeypatch):
     recovered), as the oracle-labeled quickstart must."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
-    with MockVLM(noise=0.1, score_rendered=True, seed=1) as server:
+    with RecordingMockVLM(noise=0.1, score_rendered=True, seed=1) as server:
         run_train(
             [
                 "+exp=quickstart",

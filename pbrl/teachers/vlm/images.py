@@ -38,12 +38,6 @@ from pbrl.video import StateRenderer
 
 FRAME_MODES = ("last", "k", "strip")
 
-# Called as ``observer(segments, row, images)`` with every segment's images as they are
-# rendered, in the rendering thread. Test machinery uses it: the mock VLM server registers each
-# image with the true return of the segment it shows (``MockVLM(score_rendered=True)``).
-ImageObserver = Callable[["Segments", int, list[bytes]], None]
-IMAGE_OBSERVERS: list[ImageObserver] = []
-
 
 @dataclass(frozen=True)
 class ImageSpec:
@@ -256,8 +250,6 @@ class SegmentImager:
             images = [encode_png(np.concatenate(row[:-1], axis=1))]
         else:
             images = [encode_png(f) for f in frames]
-        for observer in list(IMAGE_OBSERVERS):
-            observer(segments, i, images)
         return images
 
     def all_images(self, segments: Segments) -> list[list[bytes]]:
