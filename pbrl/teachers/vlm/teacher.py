@@ -19,7 +19,7 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.preferences import oracle_labels
-from pbrl.data.store import StoreError, check_writable
+from pbrl.store import StoreError, check_writable
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 from pbrl.teachers.vlm.cache import DEFAULT_CACHE
