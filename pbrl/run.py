@@ -26,7 +26,7 @@ from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
 from pbrl.evaluation import EvalResult, Policy, evaluate, peak_rss_mb
 from pbrl.rewards.base import RewardModel
-from pbrl.teachers.base import AsyncTeacher, as_async
+from pbrl.teachers.base import Teacher, WaitPolicy, checked_teacher
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -269,7 +269,8 @@ class RunContext:
     device: torch.device
     env: EnvSpec
     checkpoint: Checkpoint
-    teacher: AsyncTeacher | None  # None when the run asks no teacher
+    teacher: Teacher | None  # None when the run asks no teacher
+    wait: WaitPolicy  # how long the run waits for answers (the ``wait`` group)
     evaluation: Evaluation
     video_root: Path
     started: float = field(default_factory=time.time)
@@ -308,13 +309,13 @@ class Recipe:
     run: Callable[[RunContext, Any], dict[str, Any]]
 
 
-def build_teacher(cfg: Any, rng: np.random.Generator) -> AsyncTeacher:
-    """The ``teacher`` group's teacher, behind the asynchronous interface; a bad setting is a
-    :class:`ConfigError` naming its cause."""
+def build_teacher(cfg: Any, rng: np.random.Generator) -> Teacher:
+    """The ``teacher`` group's teacher; a bad setting is a :class:`ConfigError` naming its
+    cause."""
     from hydra.utils import instantiate
 
     try:
-        return as_async(instantiate(cfg.teacher, rng=rng))
+        teacher = instantiate(cfg.teacher, rng=rng)
     except Exception as exc:
         cause: BaseException = exc
         while cause.__cause__ is not None:
@@ -322,6 +323,18 @@ def build_teacher(cfg: Any, rng: np.random.Generator) -> AsyncTeacher:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError(str(cause)) from exc
+    return checked_teacher(teacher)
+
+
+def wait_policy(cfg: Any) -> WaitPolicy:
+    """The run's ``wait`` group (how long to wait for teachers that answer later)."""
+    w = cfg.get("wait") or {}
+    timeout = w.get("timeout_s", 600.0)
+    return WaitPolicy(
+        timeout_s=None if timeout is None else float(timeout),
+        poll_s=float(w.get("poll_s", 1.0)),
+        all_asked=bool(w.get("for_round", False)),
+    )
 
 
 def budget(cfg: Any) -> str:
@@ -381,6 +394,6 @@ def start_run(cfg: Any, run_dir: Path, asks_teacher: bool) -> RunContext:
         (int(cfg.video.width), int(cfg.video.height)),
     )
     return RunContext(
-        cfg, run_dir, name, seeds, rng, device, env, checkpoint, teacher, evaluation,
-        video_root, started,
+        cfg, run_dir, name, seeds, rng, device, env, checkpoint, teacher, wait_policy(cfg),
+        evaluation, video_root, started,
     )  # fmt: skip

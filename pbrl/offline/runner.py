@@ -34,7 +34,7 @@ from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model, re
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import relabel_dataset, state_reward_fn
 from pbrl.run import Progress, Recipe, RunContext, label_stats, plain
-from pbrl.teachers.base import AsyncTeacher
+from pbrl.teachers.base import Teacher, WaitPolicy, ask
 
 C = TypeVar("C", bound=OfflineAlgoConfig)
 
@@ -79,7 +79,8 @@ def make_labels(
     data: OfflineDataset,
     rng: np.random.Generator,
     run_dir: Path,
-    teacher: AsyncTeacher | None,
+    teacher: Teacher | None,
+    wait: WaitPolicy,
 ) -> PreferenceDataset:
     """The run's preference labels: a user's file (``dataset.preferences``), or scripted ones."""
     saved = run_dir / "preferences.npz"
@@ -100,7 +101,7 @@ def make_labels(
             data,
             int(cfg.max_feedback),
             length,
-            lambda q: teacher.answer_all(q).labels,
+            lambda q: ask(teacher, q, wait).labels,
             rng,
             float(cfg.dataset.get("tie_threshold", 0.0)),
             teacher.name,
@@ -245,7 +246,9 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
     check_segment_length(true_data, segment_length, config.preference)
     labels = None
     if config.preference:
-        labels = require_labels(make_labels(cfg, true_data, rng, run_dir, ctx.teacher), config.name)
+        labels = require_labels(
+            make_labels(cfg, true_data, rng, run_dir, ctx.teacher, ctx.wait), config.name
+        )
     ckpt_dir.mkdir(parents=True, exist_ok=True)  # the data loaded: the run starts
     # a preference learner never sees the true reward: it is only for oracles and evaluation
     data = (

@@ -18,7 +18,7 @@ from pbrl.online.wrappers import PreferenceVecEnv
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import state_reward_fn
 from pbrl.run import Evaluation, Progress
-from pbrl.teachers.base import AsyncTeacher
+from pbrl.teachers.base import Teacher
 
 
 def deterministic_policy(model: BaseAlgorithm) -> Policy:
@@ -43,7 +43,7 @@ class EvalCallback(BaseCallback):
         evaluation: Evaluation,
         every: int,
         reward_model: RewardModel | None = None,
-        teacher: AsyncTeacher | None = None,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         self.evaluation, self.every = evaluation, int(every)

@@ -55,6 +55,7 @@ from pbrl.rewards.dispatch import (
 )
 from pbrl.run import Progress, Recipe, RunContext, plain
 from pbrl.sim import make_vec_env
+from pbrl.teachers.base import ask
 
 log = logging.getLogger("pbrl")
 
@@ -319,16 +320,16 @@ def _ask_triplets(ctx: RunContext, settings: EpisodicSettings) -> PreferenceData
     )
     n = int(ctx.cfg.max_feedback)
     queries = sample_triplets(pool, n, rng, new_triplet_ids(n, rng))
-    # teacher=human: the triplets go to the label store and this waits (teacher.wait_timeout_s)
-    # until people have ranked them on the labeling page
-    prefs = teacher.answer_all(queries)
+    # teacher=human: the triplets go to the label store and this waits (wait.timeout_s) until
+    # people have ranked them on the labeling page
+    prefs = ask(teacher, queries, ctx.wait)
     prefs.save(saved)
     if not len(prefs.trainable):
         raise ConfigError(
             f"none of the {n} triplets was ranked: nothing to learn a reward from (the rankings "
             f"asked are kept in {saved}). With teacher=human, rank them on the labeling page "
             "(teacher.serve=true, or python -m pbrl.label serve --store ...) and raise "
-            "teacher.wait_timeout_s (null: wait until all are ranked), then resume"
+            "wait.timeout_s (null: wait until all are ranked), then resume"
         )
     return prefs
 

@@ -11,8 +11,9 @@ labels it already has and never exceeds ``max_feedback``.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from pbrl.query import QuerySelector
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import Steps, score_steps
 from pbrl.run import label_stats
-from pbrl.teachers.base import AsyncTeacher, Teacher, WatchesRewardModel, as_async
+from pbrl.teachers.base import Teacher, TeacherTimeout, WaitPolicy, wait_for
 
 
 @dataclass
@@ -71,19 +72,24 @@ class FeedbackCallback(BaseCallback):
         schedule: FeedbackSchedule,
         pool: TrajectoryPool,
         reward_model: RewardModel,
-        teacher: Teacher | AsyncTeacher,
+        teacher: Teacher,
         selector: QuerySelector | None = None,
         rng: np.random.Generator | None = None,
         start_at: int | None = None,
         labels_path: str | Path | None = None,
         on_queries: Callable[[Queries, int], None] | None = None,
+        wait: WaitPolicy | None = None,
     ) -> None:
         """``start_at``: first round's env step (default ``schedule.first_at``);
         ``labels_path``: where labels and counters are saved after every round;
-        ``on_queries(queries, round)``: called with each round's queries (e.g. videos)."""
+        ``on_queries(queries, round)``: called with each round's queries (e.g. videos);
+        ``wait``: how long a round waits for a teacher that answers later (its
+        ``min_labels`` is the schedule's: the labels the first reward update needs)."""
         super().__init__()
         self.schedule, self.pool, self.reward_model = schedule, pool, reward_model
-        self.teacher = as_async(teacher)
+        self.teacher = teacher
+        self.wait = replace(wait or WaitPolicy(), min_labels=schedule.min_labels)
+        self._waited_in_vain = False  # the last wait timed out: don't wait until answers flow
         self.selector = selector or QuerySelector()
         self.rng = rng if rng is not None else np.random.default_rng()
         first = schedule.first_at if start_at is None else start_at
@@ -147,14 +153,41 @@ class FeedbackCallback(BaseCallback):
             return
         self.state.queries += n
         self.state.rounds += 1
-        if isinstance(self.teacher, WatchesRewardModel):
-            self.teacher.set_reward_model(self.reward_model if self.state.updates else None)
+        self.teacher.set_reward_model(self.reward_model if self.state.updates else None)
         self.teacher.submit(queries)
-        new = self.teacher.collect()
+        new = self.wait_for_answers()
         if self.on_queries is not None:
             self.on_queries(queries, self.state.rounds)
         fault_point("feedback_round")  # tests: a kill with answers in hand, not yet saved
         self.learn_from(new, queries)
+
+    def wait_for_answers(self) -> PreferenceDataset | None:
+        """The round's answers under the wait policy. A wait that times out before any label
+        exists ends the run (:class:`TeacherTimeout`: labels and queries asked are kept);
+        after some labels it warns, and later rounds don't wait until answers flow again."""
+        policy = replace(self.wait, timeout_s=0.0) if self._waited_in_vain else self.wait
+        new, timed_out = wait_for(self.teacher, policy, had=self.num_labels)
+        if new is not None and len(new.trainable):
+            self._waited_in_vain = False
+        if timed_out and not self._waited_in_vain:
+            have = self.num_labels + (0 if new is None else len(new.trainable))
+            if have == 0:
+                self.learn_from(new)  # keep what came (skips), then stop
+                raise TeacherTimeout(
+                    f"{self.teacher.name} gave no usable label in {policy.timeout_s:.0f} s "
+                    f"(wait.timeout_s) for {self.state.queries} queries asked: nothing to learn "
+                    f"from. {self.teacher.where()}; the queries stay asked: rerun with "
+                    "resume=RUN_DIR once answers come, or raise wait.timeout_s"
+                )
+            self._waited_in_vain = True
+            warnings.warn(
+                f"{self.teacher.name}: waited {policy.timeout_s:.0f} s (wait.timeout_s) for "
+                f"answers ({have} usable labels, {self.wait.min_labels} wanted): training "
+                f"continues on the labels it has. {self.teacher.where()}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return new
 
     def collect_late_answers(self) -> None:
         """Answers an asynchronous teacher received after the last round."""

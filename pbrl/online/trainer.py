@@ -258,6 +258,7 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
             start_at=max(algo.unsupervised_steps, schedule.first_at),
             labels_path=checkpoint.labels,
             on_queries=query_videos,
+            wait=ctx.wait,
         )
         if checkpoint.labels.exists():  # labels and counters: newer than the checkpoint
             feedback.restore(checkpoint.labels)

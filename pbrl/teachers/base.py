@@ -1,57 +1,41 @@
-"""The two teacher interfaces.
+"""The one teacher protocol, and the one place a run waits for answers.
 
-* :class:`Teacher`: ``labels = teacher(queries)``, answered at once (scripted, regret,
-  reward-factor teachers). Labels: 0 first preferred, 1 second, 0.5 equal, NaN skip.
-* :class:`AsyncTeacher`: answers arrive later (people on the labeling page, remote models):
-  ``submit(queries)`` hands a round over, ``collect()`` returns whatever was answered since
-  the last call, ``close()`` releases what the teacher holds. The online loop only speaks
-  this one; :func:`as_async` puts a synchronous teacher behind it.
+Every teacher is asynchronous: ``submit(queries)`` hands a round over and returns at once,
+``collect()`` returns whatever was answered since the last call (never blocking),
+``outstanding()`` counts what was asked and not yet answered, ``close()`` releases what the
+teacher holds. Labels: 0 first preferred, 1 second, 0.5 equal, NaN skip.
+
+* :class:`Scripted` teachers (B-Pref's, regret, HERON's rankings, triplets) answer at once
+  through the same protocol: a subclass implements ``labels = teacher(queries)``.
+* People (:class:`~pbrl.teachers.human.HumanTeacher`), a VLM and routing teachers answer later.
+
+How long a run waits is the run's decision, not the teacher's: a :class:`WaitPolicy` (block
+until n labels, or until every query asked is answered; wait up to t; or don't wait) is
+applied by :func:`wait_for`, the only loop that waits. Optional abilities are declared here
+with no-op defaults (``stats``, ``describe``, ``set_reward_model``, ``show_eval_video``,
+``where``), so a run calls them on any teacher without asking what it is.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
+from pbrl.errors import ConfigError
 
 if TYPE_CHECKING:
     from pbrl.rewards.base import RewardModel
 
 
-class Teacher(Protocol):
-    def __call__(self, queries: Queries) -> np.ndarray: ...
-
-
-@runtime_checkable
-class ReportsStats(Protocol):
-    """A teacher with figures about its last answers (logged as ``preferences/<name>``)."""
-
-    def stats(self) -> dict[str, float]: ...
-
-
-@runtime_checkable
-class DescribesItself(Protocol):
-    """A teacher whose effective settings differ from its config (e.g. a ranking read from
-    the label store); ``describe()`` is merged over the config in ``summary.json``."""
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-@runtime_checkable
-class WatchesRewardModel(Protocol):
-    """A teacher that looks at the current reward model when a round is submitted (e.g. to
-    send the pairs its ensemble disagrees on to people). The feedback loop calls
-    ``set_reward_model`` before each ``submit``: None until the model has been fit once."""
-
-    def set_reward_model(self, model: RewardModel | None) -> None: ...
-
-
-class AsyncTeacher(ABC):
+class Teacher(ABC):
     @property
     def name(self) -> str:
         """Who answers (the annotator id of scripted answers)."""
@@ -59,37 +43,20 @@ class AsyncTeacher(ABC):
 
     @abstractmethod
     def submit(self, queries: Queries) -> None:
-        """Hand a round's queries over to be answered."""
+        """Hand a round's queries over to be answered; returns at once."""
 
     @abstractmethod
     def collect(self) -> PreferenceDataset | None:
-        """Answers that arrived since the last call (None when there are none)."""
+        """Answers that arrived since the last call (None when there are none); never blocks."""
+
+    def outstanding(self) -> int:
+        """Queries asked and not answered yet (0 for a teacher that answers at once)."""
+        return 0
 
     def close(self) -> None:  # noqa: B027  (an optional hook)
-        """Release what the teacher holds (a served page, a connection)."""
+        """Release what the teacher holds (a connection, threads, renderers)."""
 
-    def answer_all(self, queries: Queries, poll_s: float = 0.5) -> PreferenceDataset:
-        """Submit ``queries`` and wait until every one is answered: the answers in the order
-        asked (a teacher that answers later bounds the wait itself, e.g. ``wait_timeout_s``)."""
-        self.submit(queries)
-        wanted = [str(q) for q in queries.query_id]
-        got: dict[str, tuple[float, str]] = {}
-        while True:
-            new = self.collect()
-            if new is not None:
-                for qid, label, who in zip(
-                    new.queries.query_id.tolist(),
-                    new.labels.tolist(),
-                    list(new.annotator if new.annotator is not None else [""] * len(new)),
-                    strict=True,
-                ):
-                    got[str(qid)] = (float(label), str(who))
-            if all(q in got for q in wanted):
-                break
-            time.sleep(poll_s)
-        labels = np.array([got[q][0] for q in wanted])
-        return PreferenceDataset(queries, labels, np.array([got[q][1] for q in wanted]))
-
+    # -- declared abilities: no-ops unless a teacher has them --------------------------------
     def stats(self) -> dict[str, float]:
         """Figures about the answers collected last (``preferences/<name>``)."""
         return {}
@@ -98,41 +65,131 @@ class AsyncTeacher(ABC):
         """Effective settings that the config does not show (merged into ``summary.json``)."""
         return {}
 
+    def set_reward_model(self, model: RewardModel | None) -> None:  # noqa: B027
+        """The current reward model, before each round (None until its first fit): a teacher
+        may use it (e.g. to send people the pairs the ensemble disagrees on)."""
+
     def show_eval_video(  # noqa: B027  (an optional hook)
         self, path: str | Path, step: int | None = None, true_return: float | None = None
     ) -> None:
         """A new evaluation video of the policy exists (a page may show it to people)."""
 
+    def where(self) -> str:
+        """Where answers come from, for messages about waiting (e.g. the labeling page)."""
+        return ""
 
-class Immediate(AsyncTeacher):
-    """A synchronous :class:`Teacher` behind the asynchronous interface: each submitted round
-    is answered at once, and ``collect`` returns it, annotated with the teacher's class name."""
 
-    def __init__(self, teacher: Teacher) -> None:
-        self.teacher = teacher
-        self._name = type(teacher).__name__
-        self._answered: list[PreferenceDataset] = []
+class Scripted(Teacher):
+    """A teacher that answers at once: ``labels = teacher(queries)``. Each submitted round is
+    labeled on the spot; ``collect`` returns it, annotated with the teacher's name."""
+
+    @abstractmethod
+    def __call__(self, queries: Queries) -> np.ndarray: ...
+
+    def _answered(self) -> list[PreferenceDataset]:
+        # scripted teachers are dataclasses: no __init__ of ours runs
+        return self.__dict__.setdefault("_answers", [])  # type: ignore[no-any-return]
 
     def submit(self, queries: Queries) -> None:
-        labels = self.teacher(queries)
-        self._answered.append(PreferenceDataset(queries, labels, np.full(len(queries), self._name)))
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def stats(self) -> dict[str, float]:
-        return self.teacher.stats() if isinstance(self.teacher, ReportsStats) else {}
-
-    def describe(self) -> dict[str, Any]:
-        return self.teacher.describe() if isinstance(self.teacher, DescribesItself) else {}
+        labels = np.asarray(self(queries), dtype=np.float64)
+        names = np.full(len(queries), self.name)
+        self._answered().append(PreferenceDataset(queries, labels, names))
 
     def collect(self) -> PreferenceDataset | None:
-        done, self._answered = self._answered, []
+        done = self._answered()[:]
+        self._answered().clear()
         if not done:
             return None
         return done[0] if len(done) == 1 else PreferenceDataset.concatenate(done)
 
 
-def as_async(teacher: Teacher | AsyncTeacher) -> AsyncTeacher:
-    return teacher if isinstance(teacher, AsyncTeacher) else Immediate(teacher)
+def checked_teacher(obj: object) -> Teacher:
+    """``obj`` as a :class:`Teacher`, or a :class:`ConfigError` saying how to make it one."""
+    if not isinstance(obj, Teacher):
+        raise ConfigError(
+            f"teacher._target_ built a {type(obj).__name__}, not a pbrl Teacher: derive it from "
+            "pbrl.teachers.Scripted (answers at once) or pbrl.teachers.Teacher (answers later)"
+        )
+    return obj
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """How long a run waits for answers (the ``wait`` config group sets the run's).
+
+    ``wait_for`` returns once ``min_labels`` usable labels exist in total (those the run
+    already ``had`` included) and, with ``all_asked``, nothing is outstanding; or once
+    ``timeout_s`` has passed (None: no limit; 0: never wait); or at once when nothing more
+    can arrive."""
+
+    min_labels: int = 0
+    all_asked: bool = False
+    timeout_s: float | None = 600.0
+    poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.timeout_s is not None and self.timeout_s < 0:
+            raise ConfigError(
+                f"wait.timeout_s={self.timeout_s}: use >= 0 seconds (0: never wait), or null "
+                "to wait without a limit"
+            )
+        if not self.poll_s > 0:
+            raise ConfigError(f"wait.poll_s={self.poll_s}: use a positive number of seconds")
+
+
+class TeacherTimeout(ConfigError):
+    """No answer came within the wait policy's time: the run stops, keeping what it has."""
+
+
+def wait_for(
+    teacher: Teacher, policy: WaitPolicy, had: int = 0
+) -> tuple[PreferenceDataset | None, bool]:
+    """Collect answers until ``policy`` is met, nothing more can arrive, or its time is up:
+    the answers, and whether the time ran out with the policy unmet."""
+    deadline = math.inf if policy.timeout_s is None else time.time() + policy.timeout_s
+    parts: list[PreferenceDataset] = []
+    usable = had
+    while True:
+        new = teacher.collect()
+        if new is not None and len(new):
+            parts.append(new)
+            usable += len(new.trainable)
+        pending = teacher.outstanding()
+        met = usable >= policy.min_labels and not (policy.all_asked and pending)
+        timed_out = not met and pending > 0 and time.time() >= deadline
+        if met or pending == 0 or timed_out:  # done, nothing more can arrive, or time is up
+            break
+        time.sleep(min(policy.poll_s, max(0.0, deadline - time.time())))
+    if not parts:
+        return None, timed_out
+    return (parts[0] if len(parts) == 1 else PreferenceDataset.concatenate(parts)), timed_out
+
+
+def ask(teacher: Teacher, queries: Queries, policy: WaitPolicy) -> PreferenceDataset:
+    """Submit ``queries`` and wait (``policy``, every query asked) for their answers: one
+    row per query, in the order asked; NaN (a skip) where none came in time, with a warning
+    naming where answers were expected."""
+    teacher.submit(queries)
+    answers, _ = wait_for(teacher, WaitPolicy(len(queries), True, policy.timeout_s, policy.poll_s))
+    got: dict[str, tuple[float, str]] = {}
+    if answers is not None:
+        who = answers.annotator if answers.annotator is not None else [""] * len(answers)
+        for qid, label, name in zip(
+            answers.queries.query_id.tolist(), answers.labels.tolist(), list(who), strict=True
+        ):
+            got[str(qid)] = (float(label), str(name))
+    wanted = [str(q) for q in queries.query_id]
+    missing = sum(q not in got for q in wanted)
+    if missing:
+        warnings.warn(
+            f"{teacher.name}: {missing} of {len(wanted)} queries unanswered after "
+            f"{policy.timeout_s} s (wait.timeout_s); they count as skipped. {teacher.where()}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    labels = np.array([got.get(q, (math.nan, ""))[0] for q in wanted])
+    names = np.array([got.get(q, (math.nan, teacher.name))[1] for q in wanted])
+    return PreferenceDataset(queries, labels, names)

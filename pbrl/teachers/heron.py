@@ -37,6 +37,7 @@ import numpy as np
 
 from pbrl.data import Queries, Segments
 from pbrl.store import LabelStore, Ranking, StoreError, factor_name
+from pbrl.teachers.base import Scripted
 from pbrl.teachers.scripted import TeacherConfigError
 
 log = logging.getLogger("pbrl")
@@ -65,7 +66,7 @@ def heron_compare(
 
 
 @dataclass
-class HeronTeacher:
+class HeronTeacher(Scripted):
     """Answers by a ranking of reward factors; ``ranking`` names them most important first
     (with or without the ``reward_`` prefix of ``Segments.factor_names``)."""
 

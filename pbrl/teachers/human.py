@@ -9,12 +9,9 @@ keeps training on the labels it has. People label meanwhile on the page::
 
 (or set ``teacher.serve=true`` to serve the page from the training process).
 
-Waiting: a round blocks, for at most ``wait_timeout_s`` seconds, until at least
-``min_labels`` usable labels (skips do not count) have arrived in total: the same number the
-trainer needs before its first reward update (``feedback.min_labels``). If the time runs
-out, training goes on with what exists, with a warning, and later rounds do not wait again
-until someone answers. ``wait_for_round=true`` makes every round wait until all queries asked
-so far are answered (a synchronous teacher: reproducible, slow).
+The teacher never waits: how long a run waits for people is the run's ``wait`` settings
+(:class:`~pbrl.teachers.base.WaitPolicy`): by default a round blocks, for at most
+``wait.timeout_s`` seconds, until ``feedback.min_labels`` usable labels exist in total.
 
 Answers stay in the store whatever happens to the trainer: a crashed run loses none, and
 ``python -m pbrl.label export`` writes every answer later.
@@ -23,10 +20,8 @@ Answers stay in the store whatever happens to the trainer: a crashed run loses n
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,20 +29,16 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.store import LabelStore, StoreError, check_writable
-from pbrl.teachers.base import AsyncTeacher
+from pbrl.teachers.base import Teacher
 from pbrl.teachers.scripted import TeacherConfigError
 
 log = logging.getLogger("pbrl")
 
 
-class HumanTeacher(AsyncTeacher):
+class HumanTeacher(Teacher):
     def __init__(
         self,
         store: str,
-        min_labels: int = 1,
-        wait_timeout_s: float | None = 600.0,
-        wait_for_round: bool = False,
-        poll_s: float = 1.0,
         answers_per_query: int = 1,
         aggregate: str = "majority",
         task: str | None = None,
@@ -60,17 +51,10 @@ class HumanTeacher(AsyncTeacher):
     ) -> None:
         if not store:
             raise TeacherConfigError("teacher.store is empty: give the label store's path")
-        if wait_timeout_s is not None and wait_timeout_s < 0:
-            raise TeacherConfigError(
-                f"teacher.wait_timeout_s={wait_timeout_s} is invalid: use "
-                ">= 0 seconds (0: never wait), or null to wait forever"
-            )
         if answers_per_query < 1:
             raise TeacherConfigError(f"teacher.answers_per_query={answers_per_query}: use >= 1")
         if aggregate not in ("majority", "first"):
             raise TeacherConfigError(f"teacher.aggregate={aggregate!r}: use majority or first")
-        if poll_s <= 0:
-            raise TeacherConfigError(f"teacher.poll_s={poll_s}: use a positive number of seconds")
         if serve:
             from pbrl.gui.server import check_bind
 
@@ -83,8 +67,6 @@ class HumanTeacher(AsyncTeacher):
             check_writable(self.store_path)  # before training starts, not at the first round
         except StoreError as exc:
             raise TeacherConfigError(f"teacher.store: {exc}") from None
-        self.min_labels, self.wait_timeout_s = int(min_labels), wait_timeout_s
-        self.wait_for_round, self.poll_s = bool(wait_for_round), float(poll_s)
         self.answers_per_query, self.aggregate = int(answers_per_query), aggregate
         if env_kwargs is not None and not isinstance(env_kwargs, dict):  # a DictConfig from Hydra
             from omegaconf import OmegaConf
@@ -101,7 +83,6 @@ class HumanTeacher(AsyncTeacher):
         self.labels_received = 0  # usable labels handed to the trainer so far
         self.submitted = 0
         self.rounds = 0
-        self._gave_up = False
 
     @property
     def store(self) -> LabelStore:
@@ -147,63 +128,22 @@ class HumanTeacher(AsyncTeacher):
         )
 
     def collect(self) -> PreferenceDataset | None:
-        """Answers that arrived since the last call, one aggregated label per query (or None).
-
-        Blocks as described in the module docstring; never longer than ``wait_timeout_s``.
-        """
+        """Answers that arrived since the last call, one aggregated label per query (or None)."""
         if not self.sources:  # nothing submitted yet: nothing of ours can be answered
             return None
-        deadline = math.inf if self.wait_timeout_s is None else time.time() + self.wait_timeout_s
-        parts: list[PreferenceDataset] = []
-        while True:
-            new = self.store.collect(self.sources, self.aggregate)
-            if new is not None:
-                parts.append(new)
-                self.labels_received += len(new.trainable)
-                self._gave_up = False
-            if not self._must_wait() or self._gave_up:
-                break
-            if time.time() >= deadline:
-                self._gave_up = True
-                warnings.warn(
-                    f"HumanTeacher: no answers for {self.wait_timeout_s:.0f} s "
-                    f"({self.labels_received} usable labels, {self.min_labels} wanted): training "
-                    f"continues on the labels it has. Label at: python -m pbrl.label serve "
-                    f"--store {self.store.path}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                break
-            time.sleep(min(self.poll_s, max(0.0, deadline - time.time())))
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else PreferenceDataset.concatenate(parts)
+        new = self.store.collect(self.sources, self.aggregate)
+        if new is not None:
+            self.labels_received += len(new.trainable)
+        return new
 
-    def _must_wait(self) -> bool:
-        if self.labels_received < self.min_labels:
-            return True
-        return self.wait_for_round and self.store.uncollected(self.sources) > 0
+    def outstanding(self) -> int:
+        """Queries submitted that people have not answered (or that await more answers)."""
+        return self.store.uncollected(self.sources) if self.sources else 0
 
-    def __call__(self, queries: Queries) -> np.ndarray:
-        """Synchronous use (``labels = teacher(queries)``): submit, wait for every answer."""
-        self.submit(queries)
-        wanted = {str(q) for q in queries.query_id}
-        labels: dict[str, float] = {}
-        deadline = math.inf if self.wait_timeout_s is None else time.time() + self.wait_timeout_s
-        while wanted - labels.keys() and time.time() < deadline:
-            new = self.store.collect(self.sources, self.aggregate)
-            if new is not None:
-                labels.update(zip(new.queries.query_id.tolist(), new.labels.tolist(), strict=True))
-                self.labels_received += len(new.trainable)
-            else:
-                time.sleep(self.poll_s)
-        return np.array([labels.get(str(q), math.nan) for q in queries.query_id])
-
-    def answer_all(self, queries: Queries, poll_s: float = 0.5) -> PreferenceDataset:
-        """Every query answered on the page, waiting at most ``wait_timeout_s`` (NaN, a skip,
-        for the rest)."""
-        labels = self(queries)
-        return PreferenceDataset(queries, labels, np.full(len(queries), type(self).__name__))
+    def where(self) -> str:
+        if self._server is not None:
+            return f"Label at {self._server.url}/"
+        return f"Label at: python -m pbrl.label serve --store {self.store_path}"
 
     # -- extras --------------------------------------------------------------------------------------
     def show_eval_video(

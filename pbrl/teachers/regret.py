@@ -27,6 +27,7 @@ from pbrl.data import Queries, Segments
 from pbrl.envs.delivery import ACTION_DELTAS, TRUE_WEIGHTS, Board, DeliveryTables, as_board
 from pbrl.regret.mdp import Solution, encode_segments, segment_stats, value_iteration
 from pbrl.regret.preference import check_model, compare, utility
+from pbrl.teachers.base import Scripted
 from pbrl.teachers.scripted import TeacherConfigError
 
 FORMS = ("value", "advantage")
@@ -101,7 +102,7 @@ def _check_beta(beta: float | None) -> float:
 
 
 @dataclass
-class RegretTeacher:
+class RegretTeacher(Scripted):
     """Labels continuous-control segments by regret under an expert's critic.
 
     Build with ``expert_path`` (an SB3 SAC ``.zip``, as Hydra does) or ``from_model``.
@@ -162,7 +163,7 @@ class RegretTeacher:
 
 
 @dataclass
-class DeliveryTeacher:
+class DeliveryTeacher(Scripted):
     """Scripted delivery-gridworld teacher under the regret or partial-return model.
 
     ``label_pairs(starts [N, 2, 2], moves [N, 2, T, 2])`` labels (row, col)-move pairs;

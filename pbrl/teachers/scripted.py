@@ -25,6 +25,7 @@ import numpy as np
 from pbrl.data import Queries
 from pbrl.data.preferences import sigmoid
 from pbrl.errors import ConfigError
+from pbrl.teachers.base import Scripted
 
 
 class TeacherConfigError(ConfigError):
@@ -32,7 +33,7 @@ class TeacherConfigError(ConfigError):
 
 
 @dataclass
-class ScriptedTeacher:
+class ScriptedTeacher(Scripted):
     beta: float = math.inf
     gamma: float = 1.0
     eps_mistake: float = 0.0

@@ -28,11 +28,12 @@ import numpy as np
 
 from pbrl.data import Queries
 from pbrl.data.triplets import PAIRS, group_triplets
+from pbrl.teachers.base import Scripted
 from pbrl.teachers.scripted import ScriptedTeacher
 
 
 @dataclass
-class TripletTeacher:
+class TripletTeacher(Scripted):
     beta: float = math.inf
     gamma: float = 1.0
     eps_mistake: float = 0.0

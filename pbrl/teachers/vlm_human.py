@@ -19,23 +19,17 @@ people agree with the VLM before trusting it with ``route=unsure``.
 each round's pairs that the reward ensemble disagrees on most (the std over its members of
 P(second ≻ first), as ``query=disagreement`` scores candidates), even where the VLM decided:
 the VLM's answer becomes their suggestion. The feedback loop hands the teacher the reward
-model before each round (:class:`~pbrl.teachers.base.WatchesRewardModel`); before the first
+model before each round (``Teacher.set_reward_model``); before the first
 fit, and with a one-member model (no disagreement to measure), nothing is routed this way.
 
-Waiting: the VLM and the store are polled (every ``poll_s``) until at least ``min_labels``
-usable labels have been handed out in total, for at most ``wait_timeout_s`` (then training
-goes on with a warning, and later rounds do not wait until answers flow again);
-``wait_for_round=true`` waits until every pair submitted so far is answered by someone. The
-two inner teachers never wait themselves (their ``min_labels`` and ``wait_for_round`` are
-overridden to 0 / false).
+Waiting is the run's (``wait`` settings): ``collect`` routes and returns what arrived, and
+``outstanding`` counts the pairs still with the VLM or with people.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +39,7 @@ from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
 from pbrl.rewards.base import RewardModel
 from pbrl.store import Suggestion
-from pbrl.teachers.base import AsyncTeacher
+from pbrl.teachers.base import Teacher
 from pbrl.teachers.human import HumanTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 from pbrl.teachers.vlm import ANNOTATOR, VLMTeacher, parse_answer
@@ -55,7 +49,7 @@ log = logging.getLogger("pbrl")
 ROUTES = ("unsure", "all")
 
 
-class VLMThenHuman(AsyncTeacher):
+class VLMThenHuman(Teacher):
     """``teacher=vlm_then_human``: see the module docstring and the config's comments."""
 
     def __init__(
@@ -64,10 +58,6 @@ class VLMThenHuman(AsyncTeacher):
         human: HumanTeacher,
         route: str = "unsure",
         disagreement: float = 0.0,
-        min_labels: int = 1,
-        wait_timeout_s: float | None = 600.0,
-        wait_for_round: bool = False,
-        poll_s: float = 0.5,
         rng: np.random.Generator | None = None,
     ) -> None:
         if not isinstance(vlm, VLMTeacher):
@@ -95,24 +85,10 @@ class VLMThenHuman(AsyncTeacher):
                 "teacher.disagreement applies to route=unsure (route=all already sends people "
                 "every pair): set one of them"
             )
-        if int(min_labels) < 0:
-            raise TeacherConfigError(f"teacher.min_labels={min_labels}: use an integer >= 0")
-        if wait_timeout_s is not None and float(wait_timeout_s) < 0:
-            raise TeacherConfigError(
-                f"teacher.wait_timeout_s={wait_timeout_s}: use >= 0 seconds, or null (forever)"
-            )
-        if not float(poll_s) > 0:
-            raise TeacherConfigError(f"teacher.poll_s={poll_s}: use a positive number of seconds")
         self.vlm, self.human, self.route = vlm, human, route
         self.disagreement = float(disagreement)
         self._model: RewardModel | None = None
         self._contested: set[str] = set()  # decided by the VLM or not, these go to people
-        # This teacher does the waiting; the inner ones answer collect() at once.
-        for inner in (vlm, human):
-            inner.min_labels, inner.wait_for_round = 0, False
-        self.min_labels, self.wait_for_round = int(min_labels), bool(wait_for_round)
-        self.wait_timeout_s = None if wait_timeout_s is None else float(wait_timeout_s)
-        self.poll_s = float(poll_s)
         self.rng = rng
         self.labels_received = 0  # usable labels handed out (both sources)
         self.routed = 0  # pairs sent to people
@@ -121,7 +97,6 @@ class VLMThenHuman(AsyncTeacher):
         self.from_vlm = 0  # usable labels from the VLM
         self.from_people = 0  # answers from people (skips included)
         self._window = {"routed": 0, "contested": 0, "vlm_labels": 0, "people_answers": 0}
-        self._gave_up = False
 
     # -- the asynchronous teacher protocol ---------------------------------------------------
     def set_reward_model(self, model: RewardModel | None) -> None:
@@ -149,33 +124,19 @@ class VLMThenHuman(AsyncTeacher):
 
     def collect(self) -> PreferenceDataset | None:
         """VLM labels and people's answers that arrived since the last call (or None)."""
-        deadline = math.inf if self.wait_timeout_s is None else time.time() + self.wait_timeout_s
-        parts: list[PreferenceDataset] = []
-        while True:
-            parts += self._poll()
-            usable = sum(len(p.trainable) for p in parts)
-            if usable:
-                self._gave_up = False  # answers flow again: later rounds may wait
-            if not self._must_wait(usable) or self._gave_up:
-                break
-            if time.time() >= deadline:
-                self._gave_up = True
-                warnings.warn(
-                    f"VLMThenHuman: waited {self.wait_timeout_s:.0f} s for answers "
-                    f"({self.labels_received + usable} usable labels, {self.min_labels} wanted; "
-                    f"{self._people_pending()} pairs with people): training continues on the "
-                    f"labels it has. Label at: python -m pbrl.label serve --store "
-                    f"{self.human.store_path}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                break
-            time.sleep(min(self.poll_s, max(0.0, deadline - time.time())))
+        parts = self._poll()
         if not parts:
             return None
         out = parts[0] if len(parts) == 1 else PreferenceDataset.concatenate(parts)
         self.labels_received += len(out.trainable)
         return out
+
+    def outstanding(self) -> int:
+        """Pairs with the VLM and pairs with people, not answered yet."""
+        return self.vlm.outstanding() + self._people_pending()
+
+    def where(self) -> str:
+        return self.human.where()
 
     def _poll(self) -> list[PreferenceDataset]:
         """Route the VLM's new answers; collect people's new answers. Never blocks."""
@@ -239,15 +200,6 @@ class VLMThenHuman(AsyncTeacher):
 
     def _people_pending(self) -> int:
         return self.human.store.uncollected(self.human.sources) if self.human.sources else 0
-
-    def _must_wait(self, usable: int) -> bool:
-        vlm_pending = self.vlm.pairs_done < self.vlm.submitted
-        pending = vlm_pending or self._people_pending() > 0
-        if not pending:
-            return False  # nothing more can arrive
-        if self.wait_for_round:
-            return True
-        return self.labels_received + usable < self.min_labels
 
     # -- extras ------------------------------------------------------------------------------
     def stats(self) -> dict[str, float]:

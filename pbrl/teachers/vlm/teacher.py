@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -20,7 +19,7 @@ import numpy as np
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.preferences import oracle_labels
 from pbrl.store import StoreError, check_writable
-from pbrl.teachers.base import AsyncTeacher
+from pbrl.teachers.base import Teacher
 from pbrl.teachers.scripted import TeacherConfigError
 from pbrl.teachers.vlm.cache import DEFAULT_CACHE
 from pbrl.teachers.vlm.client import ChatEndpoint, api_key
@@ -31,14 +30,14 @@ from pbrl.teachers.vlm.pipeline import PairLabeler
 ANNOTATOR = "vlm"
 
 
-class VLMTeacher(AsyncTeacher):
+class VLMTeacher(Teacher):
     """``teacher=vlm``: see :mod:`pbrl.teachers.vlm` and ``conf/teacher/vlm.yaml``.
 
     ``goal`` is the task's text goal; when it is empty, ``goals[env_id]`` is used (the config
     keeps one per environment). ``api_key_env`` names the environment variable holding the key
     (``null`` for servers without authentication, e.g. a local vLLM). ``cache=null`` disables
-    the answer cache. ``min_labels``/``wait_timeout_s``/``wait_for_round``: how long
-    ``collect`` blocks (see :meth:`collect`).
+    the answer cache. The teacher never waits: ``collect`` returns what is answered, and the
+    run's ``wait`` settings say how long to wait for the rest.
     """
 
     def __init__(
@@ -64,9 +63,6 @@ class VLMTeacher(AsyncTeacher):
         label_max_tokens: int | None = 16,
         cache: str | None = DEFAULT_CACHE,
         price_per_1k_tokens: float | None = None,
-        min_labels: int = 0,
-        wait_timeout_s: float | None = 300.0,
-        wait_for_round: bool = False,
         probe: bool = True,
         probe_timeout_s: float = 15.0,
         rng: np.random.Generator | None = None,
@@ -87,7 +83,6 @@ class VLMTeacher(AsyncTeacher):
         for name, value, low in (
             ("max_concurrency", max_concurrency, 1),
             ("max_retries", max_retries, 0),
-            ("min_labels", min_labels, 0),
         ):
             if int(value) < low:
                 raise TeacherConfigError(f"teacher.{name}={value}: use an integer >= {low}")
@@ -104,10 +99,6 @@ class VLMTeacher(AsyncTeacher):
                 f"teacher.requests_per_second={requests_per_second}: use a positive rate, "
                 "or null for no limit"
             )
-        if wait_timeout_s is not None and float(wait_timeout_s) < 0:
-            raise TeacherConfigError(
-                f"teacher.wait_timeout_s={wait_timeout_s}: use >= 0 seconds, or null (forever)"
-            )
         if price_per_1k_tokens is not None and float(price_per_1k_tokens) < 0:
             raise TeacherConfigError(f"teacher.price_per_1k_tokens={price_per_1k_tokens}: use >= 0")
         self.max_concurrency, self.max_retries = int(max_concurrency), int(max_retries)
@@ -117,8 +108,6 @@ class VLMTeacher(AsyncTeacher):
         self.price_per_1k_tokens = (
             None if price_per_1k_tokens is None else float(price_per_1k_tokens)
         )
-        self.min_labels, self.wait_for_round = int(min_labels), bool(wait_for_round)
-        self.wait_timeout_s = None if wait_timeout_s is None else float(wait_timeout_s)
         self.cache_path = None if not cache else Path(cache).expanduser()
         if self.cache_path is not None:
             try:
@@ -170,7 +159,6 @@ class VLMTeacher(AsyncTeacher):
         self.transcripts: dict[str, tuple[str, str]] = {}  # query id -> (analysis, label reply)
         # query id -> labeled / unsure / identical / failed (set before collect() returns it)
         self.outcomes: dict[str, str] = {}
-        self._gave_up_waiting = False
 
     # -- settings ------------------------------------------------------------------------------
     @staticmethod
@@ -201,30 +189,9 @@ class VLMTeacher(AsyncTeacher):
             self._labeler.submit(index, queries)
 
     def collect(self) -> PreferenceDataset | None:
-        """Pairs answered since the last call (NaN for skipped ones), or None.
-
-        Blocks only while fewer than ``min_labels`` usable labels have been collected in total
-        (for the first reward update), or, with ``wait_for_round``, until every submitted
-        pair is answered; never longer than ``wait_timeout_s`` (then warns once and goes on).
-        """
-        deadline = math.inf if self.wait_timeout_s is None else time.time() + self.wait_timeout_s
+        """Pairs answered since the last call (NaN for skipped ones), or None; never blocks."""
         with self._done:
-            while self._must_wait() and not self._gave_up_waiting:
-                left = deadline - time.time()
-                if left <= 0:
-                    self._gave_up_waiting = True
-                    warnings.warn(
-                        f"VLMTeacher: waited {self.wait_timeout_s:.0f} s for answers "
-                        f"({self.pairs_done} of {self.submitted} pairs answered): training "
-                        "continues; later answers arrive in later rounds",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    break
-                self._done.wait(min(left, 1.0))
             done, self._finished = self._finished, []
-            if done:
-                self._gave_up_waiting = False  # answers flow again: later rounds may wait
         if not done:
             return None
         parts = []
@@ -246,33 +213,13 @@ class VLMTeacher(AsyncTeacher):
         self.labels_received += len(out.trainable)
         return out
 
-    def _must_wait(self) -> bool:  # holding self._lock
-        pending = self.pairs_done < self.submitted
-        if not pending:
-            return False
-        if self.wait_for_round:
-            return True
-        usable = sum(1 for *_, label, _ in self._finished if not math.isnan(label))
-        return self.labels_received + usable < self.min_labels
-
-    def __call__(self, queries: Queries) -> np.ndarray:
-        """Synchronous use: label every pair (blocks until all are answered or skipped)."""
-        before = len(self._rounds)
-        self.submit(queries)
-        labels = np.full(len(queries), math.nan)
-        deadline = math.inf if self.wait_timeout_s is None else time.time() + self.wait_timeout_s
+    def outstanding(self) -> int:
+        """Pairs submitted and not answered (or skipped) yet."""
         with self._done:
-            while self.pairs_done < self.submitted and time.time() < deadline:
-                self._done.wait(1.0)
-            keep: list[tuple[int, int, float, float]] = []
-            for item in self._finished:
-                if item[0] == before:
-                    labels[item[1]] = item[2]
-                else:
-                    keep.append(item)
-            self._finished = keep
-        self.labels_received += int((~np.isnan(labels)).sum())
-        return labels
+            return self.submitted - self.pairs_done + len(self._finished)
+
+    def where(self) -> str:
+        return f"(the VLM at {self.base_url})"
 
     def close(self) -> None:
         """Stop asking: queued pairs are dropped, requests in flight finish (bounded by the
