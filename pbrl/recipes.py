@@ -9,12 +9,14 @@ another.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from pbrl.errors import ConfigError
-from pbrl.run import Recipe, start_run
+from pbrl.run import Recipe, build_teacher, start_run, teacher_rng
+from pbrl.teachers.base import Teacher
 
 # algo.kind -> the module whose RECIPE runs it (imported on use: each pulls its own stack)
 RECIPES = {
@@ -32,19 +34,33 @@ def recipe_for(cfg: Any) -> Recipe:
     return recipe
 
 
-def check(cfg: Any) -> tuple[Recipe, Any]:
-    """The recipe of ``cfg`` and its typed settings (every check that needs no simulation)."""
+@dataclass(frozen=True)
+class Checked:
+    """A config that passed every check without simulation: its recipe, the recipe's typed
+    settings, and the teacher (built once, here, so a bad teacher setting fails first)."""
+
+    recipe: Recipe
+    settings: Any
+    teacher: Teacher | None
+
+
+def check(cfg: Any) -> Checked:
+    """The recipe of ``cfg``, its typed settings and its teacher (when the run asks one)."""
     recipe = recipe_for(cfg)
-    return recipe, recipe.check(cfg)
+    settings = recipe.check(cfg)
+    asks = recipe.asks_teacher(cfg, settings)
+    return Checked(
+        recipe, settings, build_teacher(cfg, teacher_rng(int(cfg.seed))) if asks else None
+    )
 
 
-def run(cfg: Any, run_dir: str | Path, checked: tuple[Recipe, Any] | None = None) -> dict[str, Any]:
+def run(cfg: Any, run_dir: str | Path, checked: Checked | None = None) -> dict[str, Any]:
     """Run ``cfg`` into ``run_dir`` (a fresh directory, or one to resume): its summary.
     (``python -m pbrl.train`` announces the run and checks the config before this.)"""
     run_dir = Path(run_dir)
-    recipe, settings = checked if checked is not None else check(cfg)
-    ctx = start_run(cfg, run_dir, recipe.asks_teacher(cfg, settings))
-    return recipe.run(ctx, settings)
+    checked = checked if checked is not None else check(cfg)
+    ctx = start_run(cfg, run_dir, checked.teacher)
+    return checked.recipe.run(ctx, checked.settings)
 
 
-__all__ = ["RECIPES", "check", "recipe_for", "run"]
+__all__ = ["RECIPES", "Checked", "check", "recipe_for", "run"]

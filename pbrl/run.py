@@ -368,18 +368,22 @@ def announce(cfg: Any, run_dir: Path, resuming: bool = False) -> None:
     )
 
 
-def start_run(cfg: Any, run_dir: Path, asks_teacher: bool) -> RunContext:
-    """The context of a run whose config was checked: seeds everything from ``cfg.seed``, probes
-    the env once, recovers the checkpoint directory, builds the teacher once (when the run
-    asks one), and sets up evaluation."""
+def teacher_rng(seed: int) -> np.random.Generator:
+    """The teacher's generator: seeded by the first draw of the run's (:func:`start_run`)."""
+    return np.random.default_rng(np.random.default_rng(seed).integers(2**63))
+
+
+def start_run(cfg: Any, run_dir: Path, teacher: Teacher | None) -> RunContext:
+    """The context of a run whose config was checked (its teacher built then, with
+    :func:`teacher_rng`): seeds everything from ``cfg.seed``, probes the env once, recovers
+    the checkpoint directory and sets up evaluation."""
     run_dir = Path(run_dir)
     started = time.time()
     rng, device = setup(int(cfg.seed), str(cfg.device), int(cfg.get("torch_threads", 0)))
-    teacher_rng = np.random.default_rng(rng.integers(2**63))  # the first draw, as always
+    rng.integers(2**63)  # the teacher's seed (teacher_rng): the first draw, as always
     env = EnvSpec.from_config(plain(cfg.env))
     checkpoint = Checkpoint(run_dir)
     checkpoint.recover()
-    teacher = build_teacher(cfg, teacher_rng) if asks_teacher else None
     name = str(cfg.name)
     video_root = Path(cfg.video.root) / f"{name}_{run_dir.name}"
     seeds = RunSeeds(int(cfg.seed))

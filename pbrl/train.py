@@ -10,13 +10,16 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pbrl.errors import ConfigError, closest
+
+if TYPE_CHECKING:
+    from pbrl.recipes import Checked
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pbrl")
@@ -35,9 +38,9 @@ def check_group_overrides(argv: list[str]) -> None:
             raise ConfigError(f"unknown {key} {value!r}: choose one of {', '.join(choices(key))}")
 
 
-def validate(cfg: DictConfig) -> tuple[Any, Any]:
+def validate(cfg: DictConfig) -> Checked:
     """Every check that needs no simulation, once: the env, backend, budget and device here,
-    the recipe's own settings in its ``check``. Returns the recipe and its typed settings."""
+    the recipe's own settings in its ``check``, and the teacher, built once."""
     import gymnasium as gym
 
     import pbrl.envs  # noqa: F401  (registers pbrl/ environments)

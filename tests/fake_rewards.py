@@ -12,6 +12,7 @@ from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, FrameReward, StateReward
+from pbrl.teachers.base import Teacher
 
 
 @dataclass
@@ -91,3 +92,30 @@ class MeanPixelReward(_Fake, FrameReward):
         frames, index = self._frames.segment_frames(segments)
         per = self.frame_reward(frames).numpy()
         return torch.as_tensor(np.where(index >= 0, per[index], 0.0).sum(-1))[None]
+
+
+class Silent(Teacher):
+    """A teacher that answers ``answers`` queries (correctly), then never again."""
+
+    def __init__(self, answers: int = 0, rng: np.random.Generator | None = None) -> None:
+        self.left, self.asked, self.ready = int(answers), 0, []
+
+    def submit(self, queries) -> None:  # noqa: ANN001
+        from pbrl.data.preferences import oracle_labels
+
+        k = min(self.left, len(queries))
+        self.left -= k
+        self.asked += len(queries) - k
+        if k:
+            rows = np.arange(k)
+            self.ready.append(PreferenceDataset(queries[rows], oracle_labels(queries[rows])))
+
+    def collect(self) -> PreferenceDataset | None:
+        ready, self.ready = self.ready, []
+        return PreferenceDataset.concatenate(ready) if ready else None
+
+    def outstanding(self) -> int:
+        return self.asked
+
+    def where(self) -> str:
+        return "(a test teacher that never answers)"

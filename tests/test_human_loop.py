@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from pbrl.data import PreferenceDataset  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.gui.server import BackgroundServer  # noqa: E402
 from pbrl.store import LabelStore, labels_ranks  # noqa: E402
+from pbrl.teachers.base import WaitPolicy, wait_for  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
 
@@ -108,10 +108,11 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
 # -- the teacher on its own ---------------------------------------------------------------------------
 def test_submit_then_collect_what_people_answered(served) -> None:  # type: ignore[no-untyped-def]
     server, path = served
-    teacher = HumanTeacher(str(path), min_labels=0, wait_timeout_s=0)
+    teacher = HumanTeacher(str(path))
     queries = pair_queries([1.0, 5.0, 2.0], [3.0, 0.0, 2.5])
     teacher.submit(queries)
-    assert teacher.collect() is None  # nobody has answered yet; no waiting asked for
+    assert teacher.collect() is None  # nobody has answered yet; collect never waits
+    assert teacher.outstanding() == 3
     person = ScriptedPerson(server.url, path)
     person.start()
     deadline = time.time() + 30
@@ -125,27 +126,20 @@ def test_submit_then_collect_what_people_answered(served) -> None:  # type: igno
     assert data.queries.first.equals(queries.first[order])  # segments as the trainer sampled them
     assert set(data.annotator) == {"scripted-person"}
     assert teacher.collect() is None  # handed over once
+    assert teacher.outstanding() == 0
 
 
-def test_a_round_waits_for_min_labels_then_gives_up_with_a_warning(tmp_path: Path) -> None:
-    teacher = HumanTeacher(
-        str(tmp_path / "s.sqlite"), min_labels=2, wait_timeout_s=0.3, poll_s=0.05
-    )
+def test_a_wait_for_min_labels_times_out_then_returns_as_soon_as_they_exist(
+    tmp_path: Path,
+) -> None:
+    teacher = HumanTeacher(str(tmp_path / "s.sqlite"))
     teacher.submit(pair_queries([1.0, 2.0], [0.0, 0.0]))
     t0 = time.time()
-    with pytest.warns(RuntimeWarning, match="training continues"):
-        assert teacher.collect() is None
-    assert time.time() - t0 >= 0.3
-    t0 = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert teacher.collect() is None  # gave up once: later rounds do not block again
-    assert time.time() - t0 < 0.2
+    answers, timed_out = wait_for(teacher, WaitPolicy(min_labels=2, timeout_s=0.3, poll_s=0.05))
+    assert answers is None and timed_out and time.time() - t0 >= 0.3
 
     # Someone answers while a round waits: the round returns as soon as min_labels exist.
-    teacher = HumanTeacher(
-        str(tmp_path / "s2.sqlite"), min_labels=2, wait_timeout_s=30, poll_s=0.05
-    )
+    teacher = HumanTeacher(str(tmp_path / "s2.sqlite"))
     teacher.submit(pair_queries([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
     store = LabelStore(tmp_path / "s2.sqlite")
 
@@ -157,18 +151,13 @@ def test_a_round_waits_for_min_labels_then_gives_up_with_a_warning(tmp_path: Pat
 
     threading.Thread(target=answer_two).start()
     t0 = time.time()
-    data = teacher.collect()
+    data, timed_out = wait_for(teacher, WaitPolicy(min_labels=2, timeout_s=30, poll_s=0.05))
     assert data is not None and len(data.trainable) == 2 and time.time() - t0 < 10
+    assert not timed_out and teacher.outstanding() == 1
 
 
 def test_wait_for_round_blocks_until_every_query_is_answered(tmp_path: Path) -> None:
-    teacher = HumanTeacher(
-        str(tmp_path / "s.sqlite"),
-        min_labels=0,
-        wait_for_round=True,
-        wait_timeout_s=30,
-        poll_s=0.05,
-    )
+    teacher = HumanTeacher(str(tmp_path / "s.sqlite"))
     teacher.submit(pair_queries([1.0, 2.0, 3.0], [0.0, 0.0, 0.0]))
     store = LabelStore(tmp_path / "s.sqlite")
 
@@ -178,17 +167,13 @@ def test_wait_for_round_blocks_until_every_query_is_answered(tmp_path: Path) -> 
             store.answer(lease.lease_id, "p", "skip" if lease.query_id.endswith("0") else "right")
 
     threading.Thread(target=answer_all).start()
-    got = []
-    while sum(len(d) for d in got) < 3:
-        data = teacher.collect()
-        assert data is not None
-        got.append(data)
-    assert len(got) == 1  # one call returned the whole round
+    policy = WaitPolicy(all_asked=True, timeout_s=30, poll_s=0.05)
+    data, timed_out = wait_for(teacher, policy)
+    assert data is not None and len(data) == 3 and not timed_out  # the whole round at once
 
 
 def test_bad_teacher_settings_fail_when_built(tmp_path: Path) -> None:
     for kwargs, words in [
-        ({"wait_timeout_s": -1}, "wait_timeout_s"),
         ({"answers_per_query": 0}, "answers_per_query"),
         ({"aggregate": "mean"}, "aggregate"),
         ({"serve": True, "host": "0.0.0.0"}, "without a token"),
@@ -203,7 +188,7 @@ def test_serve_from_the_trainer_and_show_the_eval_video(tmp_path: Path) -> None:
     from pbrl.video import write_video
 
     port = free_port()
-    teacher = HumanTeacher(str(tmp_path / "s.sqlite"), serve=True, port=port, wait_timeout_s=0)
+    teacher = HumanTeacher(str(tmp_path / "s.sqlite"), serve=True, port=port)
     try:
         teacher.submit(pair_queries([1.0], [0.0]))
         video = write_video(np.zeros((3, 16, 16, 3), np.uint8), tmp_path / "eval.mp4", fps=5)
@@ -228,7 +213,7 @@ def test_hydra_builds_the_human_teacher_from_config(tmp_path: Path) -> None:
             validate(cfg)  # builds the teacher once, as pbrl.train does
             teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
             assert isinstance(teacher, HumanTeacher)
-            assert teacher.min_labels == 7 and teacher.env_kwargs == {}
+            assert teacher.env_kwargs == {} and cfg.wait.timeout_s == 600
     assert not store.exists()
 
 
@@ -255,8 +240,8 @@ TINY = [
     "video.enabled=false",
     "progress_bar=false",
     "checkpoint_every=100000",
-    "teacher.wait_timeout_s=120",
-    "teacher.poll_s=0.1",
+    "wait.timeout_s=120",
+    "wait.poll_s=0.1",
 ]
 
 
@@ -337,8 +322,8 @@ LEARN = [  # quickstart, smaller nets and budget: about 5 min on 2 busy cores
     "eval.n_episodes=5",
     "video.enabled=false",
     "progress_bar=false",
-    "teacher.wait_timeout_s=600",
-    "teacher.poll_s=0.2",
+    "wait.timeout_s=600",
+    "wait.poll_s=0.2",
 ]
 
 

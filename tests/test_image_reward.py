@@ -269,7 +269,7 @@ def vlm_args(server: RecordingMockVLM, tmp_path: Path) -> list[str]:
         f"teacher.cache={tmp_path}/vlm.sqlite",
         "teacher.size=64",
         "teacher.requests_per_second=null",
-        "teacher.wait_for_round=true",  # every round's answers before training: reproducible
+        "wait.for_round=true",  # every round's answers before training: reproducible
     ]
 
 
@@ -425,7 +425,7 @@ def test_pebble_learns_from_the_image_reward_with_noisy_vlm_labels(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     with RecordingMockVLM(noise=0.1, score_rendered=True, seed=1) as server:
-        args = [a for a in vlm_args(server, tmp_path) if "wait_for_round" not in a]
+        args = [a for a in vlm_args(server, tmp_path) if "for_round" not in a]
         run_train(["+exp=vlm_pebble_reacher", *args, f"hydra.run.dir={run}",
                    "video.enabled=false", "progress_bar=false"], monkeypatch)  # fmt: skip
     summary = json.loads((run / "summary.json").read_text())

@@ -522,12 +522,12 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
         "progress_bar=false",
         "teacher=human",
         f"teacher.store={store}",
-        "teacher.poll_s=0.05",
+        "wait.poll_s=0.05",
     ]
     with BackgroundServer(store, port=free_port(), prerender=0) as server:
         person = ScriptedPerson(server.url, store)
         person.start()
-        cfg = compose_cfg("rapl_sweep", [*tiny, "teacher.wait_timeout_s=120"])
+        cfg = compose_cfg("rapl_sweep", [*tiny, "wait.timeout_s=120"])
         summary = run_config(cfg, tmp_path / "run")
         person.stop.set()
     assert not person.errors, person.errors
@@ -541,7 +541,7 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
 
     # nobody ranks: one clear error after the wait, naming what to do
     cfg = compose_cfg("rapl_sweep", [*tiny, f"teacher.store={tmp_path}/empty.sqlite",
-                                     "teacher.wait_timeout_s=1", "seed=3"])  # fmt: skip
+                                     "wait.timeout_s=1", "seed=3"])  # fmt: skip
     with pytest.raises(ConfigError, match="none of the 3 triplets"):
         run_config(cfg, tmp_path / "run2")
 

@@ -107,3 +107,35 @@ EPISODIC = [
     "video.enabled=false",
     "progress_bar=false",
 ]
+
+
+def test_a_teacher_that_never_answers_ends_the_run_with_its_queries_kept(tmp_path, monkeypatch):
+    """No label within wait.timeout_s: the run stops with one message naming the setting and
+    how to go on; the queries asked are saved with the counters (a resume asks no more)."""
+    from pbrl.data import PreferenceDataset
+    from pbrl.teachers.base import TeacherTimeout
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_exp(
+        "quickstart", ["video.enabled=false", "wait.timeout_s=0.3", "wait.poll_s=0.05"]
+    )
+    cfg.teacher = OmegaConf.create({"_target_": "fake_rewards.Silent", "answers": 0})
+    with pytest.raises(TeacherTimeout, match=r"gave no usable label in 0 s \(wait.timeout_s\)"):
+        recipes.run(cfg, tmp_path / "run")
+    labels, meta = PreferenceDataset.load_with_meta(
+        tmp_path / "run" / "checkpoint" / "preferences.npz"
+    )
+    assert len(labels) == 0 and meta["feedback"]["queries"] == 4  # the first round's, kept
+
+
+def test_a_teacher_that_stops_answering_warns_once_and_training_goes_on(tmp_path, monkeypatch):
+    """Some labels, then silence: the first wait that times out warns; later rounds do not
+    wait again (the run finishes on the labels it has)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_exp("quickstart", ["video.enabled=false", "wait.timeout_s=0.5", "wait.poll_s=0.05",
+                                     "feedback.min_labels=6"])  # fmt: skip
+    cfg.teacher = OmegaConf.create({"_target_": "fake_rewards.Silent", "answers": 3})
+    with pytest.warns(RuntimeWarning, match="training continues on the labels it has") as seen:
+        summary = recipes.run(cfg, tmp_path / "run")
+    waits = [w for w in seen if "training continues" in str(w.message)]
+    assert len(waits) == 1 and summary["num_labels"] == 3 and summary["num_queries"] == 12

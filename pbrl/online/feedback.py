@@ -90,6 +90,7 @@ class FeedbackCallback(BaseCallback):
         self.teacher = teacher
         self.wait = replace(wait or WaitPolicy(), min_labels=schedule.min_labels)
         self._waited_in_vain = False  # the last wait timed out: don't wait until answers flow
+        self._nothing_came = False  # a wait timed out with no usable label at all: stop
         self.selector = selector or QuerySelector()
         self.rng = rng if rng is not None else np.random.default_rng()
         first = schedule.first_at if start_at is None else start_at
@@ -160,11 +161,18 @@ class FeedbackCallback(BaseCallback):
             self.on_queries(queries, self.state.rounds)
         fault_point("feedback_round")  # tests: a kill with answers in hand, not yet saved
         self.learn_from(new, queries)
+        if self._nothing_came:  # saved above: the queries asked and any skips are kept
+            raise TeacherTimeout(
+                f"{self.teacher.name} gave no usable label in {self.wait.timeout_s:.0f} s "
+                f"(wait.timeout_s) for the {self.state.queries} queries asked: nothing to learn "
+                f"from. {self.teacher.where()}. The run stops here; rerun with resume=RUN_DIR "
+                "once answers come, or raise wait.timeout_s"
+            )
 
     def wait_for_answers(self) -> PreferenceDataset | None:
         """The round's answers under the wait policy. A wait that times out before any label
-        exists ends the run (:class:`TeacherTimeout`: labels and queries asked are kept);
-        after some labels it warns, and later rounds don't wait until answers flow again."""
+        exists ends the run once they are saved (:class:`TeacherTimeout`); after some labels
+        it warns, and later rounds don't wait until answers flow again."""
         policy = replace(self.wait, timeout_s=0.0) if self._waited_in_vain else self.wait
         new, timed_out = wait_for(self.teacher, policy, had=self.num_labels)
         if new is not None and len(new.trainable):
@@ -172,13 +180,8 @@ class FeedbackCallback(BaseCallback):
         if timed_out and not self._waited_in_vain:
             have = self.num_labels + (0 if new is None else len(new.trainable))
             if have == 0:
-                self.learn_from(new)  # keep what came (skips), then stop
-                raise TeacherTimeout(
-                    f"{self.teacher.name} gave no usable label in {policy.timeout_s:.0f} s "
-                    f"(wait.timeout_s) for {self.state.queries} queries asked: nothing to learn "
-                    f"from. {self.teacher.where()}; the queries stay asked: rerun with "
-                    "resume=RUN_DIR once answers come, or raise wait.timeout_s"
-                )
+                self._nothing_came = True
+                return new
             self._waited_in_vain = True
             warnings.warn(
                 f"{self.teacher.name}: waited {policy.timeout_s:.0f} s (wait.timeout_s) for "
