@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
     ("pbrl.query", "pbrl.run", "pbrl.checkpoint"),
     ("pbrl.online", "pbrl.offline"),
-    ("pbrl.train", "pbrl.label", "pbrl.regret.cli", "pbrl.regret.__main__"),
+    ("pbrl.recipes", "pbrl.train", "pbrl.label", "pbrl.regret.cli", "pbrl.regret.__main__"),
 ]
 
 

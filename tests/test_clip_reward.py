@@ -320,12 +320,15 @@ def test_identical_goal_and_baseline_prompts_are_a_config_error():
     tiny_reward(config(goal_prompts=["a robot"], baseline_prompts=["a robot"], alpha=0.0))
 
 
-def test_state_inputs_and_half_injection_are_type_errors():
+def test_a_zero_shot_frame_reward_by_kind_and_half_injection_is_a_type_error():
+    from pbrl.rewards.base import FrameReward, ZeroShot, kind_of
+    from pbrl.rewards.dispatch import Steps, needs_labels, score_steps
+
     model = tiny_reward(config())
-    with pytest.raises(TypeError, match="frame reward: use frame_reward"):
-        model.reward(torch.zeros(2, 3), torch.zeros(2, 1))
-    with pytest.raises(TypeError, match="frame reward: use frame_reward"):
-        model.predict(np.zeros((2, 3)), np.zeros((2, 1)))
+    assert kind_of(model) is FrameReward and isinstance(model, ZeroShot)
+    assert not needs_labels(model)
+    with pytest.raises(ConfigError, match="scores rendered frames of the simulator state"):
+        score_steps(model, Steps(np.zeros((2, 3)), np.zeros((2, 1))))  # no state to render
     with pytest.raises(TypeError, match="both encoder and tokenizer"):
         ClipReward(0, 0, config(), encoder=TinyClip())
 
@@ -562,10 +565,6 @@ TINY_ONLINE = [
 
 
 def run_tiny(tmp_path, monkeypatch, extra: list[str]) -> dict:
-    pytest.importorskip(
-        "pbrl.online.frames",
-        reason="pbrl.online.frames (online wiring for frame rewards) is missing",
-    )
     from pbrl.recipes import run as run_config
 
     monkeypatch.setitem(REWARD_MODELS, "clip", (InjectedClip, ClipRewardConfig))
