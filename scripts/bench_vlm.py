@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from pbrl.data import PreferenceDataset, Queries, Segments  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
+from pbrl.teachers.base import WaitPolicy, ask  # noqa: E402
 from pbrl.teachers.vlm import VLMTeacher  # noqa: E402
 from pbrl.teachers.vlm.images import ImageSpec, render_segment_images  # noqa: E402
 from pbrl.teachers.vlm.mock import MockVLM  # noqa: E402
@@ -59,11 +60,10 @@ def label_pass(
         max_concurrency=args.concurrency,
         requests_per_second=args.rps,
         cache=str(cache),
-        wait_timeout_s=None,
         rng=np.random.default_rng(args.seed),
     )
     t0 = time.monotonic()
-    labels = teacher(queries)
+    labels = ask(teacher, queries, WaitPolicy(timeout_s=None, poll_s=0.01)).labels  # every pair
     wall = time.monotonic() - t0
     stats = teacher.total_stats()
     teacher.close()

@@ -139,3 +139,30 @@ def test_a_teacher_that_stops_answering_warns_once_and_training_goes_on(tmp_path
         summary = recipes.run(cfg, tmp_path / "run")
     waits = [w for w in seen if "training continues" in str(w.message)]
     assert len(waits) == 1 and summary["num_labels"] == 3 and summary["num_queries"] == 12
+
+
+def doc_block(marker: str) -> str:
+    doc = (CONF_DIR.parent / "docs" / "architecture.md").read_text()
+    return doc.split(f"<!-- {marker} -->\n```python\n", 1)[1].split("```", 1)[0]
+
+
+def wiring_statements(block: str) -> int:
+    """Statements of a block, imports left out (as formatted by ruff: one per line)."""
+    return sum(
+        1
+        for line in block.splitlines()
+        if line.strip() and not line.startswith(("from ", "import "))
+    )
+
+
+def test_the_episodic_recipe_wired_by_hand(tmp_path, monkeypatch):
+    """docs/architecture.md's hand-wired RAPL-style run, executed as written: triplets ranked,
+    a frame reward fit on them, PPO trained on it relabeled per episode."""
+    block = doc_block("hand-wired episodic")
+    assert wiring_statements(block) <= 15
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {"STEPS": 100}
+    exec(compile(block, "docs/architecture.md", "exec"), scope)
+    ranked, ppo = scope["ranked"], scope["ppo"]
+    assert len(ranked) == 12 and len(ranked.trainable) > 0  # 4 triplets, 3 pairs each
+    assert ppo.num_timesteps == 100

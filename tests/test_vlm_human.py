@@ -22,6 +22,7 @@ httpx = pytest.importorskip("httpx", reason="pip install httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import ConfigCompositionException  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from support.vlm import RecordingMockVLM  # noqa: E402
 from test_human_loop import ScriptedPerson, free_port  # noqa: E402  (tests/ is on sys.path)
@@ -35,8 +36,9 @@ from pbrl.gui.server import BackgroundServer, create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.rewards import RewardEnsemble, RewardModelConfig  # noqa: E402
+from pbrl.run import wait_policy  # noqa: E402
 from pbrl.store import SCHEMA_VERSION, BadInput, LabelStore, Suggestion  # noqa: E402
-from pbrl.teachers.base import WatchesRewardModel  # noqa: E402
+from pbrl.teachers.base import WaitPolicy, wait_for  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
 from pbrl.teachers.scripted import TeacherConfigError  # noqa: E402
 from pbrl.teachers.vlm_human import VLMThenHuman  # noqa: E402
@@ -216,9 +218,9 @@ def test_the_page_shows_the_suggestion_and_the_person_overrides_it(tmp_path: Pat
 def make_vlm_then_human(
     vlm: RecordingMockVLM, tmp_path: Path, route: str = "unsure", **kwargs: Any
 ) -> VLMThenHuman:
-    inner = make_teacher(vlm, tmp_path, wait_timeout_s=30, min_labels=5)
-    human = HumanTeacher(str(tmp_path / "labels.sqlite"), min_labels=5, wait_for_round=True)
-    return VLMThenHuman(inner, human, route=route, poll_s=0.05, **kwargs)
+    inner = make_teacher(vlm, tmp_path)
+    human = HumanTeacher(str(tmp_path / "labels.sqlite"))
+    return VLMThenHuman(inner, human, route=route, **kwargs)
 
 
 def wait_vlm(teacher: VLMThenHuman, timeout: float = 60.0) -> None:
@@ -243,10 +245,9 @@ def test_only_unsure_pairs_reach_people_and_their_answers_arrive_later(
         RecordingMockVLM(score_rendered=True, malformed=0.4, seed=2) as vlm,
         BackgroundServer(store_path, port=free_port(), prerender=0) as server,
     ):
-        teacher = make_vlm_then_human(vlm, tmp_path, min_labels=0, wait_timeout_s=0)
-        # the inner teachers never wait: the outer one does
-        assert teacher.vlm.min_labels == 0 and not teacher.human.wait_for_round
+        teacher = make_vlm_then_human(vlm, tmp_path)
         teacher.submit(queries)
+        assert teacher.outstanding() == len(oracle)  # all with the VLM
         wait_vlm(teacher)
         first = teacher.collect()
         assert first is not None and set(first.annotator) == {"vlm"}
@@ -262,17 +263,23 @@ def test_only_unsure_pairs_reach_people_and_their_answers_arrive_later(
             s = store.suggestion(qid)
             assert s is not None and s.word == "unsure" and "Image 1 shows" in s.analysis
             assert s.reply.startswith("The answer is:") and s.model == vlm.model
-        assert teacher.collect() is None  # nobody has answered yet, and no waiting asked for
+        assert teacher.collect() is None  # nobody has answered yet, and collect never waits
+        assert teacher.outstanding() == len(routed)  # the pairs with people are still asked
+        t0 = time.time()  # a round that does not wait for people returns at once, timed out
+        no_wait = WaitPolicy(min_labels=len(by_vlm) + 1, timeout_s=0)
+        assert wait_for(teacher, no_wait, had=teacher.labels_received) == (None, True)
+        assert time.time() - t0 < 5
         assert teacher.stats()["vlm_human_routed"] == len(routed)
 
         # People answer later (through the page's API); a round waiting for them gets them.
-        teacher.min_labels, teacher.wait_timeout_s = teacher.labels_received + len(routed), 60
         person = ScriptedPerson(server.url, store_path)
         person.start()
         t0 = time.time()
-        later = teacher.collect()
+        policy = WaitPolicy(min_labels=len(oracle), timeout_s=60, poll_s=0.05)
+        later, timed_out = wait_for(teacher, policy, had=teacher.labels_received)
         person.stop.set()
-        assert later is not None and time.time() - t0 < 60 and not person.errors
+        assert later is not None and not timed_out and time.time() - t0 < 60
+        assert not person.errors and teacher.outstanding() == 0
         assert set(later.annotator) == {"scripted-person"}
         assert labels_by_id(later) == {q: oracle[q] for q in routed}
         assert later.queries.first.equals(
@@ -297,14 +304,15 @@ def test_route_all_asks_people_everything_and_measures_the_vlm(
         RecordingMockVLM(score_rendered=True, noise=0.4, seed=5) as vlm,
         BackgroundServer(store_path, port=free_port(), prerender=0) as server,
     ):
-        teacher = make_vlm_then_human(
-            vlm, tmp_path, route="all", min_labels=len(queries), wait_timeout_s=60
-        )
+        teacher = make_vlm_then_human(vlm, tmp_path, route="all")
         teacher.submit(queries)
         person = ScriptedPerson(server.url, store_path)
         person.start()
-        data = teacher.collect()  # waits for people; the VLM's answers are suggestions only
+        # waits for people; the VLM's answers are suggestions only
+        policy = WaitPolicy(min_labels=len(queries), timeout_s=60, poll_s=0.05)
+        data, timed_out = wait_for(teacher, policy)
         person.stop.set()
+        assert not timed_out and teacher.outstanding() == 0
         assert data is not None and set(data.annotator) == {"scripted-person"}
         assert labels_by_id(data) == dict(
             zip(queries.query_id.tolist(), oracle.tolist(), strict=True)
@@ -341,11 +349,11 @@ def test_pairs_the_ensemble_disagrees_on_go_to_people_with_the_vlms_answer(
     store_path = tmp_path / "labels.sqlite"
     LabelStore(store_path)
     with RecordingMockVLM(score_rendered=True, seed=2) as vlm:
-        teacher = make_vlm_then_human(vlm, tmp_path, disagreement=0.3, min_labels=0)
-        assert isinstance(teacher, WatchesRewardModel)
+        teacher = make_vlm_then_human(vlm, tmp_path, disagreement=0.3)
         teacher.set_reward_model(None)  # before the first fit: nothing is contested
         assert teacher._most_contested(queries) == set()
-        teacher.set_reward_model(model)
+        teacher.set_reward_model(model)  # what the feedback loop hands over before a round
+        assert teacher._most_contested(queries) == expected
         teacher.submit(queries)
         wait_vlm(teacher)
         data = teacher.collect()
@@ -380,11 +388,21 @@ def test_config_builds_the_teacher_and_rejects_bad_settings(tmp_path: Path) -> N
             both = compose(
                 "config", overrides=[*overrides, "teacher.route=all", "teacher.disagreement=0.2"]
             )
+            waits = compose(
+                "config", overrides=[*overrides, "wait.for_round=true", "wait.timeout_s=null"]
+            )
+            # how long to wait is the run's (the wait group), no teacher's
+            for old in ("teacher.min_labels=1", "teacher.wait_timeout_s=60",
+                        "teacher.vlm.wait_for_round=true", "teacher.human.poll_s=0.5"):  # fmt: skip
+                with pytest.raises(ConfigCompositionException, match=old.split("=")[0]):
+                    compose("config", overrides=[*overrides, old])
         teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
         assert isinstance(teacher, VLMThenHuman) and teacher.route == "unsure"
-        assert teacher.min_labels == cfg.feedback.min_labels
         assert teacher.vlm.goal.startswith("the tip of the two-link robot arm")
-        assert teacher.vlm.min_labels == 0 and teacher.human.min_labels == 0
+        for group in (cfg.teacher, cfg.teacher.vlm, cfg.teacher.human):
+            assert not {"min_labels", "wait_timeout_s", "wait_for_round", "poll_s"} & set(group)
+        assert wait_policy(cfg) == WaitPolicy(timeout_s=600.0, all_asked=False, poll_s=1.0)
+        assert wait_policy(waits) == WaitPolicy(timeout_s=None, all_asked=True, poll_s=1.0)
         assert not (tmp_path / "labels.sqlite").exists()  # building creates no files
         teacher.close()
         with pytest.raises(Exception, match="teacher.route='sometimes': use unsure") as info:
@@ -419,8 +437,8 @@ def test_tiny_online_run_routes_unsure_pairs_to_the_store(
                 *TINY_ONLINE,
                 "teacher=vlm_then_human",
                 # wait for a first VLM label however slow the machine (never for people)
-                "teacher.min_labels=1",
-                "teacher.wait_timeout_s=120",
+                "feedback.min_labels=1",
+                "wait.timeout_s=120",
                 "teacher.disagreement=0.5",  # round 2: the 2 most contested pairs to people
                 f"teacher.vlm.base_url={vlm.base_url}",
                 f"teacher.vlm.model={vlm.model}",

@@ -35,6 +35,7 @@ from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
 from pbrl.errors import ConfigError
 from pbrl.online.wrappers import random_rollout_pool
+from pbrl.teachers.base import WaitPolicy, ask, wait_for
 from pbrl.teachers.vlm import (
     VLMTeacher,
     analysis_messages,
@@ -79,22 +80,22 @@ def make_teacher(server: RecordingMockVLM, tmp_path: Path, **kwargs) -> VLMTeach
         "max_concurrency": 4,
         "requests_per_second": None,
         "backoff_s": 0.02,
-        "wait_timeout_s": 60,
         **kwargs,
     }
     return VLMTeacher(**settings)
 
 
 def wait_all(teacher: VLMTeacher, timeout: float = 30.0):
-    """Collect until every submitted pair is answered."""
-    parts, deadline = [], time.time() + timeout
-    while teacher.pairs_done < teacher.submitted and time.time() < deadline:
-        time.sleep(0.02)
-    new = teacher.collect()
-    if new is not None:
-        parts.append(new)
-    assert teacher.pairs_done == teacher.submitted, "answers did not arrive in time"
-    return parts[0] if len(parts) == 1 else None
+    """Collect until every submitted pair is answered (the run's ``wait.for_round``)."""
+    got, timed_out = wait_for(teacher, WaitPolicy(all_asked=True, timeout_s=timeout, poll_s=0.02))
+    assert not timed_out and teacher.outstanding() == 0, "answers did not arrive in time"
+    assert teacher.pairs_done == teacher.submitted
+    return got
+
+
+def label(teacher: VLMTeacher, queries: Queries, timeout: float = 60.0) -> np.ndarray:
+    """Synchronous labeling: every pair's label, in order (NaN: skipped)."""
+    return ask(teacher, queries, WaitPolicy(timeout_s=timeout, poll_s=0.02)).labels
 
 
 def by_id(data) -> dict[str, float]:
@@ -156,7 +157,7 @@ def test_labels_agree_with_oracle_at_noise_0(reacher_pool, tmp_path):
         teacher = make_teacher(server, tmp_path, size=224)
         server.register_segments(teacher.segment_images(queries.first), queries.first.returns())
         server.register_segments(teacher.segment_images(queries.second), queries.second.returns())
-        labels = teacher(queries)
+        labels = label(teacher, queries)
         stats = teacher.stats()
         teacher.close()
     oracle = oracle_labels(queries)
@@ -180,7 +181,7 @@ def test_noise_flips_labels(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 12, seed=1)
     with RecordingMockVLM(noise=1.0, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path)
-        labels = teacher(queries)
+        labels = label(teacher, queries)
         teacher.close()
     oracle = oracle_labels(queries)
     decided = oracle != 0.5
@@ -191,7 +192,7 @@ def test_malformed_replies_are_unsure_and_skipped(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 6)
     with RecordingMockVLM(malformed=1.0, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, price_per_1k_tokens=0.5)
-        labels = teacher(queries)
+        labels = label(teacher, queries)
         stats = teacher.stats()
         teacher.close()
     assert np.isnan(labels).all()
@@ -215,7 +216,7 @@ def test_identical_images_are_skipped_without_a_request(reacher_pool, vlm, tmp_p
 def test_rerun_is_answered_from_the_cache(reacher_pool, vlm, tmp_path):
     queries = queries_from(reacher_pool, 8)
     first = make_teacher(vlm, tmp_path)
-    labels = first(queries)
+    labels = label(first, queries)
     # committed per answer: another connection sees every answer before the teacher closes
     rows = sqlite3.connect(tmp_path / "vlm.sqlite").execute("SELECT COUNT(*) FROM answers")
     assert rows.fetchone()[0] == 16
@@ -223,14 +224,14 @@ def test_rerun_is_answered_from_the_cache(reacher_pool, vlm, tmp_path):
     assert vlm.requests == 16
     vlm.reset_counts()
     again = make_teacher(vlm, tmp_path)
-    labels_again = again(queries)
+    labels_again = label(again, queries)
     stats = again.stats()
     again.close()
     assert vlm.requests == 0
     np.testing.assert_array_equal(labels, labels_again)
     assert stats["vlm_cache_hits"] == 16 and stats["vlm_cache_hit_rate"] == 1.0
     other_goal = make_teacher(vlm, tmp_path, goal="a different goal")  # other prompts: asked
-    other_goal(queries[:2])
+    label(other_goal, queries[:2])
     other_goal.close()
     assert vlm.requests == 4
 
@@ -245,7 +246,7 @@ def test_backoff_on_429_then_success(reacher_pool, vlm, tmp_path):
     )
     vlm.fail_next(3, status=429)
     t0 = time.monotonic()
-    labels = teacher(queries)
+    labels = label(teacher, queries)
     spent = time.monotonic() - t0
     stats = teacher.stats()
     teacher.close()
@@ -260,7 +261,7 @@ def test_retry_after_header_is_honoured(reacher_pool, vlm, tmp_path):
     teacher = make_teacher(vlm, tmp_path, backoff_s=0.01)
     vlm.fail_next(1, status=503, retry_after=0.4)
     t0 = time.monotonic()
-    labels = teacher(queries)
+    labels = label(teacher, queries)
     spent = time.monotonic() - t0
     teacher.close()
     assert not np.isnan(labels).any() and spent >= 0.4
@@ -276,7 +277,7 @@ def test_give_up_after_max_retries_skips_and_counts(reacher_pool, vlm, tmp_path)
     assert len(data) == 3 and np.isnan(data.labels).all()
     assert stats["vlm_failed"] == 3 and stats["vlm_retries"] == 6 and vlm.requests == 9
     # the teacher still works afterwards, and failures were not cached
-    labels = teacher(queries)
+    labels = label(teacher, queries)
     teacher.close()
     assert not np.isnan(labels).any() and vlm.requests == 9 + 6
 
@@ -285,7 +286,7 @@ def test_timeouts_are_retried_then_given_up(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 1)
     with RecordingMockVLM(latency_s=0.6, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, timeout_s=0.15, max_retries=1)
-        labels = teacher(queries)
+        labels = label(teacher, queries)
         stats = teacher.stats()
         teacher.close()
     assert np.isnan(labels).all() and stats["vlm_failed"] == 1 and stats["vlm_retries"] == 1
@@ -295,7 +296,7 @@ def test_non_retryable_error_is_not_retried(reacher_pool, vlm, tmp_path):
     queries = queries_from(reacher_pool, 2)
     teacher = make_teacher(vlm, tmp_path, max_retries=5, max_concurrency=1)
     vlm.fail_next(1, status=400)
-    labels = teacher(queries)
+    labels = label(teacher, queries)
     stats = teacher.stats()
     teacher.close()
     assert np.isnan(labels).sum() == 1 and stats["vlm_retries"] == 0 and stats["vlm_failed"] == 1
@@ -305,7 +306,7 @@ def test_concurrency_cap_is_never_exceeded(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 12)
     with RecordingMockVLM(latency_s=0.1, score_rendered=True) as server:
         teacher = make_teacher(server, tmp_path, max_concurrency=3)
-        teacher(queries)
+        label(teacher, queries)
         teacher.close()
     assert server.requests == 24
     assert server.max_in_flight == 3  # reached, never exceeded
@@ -315,7 +316,7 @@ def test_rate_limit_spaces_requests(reacher_pool, vlm, tmp_path):
     queries = queries_from(reacher_pool, 5)
     teacher = make_teacher(vlm, tmp_path, requests_per_second=20.0)
     t0 = time.monotonic()
-    teacher(queries)
+    label(teacher, queries)
     spent = time.monotonic() - t0
     teacher.close()
     assert vlm.requests == 10 and spent >= 9 / 20
@@ -327,12 +328,17 @@ def test_rate_limit_spaces_requests(reacher_pool, vlm, tmp_path):
 def test_submit_returns_at_once_and_late_answers_come_through_collect(reacher_pool, tmp_path):
     first, second = queries_from(reacher_pool, 4, seed=2), queries_from(reacher_pool, 4, seed=3)
     with RecordingMockVLM(latency_s=0.3, score_rendered=True) as server:
-        teacher = make_teacher(server, tmp_path, min_labels=0)
+        teacher = make_teacher(server, tmp_path)
         t0 = time.monotonic()
         teacher.submit(first)
         assert time.monotonic() - t0 < 0.2
-        assert teacher.collect() is None  # nothing answered yet: no wait with min_labels=0
+        assert teacher.collect() is None  # nothing answered yet, and collect never waits
+        assert teacher.outstanding() == 4
+        t0 = time.monotonic()  # a policy that never waits returns at once, timed out
+        assert wait_for(teacher, WaitPolicy(min_labels=1, timeout_s=0)) == (None, True)
+        assert time.monotonic() - t0 < 0.5  # a pair takes 0.6 s
         teacher.submit(second)
+        assert teacher.outstanding() == 8
         got = wait_all(teacher)
         teacher.close()
     assert len(got) == 8
@@ -344,17 +350,44 @@ def test_submit_returns_at_once_and_late_answers_come_through_collect(reacher_po
                 assert labels[qid] == o
 
 
-def test_collect_waits_for_min_labels(reacher_pool, tmp_path):
+def test_a_wait_for_min_labels_returns_once_they_exist(reacher_pool, tmp_path):
     queries = queries_from(reacher_pool, 4)
     with RecordingMockVLM(latency_s=0.1, score_rendered=True) as server:
-        teacher = make_teacher(server, tmp_path, min_labels=2, max_concurrency=1)
+        teacher = make_teacher(server, tmp_path, max_concurrency=1)
         teacher.submit(queries)
-        got = teacher.collect()  # blocks until two usable labels exist
-        assert got is not None and len(got.trainable) >= 2
+        policy = WaitPolicy(min_labels=2, timeout_s=30, poll_s=0.02)
+        got, timed_out = wait_for(teacher, policy)  # blocks until two usable labels exist
+        assert not timed_out and got is not None and len(got.trainable) >= 2
         assert teacher.pairs_done < 4  # ...and no longer: the rest arrive later
+        assert teacher.outstanding() == 4 - len(got)
+        # labels the run already has count: with two in hand, a round does not wait (a wait
+        # would sleep poll_s at least)
+        t0 = time.monotonic()
+        slow_poll = WaitPolicy(min_labels=2, timeout_s=30, poll_s=2.0)
+        more, timed_out = wait_for(teacher, slow_poll, had=len(got.trainable))
+        assert not timed_out and time.monotonic() - t0 < 1.0
         rest = wait_all(teacher)
         teacher.close()
-    assert len(got) + len(rest) == 4
+    assert len(got) + (0 if more is None else len(more)) + len(rest) == 4
+
+
+def test_unanswered_pairs_are_skips_with_a_warning_and_arrive_later(reacher_pool, tmp_path):
+    queries = queries_from(reacher_pool, 2)
+    with RecordingMockVLM(latency_s=0.8, score_rendered=True) as server:
+        teacher = make_teacher(server, tmp_path)
+        t0 = time.monotonic()
+        with pytest.warns(RuntimeWarning, match="2 of 2 queries unanswered") as caught:
+            labels = ask(teacher, queries, WaitPolicy(timeout_s=0.2, poll_s=0.02)).labels
+        assert time.monotonic() - t0 < 1.2  # gave up after the policy's time (a pair: 1.6 s)
+        assert np.isnan(labels).all() and len(labels) == 2
+        assert server.base_url in str(caught[0].message)  # where answers were expected
+        late = wait_all(teacher)  # the answers still come, through collect
+        teacher.close()
+    assert sorted(late.queries.query_id.tolist()) == sorted(queries.query_id.tolist())
+    oracle = oracle_labels(queries)
+    decided = oracle != 0.5
+    got = np.array([by_id(late)[q] for q in queries.query_id.tolist()])
+    np.testing.assert_array_equal(got[decided], oracle[decided])
 
 
 # -- the start-up probe --------------------------------------------------------------------------
@@ -436,7 +469,7 @@ def test_train_reports_an_unreachable_endpoint_in_one_line(tmp_path, monkeypatch
 def test_frame_modes(reacher_pool, vlm, tmp_path, frames):
     queries = queries_from(reacher_pool, 4)
     teacher = make_teacher(vlm, tmp_path, frames=frames, num_frames=3, size=48)
-    labels = teacher(queries)
+    labels = label(teacher, queries)
     teacher.close()
     oracle = oracle_labels(queries)
     np.testing.assert_array_equal(labels[oracle != 0.5], oracle[oracle != 0.5])
@@ -468,7 +501,7 @@ def test_classic_control_is_drawn_from_observations(vlm, tmp_path):
     images = render_segment_images(queries.first, ImageSpec(size=64))
     assert len(images) == 6 and all(len(i) == 1 for i in images)
     teacher = make_teacher(vlm, tmp_path, env_id="pbrl/Pendulum-v1", goal="upright")
-    labels = teacher(queries)
+    labels = label(teacher, queries)
     teacher.close()
     oracle = oracle_labels(queries)
     np.testing.assert_array_equal(labels[oracle != 0.5], oracle[oracle != 0.5])
@@ -548,7 +581,7 @@ def test_the_mock_command_serves_until_stopped_and_prints_a_train_line(reacher_p
             cfg = compose("config", overrides=overrides)
         teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))  # probes the mock
         try:
-            labels = teacher(queries_from(reacher_pool, 6))
+            labels = label(teacher, queries_from(reacher_pool, 6))
         finally:
             teacher.close()
         assert set(labels.tolist()) <= {0.0, 1.0}, labels
@@ -610,7 +643,7 @@ def test_tiny_online_run_with_the_vlm_teacher(vlm, tmp_path, monkeypatch):
     assert summary["teacher"]["_target_"] == "pbrl.teachers.vlm.VLMTeacher"
     assert summary["teacher"]["goal"].startswith("the tip of the two-link robot arm")
     assert 0 < summary["teacher"]["totals"]["vlm_requests"] <= vlm.requests  # more may follow
-    assert vlm.model_requests == 1  # one probe, though pbrl.train builds the teacher twice
+    assert vlm.model_requests == 1  # one probe: a run builds its teacher once
     # each label took both stages; answers still in flight when the run ended are dropped
     assert vlm.stage_requests[1] >= vlm.stage_requests[2] >= summary["num_labels"]
     assert "HTTP Request" not in (run / "train.log").read_text()  # no line per request
