@@ -164,11 +164,16 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def discard(run_dir: Path) -> None:
-    """Undo what Hydra made for a run that never started: its ``.hydra/`` and log, then the
-    run directory and the folders above it, each only if empty and inside the working
-    directory (never the working directory itself)."""
+    """Undo what Hydra and the start of a run made for a run that never started: its
+    ``.hydra/``, log and ``config.yaml``, the empty folders a runner made (``checkpoint/``),
+    then the run directory and the folders above it, each only if empty and inside the
+    working directory (never the working directory itself)."""
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
     (run_dir / f"{HydraConfig.get().job.name}.log").unlink(missing_ok=True)
+    (run_dir / "config.yaml").unlink(missing_ok=True)
+    for sub in ("checkpoint", "tb"):
+        if (run_dir / sub).is_dir() and not any((run_dir / sub).iterdir()):
+            (run_dir / sub).rmdir()
     cwd = Path.cwd().resolve()
     folder = run_dir.resolve()
     while folder != cwd and cwd in folder.parents and folder.is_dir() and not any(folder.iterdir()):

@@ -80,3 +80,37 @@ def test_segment_length_against_the_dataset(caplog):
     with caplog.at_level(logging.WARNING, logger="pbrl"):
         check_segment_length(mixed, 10, needed=True)
     assert any("longer than 67% of the episodes of mixed" in r.getMessage() for r in caplog.records)
+
+
+# -- issue 25 ------------------------------------------------------------------------------
+
+
+def run_module(module: str, *args: str, cwd, env=None, code: str | None = None, timeout=180):
+    """``python -m MODULE ARGS`` (or ``python -c CODE ARGS``) in ``cwd``, as a user runs it."""
+    import os
+
+    full = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1", **(env or {})}
+    full["PYTHONPATH"] = os.pathsep.join(
+        [str(CONF_DIR.parent), *filter(None, [full.get("PYTHONPATH")])]
+    )
+    cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (out.stdout + out.stderr).strip().splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1, (out.returncode, out.stdout, out.stderr)
+    return lines[0]
+
+
+def test_a_failed_offline_start_leaves_no_run_directory(tmp_path):
+    out = run_module(
+        "pbrl.train",
+        "+exp=offline_tiny",
+        "dataset.id=pbrl-tiny/hopper/nothing-v0",
+        cwd=tmp_path,
+        env={"MINARI_DATASETS_PATH": str(tmp_path / "minari")},
+    )
+    assert "is not in the local Minari store" in one_error_line(out)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert not any(p.startswith("outputs") for p in left), left
