@@ -27,6 +27,33 @@ def closest(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
+# an optional extra -> the command that installs it
+INSTALL = {
+    "gui": "pip install -e '.[gui]'",
+    "sweep": "pip install -e '.[sweep]'",
+    "ray": "pip install -e '.[ray]'",
+    "offline": "pip install -e '.[offline]'",
+    "vlm": "pip install -e '.[vlm]'",
+    "clip": "pip install -e '.[clip]'",
+    "warp": "pip install mujoco-warp",
+}
+
+
+def require_extra(extra: str, modules: tuple[str, ...], what: str) -> None:
+    """A :class:`ConfigError` naming the install command when one of ``modules`` (the
+    optional ``extra``'s packages) cannot be imported; ``what`` is the feature that needs it."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            package = "MuJoCo Warp" if extra == "warp" else f"the {extra} extra"
+            raise ConfigError(
+                f"{what} needs {package} ({name} is not installed): {INSTALL[extra]}"
+            ) from None
+
+
 def make_config(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
     """``cls(**values)`` for a settings dataclass; an unknown key is a :class:`ConfigError`
     that names it, the closest valid key and all valid keys (``where`` is the config path)."""

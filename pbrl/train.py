@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pbrl.errors import ConfigError, closest
+from pbrl.errors import ConfigError, closest, require_extra
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pbrl")
@@ -55,6 +55,8 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.sim not in SIMS:
         raise ConfigError(f"unknown sim {cfg.sim!r}: choose one of {', '.join(SIMS)}")
+    if cfg.sim == "mujoco_warp":
+        require_extra("warp", ("mujoco_warp", "warp"), "sim=mujoco_warp")
     if cfg.sim != "gymnasium" and env_id not in BATCHED_ENV_IDS:
         raise ConfigError(
             f"sim={cfg.sim} does not implement {env_id!r}: choose one of "
@@ -201,11 +203,33 @@ HYDRA_FLAGS = (
 )
 
 
+# hydra/launcher=NAME -> (the extra, the plugin module it installs)
+LAUNCHERS = {
+    "joblib": ("sweep", "hydra_plugins.hydra_joblib_launcher"),
+    "submitit_local": ("sweep", "hydra_plugins.hydra_submitit_launcher"),
+    "submitit_slurm": ("sweep", "hydra_plugins.hydra_submitit_launcher"),
+    "slurm": ("sweep", "hydra_plugins.hydra_submitit_launcher"),
+    "ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
+    "ray_local": ("ray", "hydra_plugins.hydra_ray_launcher"),
+}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """A launcher whose plugin is not installed names the extra that installs it (Hydra
+    would list the launchers it has)."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in LAUNCHERS:
+            extra, module = LAUNCHERS[value]
+            require_extra(extra, (module,), f"hydra/launcher={value}")
+
+
 def check_arguments(argv: list[str]) -> list[str]:
     """One-line errors for what Hydra would answer with a multi-line one (or not at all),
     and the extra arguments a resume needs. Returns ``argv`` to hand to Hydra."""
     if any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         return argv
+    check_launcher(argv)
     check_group_overrides(argv)
     args = [a for a in argv if not a.startswith("-")]
     resume = next((a.partition("=")[2] for a in args if a.startswith("resume=")), None)

@@ -114,3 +114,62 @@ def test_a_failed_offline_start_leaves_no_run_directory(tmp_path):
     assert "is not in the local Minari store" in one_error_line(out)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert not any(p.startswith("outputs") for p in left), left
+
+
+def run_without(missing: tuple[str, ...], module: str, *args: str, cwd, timeout=180):
+    """``python -m MODULE ARGS`` as if the packages ``missing`` were not installed."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {missing!r}:\n"
+        "    sys.modules[name] = None  # an import of it fails as if not installed\n"
+        f"sys.argv[0] = {module!r}\n"
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n"
+    )
+    return run_module(module, *args, cwd=cwd, code=code, timeout=timeout)
+
+
+def test_label_serve_without_the_gui_extra_is_one_line(tmp_path):
+    out = run_without(("fastapi",), "pbrl.label", "serve", "--store", "x.sqlite", cwd=tmp_path)
+    line = one_error_line(out)
+    assert "pbrl.label serve needs the gui extra" in line and "pip install -e '.[gui]'" in line
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_a_human_teacher_without_the_gui_extra_is_one_line(tmp_path):
+    out = run_without(("uvicorn",), "pbrl.train", "+exp=human_quickstart", cwd=tmp_path)
+    line = one_error_line(out)
+    assert "teacher=human" in line and "pip install -e '.[gui]'" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sim_mujoco_warp_without_mujoco_warp_is_one_line(tmp_path):
+    out = run_without(
+        ("mujoco_warp",), "pbrl.train", "+exp=prefppo_halfcheetah", "sim=mujoco_warp", cwd=tmp_path
+    )
+    line = one_error_line(out)
+    assert "sim=mujoco_warp needs MuJoCo Warp" in line and "pip install mujoco-warp" in line
+
+
+@pytest.mark.parametrize(
+    "launcher,plugin,extra",
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher", "sweep"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher", "sweep"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher", "sweep"),
+        ("ray_local", "hydra_plugins.hydra_ray_launcher", "ray"),
+    ],
+)
+def test_a_launcher_without_its_extra_is_one_line(launcher, plugin, extra, tmp_path):
+    out = run_without(
+        (plugin,),
+        "pbrl.train",
+        "-m",
+        "+exp=quickstart",
+        "seed=0,1",
+        f"hydra/launcher={launcher}",
+        cwd=tmp_path,
+    )
+    line = one_error_line(out)
+    assert f"hydra/launcher={launcher} needs the {extra} extra" in line
+    assert f"pip install -e '.[{extra}]'" in line
+    assert not (tmp_path / "multirun").exists()

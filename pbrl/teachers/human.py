@@ -34,6 +34,7 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.store import LabelStore, StoreError, check_writable
+from pbrl.errors import require_extra
 from pbrl.teachers.base import AsyncTeacher
 from pbrl.teachers.scripted import TeacherConfigError
 
@@ -71,6 +72,8 @@ class HumanTeacher(AsyncTeacher):
             raise TeacherConfigError(f"teacher.aggregate={aggregate!r}: use majority or first")
         if poll_s <= 0:
             raise TeacherConfigError(f"teacher.poll_s={poll_s}: use a positive number of seconds")
+        # the labeling page (served here or by `pbrl.label serve`) is the gui extra
+        require_extra("gui", ("fastapi", "uvicorn"), "teacher=human (its labeling page)")
         if serve:
             from pbrl.gui.server import check_bind
 
