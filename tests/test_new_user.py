@@ -173,3 +173,60 @@ def test_a_launcher_without_its_extra_is_one_line(launcher, plugin, extra, tmp_p
     assert f"hydra/launcher={launcher} needs the {extra} extra" in line
     assert f"pip install -e '.[{extra}]'" in line
     assert not (tmp_path / "multirun").exists()
+
+
+def rounds_held(schedule, first: int, total: int, n_envs: int = 1) -> list[int]:
+    """The steps at which FeedbackCallback holds a round in a run of ``total`` steps."""
+    from types import SimpleNamespace
+
+    from pbrl.online.feedback import FeedbackCallback
+
+    callback = FeedbackCallback(schedule, None, None, None, start_at=first)  # type: ignore[arg-type]
+    held: list[int] = []
+
+    def feedback_round() -> None:
+        held.append(callback.num_timesteps)
+        callback.state.queries += schedule.round_size(callback.state.queries)
+
+    callback.feedback_round = feedback_round  # type: ignore[method-assign]
+    callback.model = SimpleNamespace(num_timesteps=0, _total_timesteps=total)  # type: ignore[assignment]
+    while callback.model.num_timesteps < total:  # as SB3's learn loop
+        callback.model.num_timesteps += n_envs
+        callback.on_step()
+    return held
+
+
+def test_the_rounds_warning_counts_the_rounds_the_run_holds(monkeypatch, caplog):
+    from pbrl.online import trainer
+
+    monkeypatch.setattr(trainer, "_WARNED", set())
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["+exp=human_quickstart", "max_feedback=100"])
+    with caplog.at_level(logging.WARNING, logger="pbrl"):
+        algo, schedule = trainer.check_config(cfg)
+    first = max(algo.unsupervised_steps, schedule.first_at)
+    held = rounds_held(schedule, first, int(cfg.total_timesteps))
+    assert held == [1000, 2000, 3000, 4000, 5000, 6000, 7000]  # none at step 8000, the end
+    assert schedule.rounds(first, int(cfg.total_timesteps)) == len(held)
+    warned = [r.getMessage() for r in caplog.records if "queries fit" in r.getMessage()]
+    assert len(warned) == 1 and f"({len(held)} rounds of 10" in warned[0], warned
+    for total, n_envs in ((7999, 1), (8001, 1), (8000, 4), (8002, 4)):
+        held = rounds_held(schedule, first, total, n_envs)
+        assert len(held) == schedule.rounds(first, total), (total, n_envs, held)
+
+
+def test_no_shipped_experiment_warns_about_its_own_budget(monkeypatch, caplog):
+    from pbrl.online import trainer
+    from pbrl.train import choices
+
+    monkeypatch.setattr(trainer, "_WARNED", set())
+    exps = choices("exp")
+    assert "human_quickstart" in exps and "quickstart" in exps
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for name in exps:
+            cfg = compose("config", overrides=[f"+exp={name}"])
+            if cfg.algo.get("kind", "online") != "offline":
+                with caplog.at_level(logging.WARNING, logger="pbrl"):
+                    trainer.check_config(cfg)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == []
