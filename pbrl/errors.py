@@ -23,8 +23,14 @@ class ConfigError(ValueError):
 
 def closest(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     """`` (did you mean X?)`` for the nearest valid name, or an empty string."""
+    match = closest_name(name, choices)
+    return f" (did you mean {match}?)" if match else ""
+
+
+def closest_name(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str | None:
+    """The valid name nearest to ``name``, or None when none is near."""
     match = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
+    return match[0] if match else None
 
 
 # an optional extra -> the command that installs it

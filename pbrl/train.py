@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pbrl.errors import ConfigError, closest, require_extra
+from pbrl.errors import ConfigError, closest, closest_name, require_extra
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 log = logging.getLogger("pbrl")
@@ -32,7 +32,11 @@ def check_group_overrides(argv: list[str]) -> None:
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if sep and key in groups and value and "," not in value and value not in choices(key):
-            raise ConfigError(f"unknown {key} {value!r}: choose one of {', '.join(choices(key))}")
+            near = closest_name(value, choices(key))
+            hint = f"did you mean {near}? " if near else ""
+            raise ConfigError(
+                f"unknown {key} {value!r}: {hint}choose one of {', '.join(choices(key))}"
+            )
 
 
 def validate(cfg: DictConfig) -> None:

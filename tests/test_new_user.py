@@ -230,3 +230,22 @@ def test_no_shipped_experiment_warns_about_its_own_budget(monkeypatch, caplog):
                     trainer.check_config(cfg)
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned == []
+
+
+@pytest.mark.parametrize(
+    "arg,near",
+    [
+        ("+exp=prefpo_halfcheetah", "prefppo_halfcheetah"),
+        ("teacher=oracel", "oracle"),
+        ("env=hoper", "hopper"),
+    ],
+)
+def test_a_misspelled_group_value_names_the_closest_first(arg, near, tmp_path):
+    args = [arg] if arg.startswith("+exp") else ["+exp=quickstart", arg]
+    line = one_error_line(run_module("pbrl.train", *args, cwd=tmp_path))
+    group, _, value = arg.lstrip("+").partition("=")
+    assert line.startswith(f"pbrl.train: error: unknown {group} {value!r}: did you mean {near}? ")
+    assert "choose one of" in line and line.index(f"mean {near}?") < line.index("choose one of")
+    listed = line.split("choose one of ", 1)[1].split(", ")
+    assert near in listed and len(listed) > 3  # then the whole list
+    assert not (tmp_path / "outputs").exists()
