@@ -6,6 +6,8 @@ the problem and the valid choices, with exit code 2, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import sys
@@ -264,8 +266,13 @@ def check_keys(args: list[str]) -> None:
             continue  # Hydra's own settings and sweeps are Hydra's to check
         bare = key.lstrip("+~")
         (structural if key[0] in "+~" or bare in groups or "/" in bare else plain).append(a)
+    from hydra.errors import HydraException
+
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = compose("config", overrides=structural)
+        try:
+            base = compose("config", overrides=structural)
+        except HydraException as exc:
+            raise ConfigError(composition_advice(exc, structural)) from None
     known = _dotted_keys(base)
     for a in plain:
         key = a.partition("=")[0]
@@ -275,6 +282,19 @@ def check_keys(args: list[str]) -> None:
             raise ConfigError(
                 f"unknown setting {key!r}{closest(key, known)} (a new key needs a leading +)"
             )
+
+
+def composition_advice(exc: Exception, overrides: list[str]) -> str:
+    """One line for Hydra's multi-line composition error: the override and its fix."""
+    message = " ".join(str(exc).split())
+    for o in overrides:
+        key, _, value = o.partition("=")
+        bare = key.lstrip("+~")
+        if f"'{bare}'" not in message:
+            continue
+        if key.startswith("+") and "already" in message:
+            return f"{o}: the key {bare} exists: drop the + ({bare}={value})"
+    return message
 
 
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -287,12 +307,25 @@ def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
+# config groups that only exps build on: not choices of their own in --help
+HIDDEN_GROUPS = ("exp/base:",)
+
+
 def main() -> None:
     try:
         sys.argv[1:] = check_arguments(sys.argv[1:])
     except ConfigError as exc:
         fail(exc)
-    _main()
+    if not any(a in ("--help", "-h") for a in sys.argv[1:]):
+        _main()
+        return
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            _main()
+    finally:
+        lines = text.getvalue().splitlines(keepends=True)
+        sys.stdout.write("".join(ln for ln in lines if not ln.startswith(HIDDEN_GROUPS)))
 
 
 if __name__ == "__main__":

@@ -249,3 +249,19 @@ def test_a_misspelled_group_value_names_the_closest_first(arg, near, tmp_path):
     listed = line.split("choose one of ", 1)[1].split(", ")
     assert near in listed and len(listed) > 3  # then the whole list
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_plus_on_an_existing_key_is_one_line_of_advice(tmp_path):
+    out = run_module("pbrl.train", "+exp=quickstart", "+algo.kwargs.train_freq=32", cwd=tmp_path)
+    line = one_error_line(out)
+    assert "the key algo.kwargs.train_freq exists: drop the +" in line
+    assert "(algo.kwargs.train_freq=32)" in line
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_hides_the_exps_base_group(tmp_path):
+    out = run_module("pbrl.train", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    groups = [ln.split(":")[0] for ln in out.stdout.splitlines() if ": " in ln]
+    assert "exp" in groups and "teacher" in groups and "algo" in groups
+    assert "exp/base" not in out.stdout
