@@ -265,3 +265,13 @@ def test_help_hides_the_exps_base_group(tmp_path):
     groups = [ln.split(":")[0] for ln in out.stdout.splitlines() if ": " in ln]
     assert "exp" in groups and "teacher" in groups and "algo" in groups
     assert "exp/base" not in out.stdout
+
+
+def test_readme_names_every_run_output_and_where_datasets_go():
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    table = readme.split("## What a run produces", 1)[1].split("\n## ", 1)[0]
+    files = [row.split("`")[1] for row in table.splitlines() if row.startswith("| `")]
+    assert {"summary.json", "tb/", "checkpoint/", "config.yaml"} <= set(files)
+    assert {"train.log", "tb/progress.csv"} <= set(files)
+    offline = readme.split("## Offline preference-based RL", 1)[1].split("\n## ", 1)[0]
+    assert "~/.minari/datasets/" in offline and "MINARI_DATASETS_PATH=" in offline
