@@ -3,6 +3,7 @@ one-line errors for a missing extra and for segments the data cannot give."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -275,3 +276,59 @@ def test_readme_names_every_run_output_and_where_datasets_go():
     assert {"train.log", "tb/progress.csv"} <= set(files)
     offline = readme.split("## Offline preference-based RL", 1)[1].split("\n## ", 1)[0]
     assert "~/.minari/datasets/" in offline and "MINARI_DATASETS_PATH=" in offline
+
+
+_RUN_SCRIPT = "import runpy, sys; sys.argv.pop(0); runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+def _sweep_job(root, num: int, overrides: list[str], ret: float) -> None:
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    summary = {
+        "exp": "quickstart",
+        "algo": "pebble",
+        "env_id": "Reacher-v5",
+        "teacher": {"_target_": "pbrl.teachers.ScriptedTeacher", "beta": "inf", "gamma": 1.0},
+        "seed": int(overrides[1].split("=")[1]),
+        "total_timesteps": 300,
+        "num_labels": 8,
+        "eval_true_return_mean": ret,
+        "eval_true_return_std": 0.0,
+        "random_true_return_mean": -40.0,
+        "reward_model_test_accuracy": 0.9,
+        "wall_time_s": 10.0,
+        "peak_rss_mb": 500.0,
+    }
+    (job / "summary.json").write_text(json.dumps(summary))
+
+
+def test_sweep_summary_shows_each_jobs_overrides_not_the_teacher_dict(tmp_path):
+    import csv
+
+    for num, (teacher, seed) in enumerate([("oracle", 0), ("oracle", 1), ("mistake", 0)]):
+        _sweep_job(tmp_path, num, ["+exp=quickstart", f"seed={seed}", f"teacher={teacher}"], -5.0)
+    script = str(CONF_DIR.parent / "scripts" / "sweep_summary.py")
+    out = run_module("", script, str(tmp_path), cwd=tmp_path, code=_RUN_SCRIPT)
+    assert out.returncode == 0, out.stderr
+    md = (tmp_path / "summary.md").read_text()
+    assert "_target_" not in md and "ScriptedTeacher" not in md
+    runs = [ln for ln in md.splitlines() if ln.startswith("| 0 |") or ln.startswith("| 2 |")]
+    assert "+exp=quickstart seed=0 teacher=oracle" in runs[0]
+    assert "+exp=quickstart seed=0 teacher=mistake" in runs[1]
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [r["overrides"] for r in rows][2] == "+exp=quickstart seed=0 teacher=mistake"
+    assert {r["configuration"] for r in rows} == {
+        "+exp=quickstart teacher=oracle",
+        "+exp=quickstart teacher=mistake",
+    }
+
+
+def test_sweep_summary_without_the_sweep_extra_is_one_line(tmp_path):
+    _sweep_job(tmp_path, 0, ["+exp=quickstart", "seed=0"], -5.0)
+    script = str(CONF_DIR.parent / "scripts" / "sweep_summary.py")
+    code = "import sys; sys.modules['matplotlib'] = None\n" + _RUN_SCRIPT
+    out = run_module("", script, str(tmp_path), cwd=tmp_path, code=code)
+    out.stdout = ""  # the tables come first; the plot is what needs the extra
+    line = one_error_line(out)
+    assert "needs the sweep extra" in line and "pip install -e '.[sweep]'" in line
