@@ -332,3 +332,28 @@ def test_sweep_summary_without_the_sweep_extra_is_one_line(tmp_path):
     out.stdout = ""  # the tables come first; the plot is what needs the extra
     line = one_error_line(out)
     assert "needs the sweep extra" in line and "pip install -e '.[sweep]'" in line
+
+
+def test_an_expert_no_better_than_random_gives_no_normalized_score(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_dataset", CONF_DIR.parent / "scripts" / "make_dataset.py"
+    )
+    assert spec is not None and spec.loader is not None
+    make = importlib.util.module_from_spec(spec)
+    sys.modules["make_dataset"] = make  # dataclasses look their module up while it runs
+    spec.loader.exec_module(make)
+    assert make.expert_reference("Hopper-v5", 16.3, 250.0, 60_000) == 250.0
+    assert capsys.readouterr().out == ""
+    assert make.expert_reference("Hopper-v5", 16.3, 9.4, 400) is None  # the tiny preset's
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and "is no better than random (16.3) after 400 SAC steps" in said[0]
+    worse = OfflineDataset.from_episodes(
+        [_episode(5, True)], dataset_id="d", ref_min_score=16.3, ref_max_score=9.4
+    )
+    assert worse.normalized_score(12.0) is None  # not a score that rises as the policy falls
+    good = OfflineDataset.from_episodes(
+        [_episode(5, True)], dataset_id="d", ref_min_score=10.0, ref_max_score=20.0
+    )
+    assert good.normalized_score(15.0) == pytest.approx(50.0)
