@@ -95,7 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ref_episodes": 100,
     },
     # For tests: seconds. Its SAC trains 400 steps: its "expert" is no expert (it scores about
-    # as a random policy), so its datasets carry no expert reference (no normalized score).
+    # as a random policy), so its datasets give no normalized score.
     "tiny": {
         "sac_steps": 400,
         "learning_starts": 200,
@@ -111,20 +111,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def expert_reference(
-    env_id: str, random_return: float, expert_return: float | None, sac_steps: int
-) -> float | None:
-    """The expert reference return of the datasets: none when the "expert" scores no better
-    than a random policy (too few SAC steps, as in the tiny preset), said in one line."""
-    if expert_return is None or expert_return > random_return:
-        return expert_return
-    print(
-        f"[{env_id}] warning: the expert policy (return {expert_return:.1f}) is no better than "
-        f"random ({random_return:.1f}) after {sac_steps} SAC steps: its datasets get no expert "
-        "reference (normalized scores need one); raise --sac-steps for a real expert",
-        flush=True,
-    )
-    return None
+def warn_if_no_expert(env_id: str, random_return: float, expert_return: float | None) -> None:
+    """One line when the "expert" scores no better than a random policy (too few SAC steps,
+    as in the tiny preset): scores normalized against it would run backwards, and pbrl gives
+    none for its datasets (:meth:`pbrl.data.offline.OfflineDataset.normalized_score`)."""
+    if expert_return is not None and expert_return <= random_return:
+        print(
+            f"[{env_id}] warning: the expert policy (return {expert_return:.1f}) is no better "
+            f"than random ({random_return:.1f}): no normalized scores for these datasets; "
+            "raise --sac-steps for a real expert",
+            flush=True,
+        )
 
 
 def dataset_id(cfg: BuildConfig, env: str, kind: str) -> str:
@@ -470,7 +467,7 @@ def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
 
     written = {}
     d4rl = d4rl_reference(env_id)
-    expert_ref = expert_reference(env_id, rand_ret, expert_ret, cfg.sac_steps)
+    warn_if_no_expert(env_id, rand_ret, expert_ret)
     for kind in cfg.kinds:
         episodes = datasets[kind]
         did = dataset_id(cfg, env_id, kind)
@@ -488,7 +485,7 @@ def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
             episodes,
             env_id,
             ref_min_score=rand_ret,
-            ref_max_score=expert_ref,
+            ref_max_score=expert_ret if expert_ret is not None else None,
             metadata=meta,
             algorithm_name="SB3 SAC" if kind != "random" else "uniform random",
             description=f"D4RL-style {kind} dataset on {env_id} built by pbrl "
