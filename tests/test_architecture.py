@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
     ("pbrl.query", "pbrl.run"),
     ("pbrl.online", "pbrl.offline"),
-    ("pbrl.train", "pbrl.label", "pbrl.regret.cli", "pbrl.regret.__main__"),
+    ("pbrl.train", "pbrl.doctor", "pbrl.label", "pbrl.regret.cli", "pbrl.regret.__main__"),
 ]
 
 

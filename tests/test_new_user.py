@@ -395,3 +395,27 @@ def test_browser_tests_never_skip_silently(ci, tmp_path):
         assert len(said) == 1 and said[0].endswith(
             "install Chromium to run them: apt-get install -y chromium"
         )
+
+
+def test_doctor_checks_the_install(tmp_path):
+    out = run_module("pbrl.doctor", "--outputs", str(tmp_path / "outputs"), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {ln.split("  ")[0]: ln for ln in out.stdout.splitlines()}
+    for extra in ("gui", "sweep", "offline", "vlm", "clip", "warp"):
+        row = rows[f"extra {extra}"]
+        assert " ok " in row or ("missing" in row and "pip install" in row), row
+    assert "ok" in rows["MuJoCo renders headless (MUJOCO_GL=egl)"]
+    assert "ok" in rows["ffmpeg encodes H.264 (imageio)"]
+    assert f"SQLite WAL in {tmp_path}" in out.stdout  # outputs/ does not exist yet: its parent
+    assert "GPU (torch)" in rows and "Warp devices" in rows
+    assert not list(tmp_path.iterdir())  # the checks leave nothing behind
+
+
+def test_doctor_names_a_missing_extra_and_fails_only_for_the_core(tmp_path):
+    out = run_without(("fastapi", "imageio"), "pbrl.doctor", cwd=tmp_path)
+    rows = {ln.split("  ")[0]: ln for ln in out.stdout.splitlines()}
+    assert "missing" in rows["extra gui"] and "pip install -e '.[gui]'" in rows["extra gui"]
+    assert "FAILED" in rows["ffmpeg encodes H.264 (imageio)"]
+    assert out.returncode == 1 and "the core install is broken" in out.stderr
+    ok = run_without(("fastapi",), "pbrl.doctor", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
