@@ -23,8 +23,41 @@ class ConfigError(ValueError):
 
 def closest(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
     """`` (did you mean X?)`` for the nearest valid name, or an empty string."""
+    match = closest_name(name, choices)
+    return f" (did you mean {match}?)" if match else ""
+
+
+def closest_name(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str | None:
+    """The valid name nearest to ``name``, or None when none is near."""
     match = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]}?)" if match else ""
+    return match[0] if match else None
+
+
+# an optional extra -> the command that installs it
+INSTALL = {
+    "gui": "pip install -e '.[gui]'",
+    "sweep": "pip install -e '.[sweep]'",
+    "ray": "pip install -e '.[ray]'",
+    "offline": "pip install -e '.[offline]'",
+    "vlm": "pip install -e '.[vlm]'",
+    "clip": "pip install -e '.[clip]'",
+    "warp": "pip install mujoco-warp",
+}
+
+
+def require_extra(extra: str, modules: tuple[str, ...], what: str) -> None:
+    """A :class:`ConfigError` naming the install command when one of ``modules`` (the
+    optional ``extra``'s packages) cannot be imported; ``what`` is the feature that needs it."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            package = "MuJoCo Warp" if extra == "warp" else f"the {extra} extra"
+            raise ConfigError(
+                f"{what} needs {package} ({name} is not installed): {INSTALL[extra]}"
+            ) from None
 
 
 def make_config(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:

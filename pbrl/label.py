@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+from pbrl.errors import require_extra
 from pbrl.store import AGGREGATES, LabelStore, Ranking, StoreError
 
 
@@ -212,6 +213,7 @@ def check_serve_args(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    require_extra("gui", ("fastapi", "uvicorn"), "pbrl.label serve")
     from pbrl.gui.clips import default_cache_dir, make_cache_dir
     from pbrl.gui.server import check_bind, serve
 

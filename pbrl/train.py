@@ -6,6 +6,8 @@ the problem and the valid choices, with exit code 2, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import sys
@@ -16,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from pbrl.errors import ConfigError, closest
+from pbrl.errors import ConfigError, closest, closest_name, require_extra
 
 if TYPE_CHECKING:
     from pbrl.recipes import Checked
@@ -35,7 +37,11 @@ def check_group_overrides(argv: list[str]) -> None:
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         if sep and key in groups and value and "," not in value and value not in choices(key):
-            raise ConfigError(f"unknown {key} {value!r}: choose one of {', '.join(choices(key))}")
+            near = closest_name(value, choices(key))
+            hint = f"did you mean {near}? " if near else ""
+            raise ConfigError(
+                f"unknown {key} {value!r}: {hint}choose one of {', '.join(choices(key))}"
+            )
 
 
 def validate(cfg: DictConfig) -> Checked:
@@ -60,6 +66,8 @@ def validate(cfg: DictConfig) -> Checked:
 
     if cfg.sim not in SIMS:
         raise ConfigError(f"unknown sim {cfg.sim!r}: choose one of {', '.join(SIMS)}")
+    if cfg.sim == "mujoco_warp":
+        require_extra("warp", ("mujoco_warp", "warp"), "sim=mujoco_warp")
     if cfg.sim != "gymnasium" and env_id not in BATCHED_ENV_IDS:
         raise ConfigError(
             f"sim={cfg.sim} does not implement {env_id!r}: choose one of "
@@ -152,11 +160,23 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
 
 
 def discard(run_dir: Path) -> None:
-    """Undo what Hydra made for a run that never started: its ``.hydra/`` and log, then the
-    run directory and the folders above it, each only if empty and inside the working
-    directory (never the working directory itself)."""
+    """Undo what Hydra and the start of a run made for a run that never started: its
+    ``.hydra/``, log and ``config.yaml``, the empty folders a runner made (``checkpoint/``),
+    then the run directory and the folders above it, each only if empty and inside the
+    working directory (never the working directory itself)."""
+    log_name = f"{HydraConfig.get().job.name}.log"
+    made = {".hydra", log_name, "config.yaml"}
+    for sub in ("checkpoint", "tb"):
+        if (run_dir / sub).is_dir() and not any((run_dir / sub).iterdir()):
+            made.add(sub)
+    if run_dir.is_dir() and any(p.name not in made for p in run_dir.iterdir()):
+        return  # the run started (labels, checkpoint, logs): a resume needs all of it
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
-    (run_dir / f"{HydraConfig.get().job.name}.log").unlink(missing_ok=True)
+    (run_dir / log_name).unlink(missing_ok=True)
+    (run_dir / "config.yaml").unlink(missing_ok=True)
+    for sub in ("checkpoint", "tb"):
+        if (run_dir / sub).is_dir() and not any((run_dir / sub).iterdir()):
+            (run_dir / sub).rmdir()
     cwd = Path.cwd().resolve()
     folder = run_dir.resolve()
     while folder != cwd and cwd in folder.parents and folder.is_dir() and not any(folder.iterdir()):
@@ -184,11 +204,33 @@ HYDRA_FLAGS = (
 )
 
 
+# hydra/launcher=NAME -> (the extra, the plugin module it installs)
+LAUNCHERS = {
+    "joblib": ("sweep", "hydra_plugins.hydra_joblib_launcher"),
+    "submitit_local": ("sweep", "hydra_plugins.hydra_submitit_launcher"),
+    "submitit_slurm": ("sweep", "hydra_plugins.hydra_submitit_launcher"),
+    "slurm": ("sweep", "hydra_plugins.hydra_submitit_launcher"),
+    "ray": ("ray", "hydra_plugins.hydra_ray_launcher"),
+    "ray_local": ("ray", "hydra_plugins.hydra_ray_launcher"),
+}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """A launcher whose plugin is not installed names the extra that installs it (Hydra
+    would list the launchers it has)."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value in LAUNCHERS:
+            extra, module = LAUNCHERS[value]
+            require_extra(extra, (module,), f"hydra/launcher={value}")
+
+
 def check_arguments(argv: list[str]) -> list[str]:
     """One-line errors for what Hydra would answer with a multi-line one (or not at all),
     and the extra arguments a resume needs. Returns ``argv`` to hand to Hydra."""
     if any(a.split("=")[0] in HYDRA_FLAGS for a in argv):
         return argv
+    check_launcher(argv)
     check_group_overrides(argv)
     args = [a for a in argv if not a.startswith("-")]
     resume = next((a.partition("=")[2] for a in args if a.startswith("resume=")), None)
@@ -219,8 +261,13 @@ def check_keys(args: list[str]) -> None:
             continue  # Hydra's own settings and sweeps are Hydra's to check
         bare = key.lstrip("+~")
         (structural if key[0] in "+~" or bare in groups or "/" in bare else plain).append(a)
+    from hydra.errors import HydraException
+
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = compose("config", overrides=structural)
+        try:
+            base = compose("config", overrides=structural)
+        except HydraException as exc:
+            raise ConfigError(composition_advice(exc, structural)) from None
     known = _dotted_keys(base)
     for a in plain:
         key = a.partition("=")[0]
@@ -230,6 +277,19 @@ def check_keys(args: list[str]) -> None:
             raise ConfigError(
                 f"unknown setting {key!r}{closest(key, known)} (a new key needs a leading +)"
             )
+
+
+def composition_advice(exc: Exception, overrides: list[str]) -> str:
+    """One line for Hydra's multi-line composition error: the override and its fix."""
+    message = " ".join(str(exc).split())
+    for o in overrides:
+        key, _, value = o.partition("=")
+        bare = key.lstrip("+~")
+        if f"'{bare}'" not in message:
+            continue
+        if key.startswith("+") and "already" in message:
+            return f"{o}: the key {bare} exists: drop the + ({bare}={value})"
+    return message
 
 
 def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -242,12 +302,25 @@ def _dotted_keys(cfg: Any, prefix: str = "") -> list[str]:
     return out
 
 
+# config groups that only exps build on: not choices of their own in --help
+HIDDEN_GROUPS = ("exp/base:",)
+
+
 def main() -> None:
     try:
         sys.argv[1:] = check_arguments(sys.argv[1:])
     except ConfigError as exc:
         fail(exc)
-    _main()
+    if not any(a in ("--help", "-h") for a in sys.argv[1:]):
+        _main()
+        return
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            _main()
+    finally:
+        lines = text.getvalue().splitlines(keepends=True)
+        sys.stdout.write("".join(ln for ln in lines if not ln.startswith(HIDDEN_GROUPS)))
 
 
 if __name__ == "__main__":

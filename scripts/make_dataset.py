@@ -94,7 +94,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "random_size": 1_000_000,
         "ref_episodes": 100,
     },
-    # For tests: seconds.
+    # For tests: seconds. Its SAC trains 400 steps: its "expert" is no expert (it scores about
+    # as a random policy), so its datasets give no normalized score.
     "tiny": {
         "sac_steps": 400,
         "learning_starts": 200,
@@ -108,6 +109,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "progress_bar": False,
     },
 }
+
+
+def warn_if_no_expert(env_id: str, random_return: float, expert_return: float | None) -> None:
+    """One line when the "expert" scores no better than a random policy (too few SAC steps,
+    as in the tiny preset): scores normalized against it would run backwards, and pbrl gives
+    none for its datasets (:meth:`pbrl.data.offline.OfflineDataset.normalized_score`)."""
+    if expert_return is not None and expert_return <= random_return:
+        print(
+            f"[{env_id}] warning: the expert policy (return {expert_return:.1f}) is no better "
+            f"than random ({random_return:.1f}): no normalized scores for these datasets; "
+            "raise --sac-steps for a real expert",
+            flush=True,
+        )
 
 
 def dataset_id(cfg: BuildConfig, env: str, kind: str) -> str:
@@ -453,6 +467,7 @@ def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
 
     written = {}
     d4rl = d4rl_reference(env_id)
+    warn_if_no_expert(env_id, rand_ret, expert_ret)
     for kind in cfg.kinds:
         episodes = datasets[kind]
         did = dataset_id(cfg, env_id, kind)

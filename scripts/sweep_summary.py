@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pbrl.errors import ConfigError, require_extra
+
 COLUMNS = [
     "run",
+    "overrides",  # the job's own overrides: what sets it apart from the sweep's other jobs
     "exp",
     "algo",
     "env_id",
-    "teacher",
     "seed",
     "total_timesteps",
     "num_labels",
@@ -45,7 +47,8 @@ def load_runs(root: Path, x: str = "num_labels") -> list[dict]:
         summary = json.loads(path.read_text())
         summary["run"] = str(path.parent.relative_to(root))
         overrides = path.parent / ".hydra" / "overrides.yaml"
-        summary["overrides"] = _config_key(overrides, ("seed=", "hydra.", X_OVERRIDE[x]))
+        summary["overrides"] = _config_key(overrides, ("hydra.",))
+        summary["configuration"] = _config_key(overrides, ("seed=", "hydra.", X_OVERRIDE[x]))
         runs.append(summary)
     return runs
 
@@ -63,7 +66,7 @@ def _config_key(overrides: Path, drop: tuple[str, ...]) -> str:
 def group(runs: list[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[r["overrides"] or f"{r['exp']} {r['algo']}"].append(r)
+        groups[r["configuration"] or f"{r['exp']} {r['algo']}"].append(r)
     return dict(groups)
 
 
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     with open(out / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "overrides"], extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "configuration"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(runs)
 
@@ -115,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     (out / "summary.md").write_text(table + "\n")
     print(table)
 
+    try:
+        require_extra("sweep", ("matplotlib",), "sweep_summary.py's plot")
+    except ConfigError as exc:
+        p.exit(2, f"sweep_summary.py: error: {exc}\n")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,6 +11,11 @@ import torch
 os.environ.setdefault("MUJOCO_GL", "egl")
 torch.set_num_threads(1)
 
+from browser_skips import (  # noqa: E402, F401  (hooks: browser tests never skip silently)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 

@@ -18,7 +18,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
     ("pbrl.query", "pbrl.run", "pbrl.checkpoint"),
     ("pbrl.online", "pbrl.offline"),
-    ("pbrl.recipes", "pbrl.train", "pbrl.label", "pbrl.regret.cli", "pbrl.regret.__main__"),
+    (
+        "pbrl.recipes",
+        "pbrl.train",
+        "pbrl.doctor",
+        "pbrl.label",
+        "pbrl.regret.cli",
+        "pbrl.regret.__main__",
+    ),
 ]
 
 

@@ -201,6 +201,8 @@ class OfflineDataset:
         """Score against the dataset's own random/expert returns (None if it has none)."""
         if self.ref_min_score is None or self.ref_max_score is None:
             return None
+        if self.ref_max_score <= self.ref_min_score:  # an "expert" no better than random
+            return None
         return normalized_score(returns, self.ref_min_score, self.ref_max_score)
 
     def d4rl_normalized_score(self, returns: np.ndarray | float) -> np.ndarray | None:

@@ -49,6 +49,11 @@ class FeedbackSchedule:
                 "feedback.first_at, feedback.min_labels and max_feedback must be >= 0"
             )
 
+    def rounds(self, first: int, total: int) -> int:
+        """Rounds on the grid ``first + k * every`` before step ``total``: a round at
+        ``total`` itself is not held (nothing would learn from it)."""
+        return 0 if first >= total else 1 + (total - 1 - first) // self.every
+
     def round_size(self, asked: int) -> int:
         return int(min(self.batch_size, self.max_feedback - asked))
 
@@ -129,7 +134,12 @@ class FeedbackCallback(BaseCallback):
     # -- the loop ----------------------------------------------------------------------------
     def _on_step(self) -> bool:
         s = self.schedule
-        if self.num_timesteps >= self.state.next_at and self.state.queries < s.max_feedback:
+        end = getattr(self.model, "_total_timesteps", None)  # where model.learn stops
+        if (
+            self.num_timesteps >= self.state.next_at
+            and self.state.queries < s.max_feedback
+            and (end is None or self.num_timesteps < end)  # the policy would not see it
+        ):
             self.feedback_round()
             # Rounds stay on the grid first_at + k * every, whatever the step increments
             # (vectorized envs) or a resume; a deferred round moves to the next grid point.

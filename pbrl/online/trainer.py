@@ -134,7 +134,7 @@ def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
             f"{algo.unsupervised_steps}, feedback.first_at={schedule.first_at}) but "
             f"total_timesteps={total}: raise total_timesteps or lower those"
         )
-    rounds = 1 + (total - 1 - first) // schedule.every
+    rounds = schedule.rounds(first, total)  # as FeedbackCallback holds them
     asked = min(schedule.max_feedback, rounds * schedule.batch_size)
     if asked < max(schedule.min_labels, 1):
         raise ConfigError(

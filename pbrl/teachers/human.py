@@ -28,6 +28,7 @@ from typing import Any, cast
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
+from pbrl.errors import require_extra
 from pbrl.store import LabelStore, StoreError, check_writable
 from pbrl.teachers.base import Teacher
 from pbrl.teachers.scripted import TeacherConfigError
@@ -55,6 +56,8 @@ class HumanTeacher(Teacher):
             raise TeacherConfigError(f"teacher.answers_per_query={answers_per_query}: use >= 1")
         if aggregate not in ("majority", "first"):
             raise TeacherConfigError(f"teacher.aggregate={aggregate!r}: use majority or first")
+        # the labeling page (served here or by `pbrl.label serve`) is the gui extra
+        require_extra("gui", ("fastapi", "uvicorn"), "teacher=human (its labeling page)")
         if serve:
             from pbrl.gui.server import check_bind
 

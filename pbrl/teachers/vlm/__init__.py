@@ -15,7 +15,7 @@ else is read as unsure. Unsure pairs and pairs whose two images are identical (n
 made for them) are skipped (NaN). Labels follow pbrl's convention: 0 first preferred, 1 second.
 Temperature 0.
 
-Asynchronous (:class:`~pbrl.teachers.base.AsyncTeacher`): ``submit`` hands a round to a
+A :class:`~pbrl.teachers.base.Teacher` (answers later): ``submit`` hands a round to a
 background render thread and a pool of ``max_concurrency`` request threads
 (:mod:`~pbrl.teachers.vlm.pipeline`) and returns at once; ``collect`` returns whatever pairs
 were answered since its last call (annotator ``"vlm"``). Requests obey a requests-per-second
