@@ -6,16 +6,17 @@ dataclass fields (``conf/reward/<kind>.yaml``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pbrl.errors import ConfigError, closest, make_config
-from pbrl.rewards.base import RewardModel
+from pbrl.rewards.base import FactorReward, RewardModel
 from pbrl.rewards.clip import ClipReward, ClipRewardConfig
 from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
+from pbrl.rewards.factor import FactorRewardConfig, FactorRewardModel
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.rewards.rapl import RAPLConfig, RAPLReward
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
@@ -27,13 +28,19 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "image": (ImageRewardEnsemble, ImageRewardConfig),  # CNN ensemble on rendered frames
     "clip": (ClipReward, ClipRewardConfig),  # zero-shot CLIP reward on frames (VLM-RM)
     "rapl": (RAPLReward, RAPLConfig),  # RAPL: aligned encoder + OT reward on whole videos
+    "factor": (FactorRewardModel, FactorRewardConfig),  # HERON's: obs + reward-factor values
 }
 
 
 def make_reward_model(
-    values: Mapping[str, Any], obs_dim: int, act_dim: int, device: str | torch.device = "cpu"
+    values: Mapping[str, Any],
+    obs_dim: int,
+    act_dim: int,
+    device: str | torch.device = "cpu",
+    factor_names: Sequence[str] = (),
 ) -> RewardModel:
-    """A fresh reward model from the ``reward`` config group (``kind`` + config fields)."""
+    """A fresh reward model from the ``reward`` config group (``kind`` + config fields);
+    ``factor_names``: the env's reward factors, which a factor reward reads."""
     values = dict(values)
     kind = str(values.pop("kind", "ensemble"))
     if kind not in REWARD_MODELS:
@@ -42,7 +49,10 @@ def make_reward_model(
             f"of {', '.join(REWARD_MODELS)}"
         )
     cls, config_cls = REWARD_MODELS[kind]
-    model: RewardModel = cls(obs_dim, act_dim, make_config(config_cls, values, "reward"), device)
+    config = make_config(config_cls, values, "reward")
+    if issubclass(cls, FactorReward):
+        return cls(obs_dim, act_dim, config, device, factor_names)  # type: ignore[no-any-return]
+    model: RewardModel = cls(obs_dim, act_dim, config, device)
     return model
 
 
@@ -63,6 +73,8 @@ __all__ = [
     "REWARD_MODELS",
     "ClipReward",
     "ClipRewardConfig",
+    "FactorRewardConfig",
+    "FactorRewardModel",
     "ImageRewardConfig",
     "ImageRewardEnsemble",
     "PreferenceTransformer",
