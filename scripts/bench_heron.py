@@ -62,6 +62,7 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
                     "feedback.batch_size=50",
                 ],
             ),
+            "HERON, reward shifted <= 0": ("heron_mountaincar", ["reward.offset=max"]),
             "HERON reversed (action > goal)": (
                 "heron_mountaincar",
                 ["teacher.ranking=[action,goal]", "teacher.sigma=[1.0,0.0]"],
@@ -175,8 +176,9 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
     out: list[str] = []
     if table == "mountaincar":
         true, heron = means.get("true reward", {}), means.get("HERON (official)", {})
-        bt, rev = means.get("BT, same comparisons", {}), means.get(
-            "HERON reversed (action > goal)", {}
+        bt, rev = (
+            means.get("BT, same comparisons", {}),
+            means.get("HERON reversed (action > goal)", {}),
         )
         checks = [
             ("true-reward SAC reaches the flag in >= 80% of episodes", true.get("goal rate"), 0.8),

@@ -160,9 +160,7 @@ def test_factor_reward_shapes_learning_offset_and_save_load(tmp_path):
     buf, _ = filled_buffer(60)
     steps = replay_buffer_transitions(buf)
     q = transition_pairs(steps, 2000, np.random.default_rng(0), NAMES)
-    labels = np.where(
-        q.second.reward_factors[:, 0, 0] > q.first.reward_factors[:, 0, 0], 1.0, 0.0
-    )
+    labels = np.where(q.second.reward_factors[:, 0, 0] > q.first.reward_factors[:, 0, 0], 1.0, 0.0)
     labels[q.second.reward_factors[:, 0, 0] == q.first.reward_factors[:, 0, 0]] = np.nan
     data = PreferenceDataset(q, labels)
     model = make_reward_model(

@@ -323,9 +323,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if checkpoint.labels.exists():  # labels and counters: newer than the checkpoint
             feedback.restore(checkpoint.labels)
         elif "queries" in saved:
-            feedback.state = type(feedback.state)(
-                **{k: saved[k] for k in feedback.state_dict()}
-            )
+            feedback.state = type(feedback.state)(**{k: saved[k] for k in feedback.state_dict()})
         if labels_only:
             log.warning(
                 "resuming from labels only: the run stopped before its first checkpoint "

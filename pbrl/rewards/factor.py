@@ -168,9 +168,9 @@ class FactorRewardModel(FactorReward, nn.Module):
         mask = torch.as_tensor(np.stack([q.first.mask, q.second.mask], 1), device=dev).float()
         valid = x[mask.bool()]
         self.in_mean.copy_(valid.mean(0))
-        self.in_std.copy_(valid.std(0).clamp_min(1e-6) if len(valid) > 1 else torch.ones_like(
-            valid[0]
-        ))
+        self.in_std.copy_(
+            valid.std(0).clamp_min(1e-6) if len(valid) > 1 else torch.ones_like(valid[0])
+        )
         y = torch.as_tensor(data.labels, device=dev, dtype=torch.float32)
         n = len(y)
         self.train()
