@@ -248,3 +248,40 @@ def test_official_mountaincar_heron_reaches_the_flag_and_the_reversed_ranking_do
         summary = run_online(cfg, tmp_path / name)
         rates[name] = summary["eval_terminated_fraction"]
     assert rates["ranked"] >= 0.5 and rates["reversed"] <= 0.2, rates
+
+
+def test_a_one_step_segment_is_a_still_with_its_factor_values_on_the_page(tmp_path):
+    """HERON's transition pairs on the labeling page: each side is a still of the state the
+    step reached with its factor values written on it, held as long as a short clip."""
+    pytest.importorskip("fastapi")
+    import imageio.v3 as iio
+    from fastapi.testclient import TestClient
+
+    from pbrl.data.store import LabelStore
+    from pbrl.gui.clips import still_frames
+    from pbrl.gui.server import create_app
+    from pbrl.online.heron import pool_transitions
+    from pbrl.online.wrappers import random_rollout_pool
+
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    frames[1, 40:] = 200  # the reached state
+    still = still_frames(frames, {"reward_forward": 1.25, "reward_ctrl": -0.5}, fps=25)
+    assert len(still) == 50 and (still == still[0]).all()  # one frame, held 2 s
+    np.testing.assert_array_equal(still[0, 40:], frames[1, 40:])  # the reached state
+    assert still[0, :20].any()  # the caption: white text on a black band
+
+    pool = random_rollout_pool("Hopper-v5", 80)
+    steps = pool_transitions(pool)
+    assert steps.qpos is not None and steps.qpos.shape[1] == 2
+    names = pool.factor_names
+    q = transition_pairs(steps, 2, np.random.default_rng(0), names, "Hopper-v5", "heron")
+    store = LabelStore(tmp_path / "labels.sqlite")
+    store.add_queries(q, source="heron")
+    app = create_app(store.path, prerender=0, codec="vp9", width=64, height=64)
+    with TestClient(app) as c:
+        held = c.post("/api/next", json={"annotator": "alice"}).json()["lease"]
+        r = c.get(held["clips"]["left"])
+        assert r.status_code == 200 and r.headers["content-type"] == "video/webm"
+    shown = iio.imread(r.content, extension=".webm")
+    assert len(shown) > 10
+    assert np.abs(shown.astype(int) - shown[0].astype(int)).max() < 30  # a still

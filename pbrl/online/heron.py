@@ -64,6 +64,8 @@ class Transitions:
     true_reward: np.ndarray
     factors: np.ndarray
     terminated: np.ndarray
+    qpos: np.ndarray | None = None  # [N, 2, nq]: the state before and after (to render)
+    qvel: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -80,6 +82,8 @@ class Transitions:
             final_obs=self.next_obs[rows].astype(np.float32),
             terminated=self.terminated[rows].astype(bool),
             reward_factors=self.factors[rows, None].astype(np.float32),
+            qpos=None if self.qpos is None else self.qpos[rows],
+            qvel=None if self.qvel is None else self.qvel[rows],
             factor_names=factor_names,
             env_id=env_id,
             run=run,
@@ -115,10 +119,15 @@ def replay_buffer_transitions(buffer: EntropyReplayBuffer) -> Transitions:
 
 
 def pool_transitions(pool: TrajectoryPool) -> Transitions:
-    """Every step the trajectory pool holds (PPO's stand-in for a replay buffer)."""
+    """Every step the trajectory pool holds (PPO's stand-in for a replay buffer), with the
+    simulator states before and after each where the pool records them."""
     held = np.minimum(pool.written, pool.capacity)
     envs = np.repeat(np.arange(pool.n_envs), held)
     rows = np.concatenate([np.arange(h) for h in held]) if len(held) else np.zeros(0, int)
+    qpos = qvel = None
+    if pool.has_state:
+        qpos = np.stack([pool.qpos[envs, rows], pool.next_qpos[envs, rows]], 1)
+        qvel = np.stack([pool.qvel[envs, rows], pool.next_qvel[envs, rows]], 1)
     return Transitions(
         pool.obs[envs, rows],
         pool.act[envs, rows],
@@ -126,6 +135,8 @@ def pool_transitions(pool: TrajectoryPool) -> Transitions:
         pool.reward[envs, rows].astype(np.float64),
         pool.factors[envs, rows],
         pool.terminated[envs, rows],
+        qpos,
+        qvel,
     )
 
 
