@@ -322,10 +322,17 @@ class ClipCache:
             for side, segs in zip(SIDES, (first, second), strict=True):
                 frames = video.segment_frames(segs, 0, renderer)
                 if segs.length == 1:  # a single transition: a still with its factor values
-                    values = [] if segs.reward_factors is None else segs.reward_factors[0, 0]
-                    frames = still_frames(
-                        frames, dict(zip(segs.factor_names, map(float, values))), fps
+                    values = (
+                        {}
+                        if segs.reward_factors is None
+                        else {
+                            name: float(v)
+                            for name, v in zip(
+                                segs.factor_names, segs.reward_factors[0, 0], strict=True
+                            )
+                        }
                     )
+                    frames = still_frames(frames, values, fps)
                 else:
                     frames = loop_frames(frames, fps)
                 video.write_video(frames, self.path(seq, query_id, side), fps=fps, codec=self.codec)
