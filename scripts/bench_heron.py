@@ -8,7 +8,9 @@ Every run is one ``python -m pbrl.train`` process read back from its ``summary.j
 finished runs are reused, so a rerun resumes. Each table prints per-seed rows and mean ± std
 per variant, and is written to ``<out>/<table>.md`` with ``<out>/heron.json`` beside it (every
 table measured so far, per seed). ``--quick`` runs seed 0 at shorter budgets (MountainCar 20k
-steps, Hopper 50k): the same table, as a check of the wiring, in minutes.
+steps, Hopper 50k): the same table, as a check of the wiring, in minutes. ``--jobs`` runs
+that many runs at a time (default 2, one per core); BT with HERON's comparisons waits for
+HERON's run of its seed, whose comparison count it copies.
 
 * ``mountaincar`` (SAC, RL Zoo settings, 50k steps): the true reward; HERON as the official
   code runs it (``+exp=heron_mountaincar``: transition pairs from the replay buffer); BT on
@@ -32,6 +34,7 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -226,26 +229,37 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="seed 0, shorter budgets")
     p.add_argument("--only", nargs="*", default=None, help="variant names to run")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_heron")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     args = p.parse_args()
     seeds = [0] if args.quick else args.seeds
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)[args.table]
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, list[tuple[int, dict[str, float | None]]]] = {}
-    for seed in seeds:  # every variant of a seed before the next seed
-        heron_pairs: float | None = None
-        for name, (exp, overrides) in variants(args.table).items():
-            if args.only and name not in args.only:
+    chosen = {n: v for n, v in variants(args.table).items() if not args.only or n in args.only}
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def one(name: str, seed: int, extra: tuple[str, ...] = ()) -> None:
+        exp, overrides = chosen[name]
+        results[name, seed] = run(
+            args.table, name, exp, [*overrides, *extra], seed, steps, args.out
+        )
+
+    # every variant but BT-with-HERON's-comparisons first (--jobs at a time), then that one
+    first = [(n, s) for s in seeds for n in chosen if n != "BT, same comparisons"]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda job: one(*job), first))
+    if "BT, same comparisons" in chosen:
+        for seed in seeds:
+            heron = results.get(("HERON (official)", seed))
+            if heron is None:
                 continue
-            if name == "BT, same comparisons":
-                if heron_pairs is None:
-                    continue
-                overrides = [*overrides, f"feedback.pairs_per_update={heron_pairs}"]
-            r = run(args.table, name, exp, overrides, seed, steps, args.out)
-            if name == "HERON (official)":
-                pairs = r.get("transition_pairs") or {}
-                updates = max(int(pairs.get("reward_updates", 0)), 1)
-                heron_pairs = max(1, math.ceil(pairs.get("comparisons_induced", 0) / updates))
-            rows.setdefault(name, []).append((seed, metrics(args.table, r)))
+            pairs = heron.get("transition_pairs") or {}
+            per = math.ceil(pairs["comparisons_induced"] / max(int(pairs["reward_updates"]), 1))
+            one("BT, same comparisons", seed, (f"feedback.pairs_per_update={max(per, 1)}",))
+    rows: dict[str, list[tuple[int, dict[str, float | None]]]] = {}
+    for name in chosen:
+        for seed in seeds:
+            if (name, seed) in results:
+                rows.setdefault(name, []).append((seed, metrics(args.table, results[name, seed])))
     means = {
         name: {
             c: float(np.mean([v for _, row in runs if (v := row[c]) is not None]))
