@@ -1,175 +1,286 @@
-"""HERON benchmark: a ranking of reward factors vs Bradley–Terry on the true return vs the
-true (engineered) reward, same algorithm, same label budget.
+"""HERON benchmark, one table per command (docs/heron.md):
 
-    python scripts/bench_heron.py --tasks mountaincar hopper --seeds 0 1 2 [--out DIR]
-        [--steps mountaincar=20000 hopper=200000] [--frames]
+    python scripts/bench_heron.py mountaincar [--seeds 0 1 2 3 4] [--out DIR] [--quick]
+    python scripts/bench_heron.py hopper      [--steps 300000]
+    python scripts/bench_heron.py steer
 
-Variants per task (every run is one ``python -m pbrl.train`` process, read back from its
-``summary.json``; finished runs are reused, so the benchmark resumes):
+Every run is one ``python -m pbrl.train`` process read back from its ``summary.json``;
+finished runs are reused, so a rerun resumes. Each table prints per-seed rows and mean ± std
+per variant, and is written to ``<out>/<table>.md`` with ``<out>/heron.json`` beside it (every
+table measured so far, per seed). ``--quick`` runs seed 0 at shorter budgets (MountainCar 20k
+steps, Hopper 50k): the same table, as a check of the wiring, in minutes. ``--jobs`` runs
+that many runs at a time (default 2, one per core); BT with HERON's comparisons waits for
+HERON's run of its seed, whose comparison count it copies.
 
-* ``HERON``: ``+exp=heron_<task>`` (the task's ranking, ``conf/teacher/heron_<task>.yaml``);
-* ``BT true return``: the same run with ``teacher=oracle`` (partial-return labels);
-* ``true reward``: the same algorithm on the env's reward, no labels;
-* Hopper also runs a second ranking, ``ctrl > survive > forward`` ("save energy first"),
-  the steerability check: its factor totals should move towards less control cost.
-
-MountainCarContinuous runs PEBBLE/SAC (the exp's RL Zoo settings). Hopper runs PrefPPO / PPO
-(8 envs): SAC at 200k steps takes ~1.5 h per run on a 2-core machine, PPO ~5 min.
-
-Prints one markdown table per task: true return, MountainCar's goal-reached fraction (episodes
-the env ended at the flag), each reward factor's mean episode total, labels used, the fraction
-of pairs decided at each ranking level, and wall time. ``--frames`` writes, per variant, a
-strip of frames from its evaluation video (``<out>/frames/<task>_<variant>_seed<s>.png``).
+* ``mountaincar`` (SAC, RL Zoo settings, 50k steps): the true reward; HERON as the official
+  code runs it (``+exp=heron_mountaincar``: transition pairs from the replay buffer); BT on
+  partial return over transition pairs, as many comparisons as HERON induced; BT on partial
+  return with 400 labels of 50-step segments; HERON with the ranking reversed
+  (action > goal). Columns: goal rate over 20 evaluation episodes, true return, mean action²
+  per step, comparisons used, wall time.
+* ``hopper`` (PPO, 8 envs, official ranking forward > survive > ctrl, σ (0.1, 0.2, 0.5) over
+  the buffer): the true reward; HERON with the learned reward driving the policy (the paper);
+  HERON with the learned reward as the value target only (the official code); BT on partial
+  return with 1000 segment labels.
+* ``steer`` (Hopper, PPO): the official ranking against ``ctrl > survive > forward``: the
+  factor totals should move the ranked way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+STEPS = {"mountaincar": 50_000, "hopper": 300_000, "steer": 300_000}
+QUICK_STEPS = {"mountaincar": 20_000, "hopper": 50_000, "steer": 50_000}
+PPO = ["n_envs=8"]
+BT_TRANSITIONS = ["teacher=oracle", "reward=small", "reward.max_epochs=1"]
 
-DEFAULT_STEPS = {"mountaincar": 20_000, "hopper": 200_000}
-PPO = ["n_envs=8", "feedback.first_at=4096"]
 
-
-def variants(task: str) -> dict[str, list[str]]:
-    if task == "mountaincar":
+def variants(table: str) -> dict[str, tuple[str, list[str]]]:
+    """Variant name -> (exp, overrides)."""
+    if table == "mountaincar":
         return {
-            "HERON": [],
-            "BT true return": ["teacher=oracle"],
-            "true reward": ["algo=sac", "max_feedback=0"],
+            "true reward": ("sac_true_reward_mountaincar", []),
+            "HERON (official)": ("heron_mountaincar", []),
+            "BT, same comparisons": ("heron_mountaincar", BT_TRANSITIONS),
+            "BT, 400 segment labels": (
+                "heron_mountaincar",
+                [
+                    "teacher=oracle",
+                    "reward=small",
+                    "feedback.pairs=segments",
+                    "max_feedback=400",
+                    "feedback.every=2000",
+                    "feedback.batch_size=50",
+                ],
+            ),
+            "HERON, reward shifted <= 0": ("heron_mountaincar", ["reward.offset=max"]),
+            "HERON reversed (action > goal)": (
+                "heron_mountaincar",
+                ["teacher.ranking=[action,goal]", "teacher.sigma=[1.0,0.0]"],
+            ),
         }
-    if task == "hopper":
+    if table == "hopper":
         return {
-            "HERON": ["algo=prefppo", *PPO],
-            "HERON ctrl first": [
-                "algo=prefppo",
-                *PPO,
-                "teacher.ranking=[ctrl,survive,forward]",
-                "teacher.sigma=[0.5,1.0,1.0]",
-            ],
-            "BT true return": ["algo=prefppo", *PPO, "teacher=oracle"],
-            "true reward": ["algo=ppo", "n_envs=8", "max_feedback=0"],
+            "true reward": ("heron_hopper", [*PPO, "algo=ppo", "max_feedback=0"]),
+            "HERON (paper: reward drives the policy)": ("heron_hopper", PPO),
+            "HERON (code: value target only)": (
+                "heron_hopper",
+                [*PPO, "algo=prefppo_value_target"],
+            ),
+            "BT, 1000 segment labels": (
+                "heron_hopper",
+                [*PPO, "teacher=oracle", "reward=small", "feedback.pairs=segments"],
+            ),
         }
-    raise SystemExit(f"unknown task {task!r}: use mountaincar or hopper")
+    if table == "steer":
+        return {
+            "HERON (paper: reward drives the policy)": ("heron_hopper", PPO),  # = hopper's run
+            "HERON ctrl > survive > forward": (
+                "heron_hopper",
+                [*PPO, "teacher.ranking=[ctrl,survive,forward]", "teacher.sigma=[0.5,0.2,0.1]"],
+            ),
+        }
+    raise SystemExit(f"unknown table {table!r}: use mountaincar, hopper or steer")
 
 
-def run(task: str, name: str, overrides: list[str], seed: int, steps: int, out: Path) -> dict:
-    run_dir = out / "runs" / f"{task}_{name.replace(' ', '_')}_seed{seed}"
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def run(
+    table: str, name: str, exp: str, overrides: list[str], seed: int, steps: int, out: Path
+) -> dict[str, Any]:
+    task = "mountaincar" if table == "mountaincar" else "hopper"
+    run_dir = out / "runs" / f"{task}_{steps}_{slug(name)}_seed{seed}"
     summary = run_dir / "summary.json"
     if summary.exists():
-        return json.loads(summary.read_text())
+        return dict(json.loads(summary.read_text()))
     cmd = [
         sys.executable,
         "-m",
         "pbrl.train",
-        f"+exp=heron_{task}",
+        f"+exp={exp}",
         f"seed={seed}",
         f"total_timesteps={steps}",
         f"hydra.run.dir={run_dir}",
         "progress_bar=false",
-        "video.queries_per_round=0",
-        f"video.root={out / 'videos'}",
-        "eval.n_episodes=10",
-        f"checkpoint_every={10 * steps}",
+        "video.enabled=false",
+        f"eval.n_episodes={20 if task == 'mountaincar' else 10}",
+        f"checkpoint_every={steps}",
         *overrides,
     ]
-    print(f"[bench] {task} {name} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+    print(f"[bench] {table} | {name} | seed {seed}: {' '.join(cmd[3:])}", flush=True)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     with (out / "bench.log").open("a") as log:
         subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=log, stderr=log)
-    return json.loads(summary.read_text())
+    return dict(json.loads(summary.read_text()))
 
 
-def frame_strip(video: str, path: Path, n: int = 6) -> None:
-    """``n`` evenly spaced frames of an evaluation video, side by side, as a PNG."""
-    import imageio.v3 as iio
+def metrics(table: str, r: dict[str, Any]) -> dict[str, float | None]:
+    """One run's row: what the table reports."""
+    extra = r  # summary.json holds a run's extra fields at the top level
+    totals = extra.get("eval_factor_totals") or {}
+    pairs = extra.get("transition_pairs")
+    row: dict[str, float | None] = {"true return": r["eval_true_return_mean"]}
+    if table == "mountaincar":
+        length = extra.get("eval_mean_length") or 0
+        row["goal rate"] = extra.get("eval_terminated_fraction")
+        # the action factor is -0.1 a² per step: mean a² = -10 x its total / episode length
+        row["mean action²"] = -10.0 * totals.get("action", 0.0) / length if length else None
+    else:
+        for f in ("forward", "survive", "ctrl"):
+            row[f"{f} total"] = totals.get(f)
+    row["comparisons"] = float(pairs["comparisons_induced"] if pairs else r["num_labels"])
+    row["wall s"] = r["wall_time_s"]
+    return row
 
-    frames = iio.imread(video)
-    picks = frames[np.linspace(0, len(frames) - 1, n).astype(int)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, np.concatenate(list(picks), axis=1))
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or not math.isfinite(v) else format(v, spec)
 
 
-def fmt(values: list[float], spec: str = ".0f") -> str:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    if not vals:
-        return "-"
-    per = " / ".join(format(v, spec) for v in vals)
-    return f"{per} (mean {format(float(np.mean(vals)), spec)})" if len(vals) > 1 else per
+SPECS = {"goal rate": ".2f", "mean action²": ".3f", "true return": ".1f", "comparisons": ".0f"}
 
 
-def table(task: str, results: dict[str, list[dict]]) -> str:
-    factors = sorted(
-        {f for runs in results.values() for r in runs for f in r["eval_factor_totals"]}
-    )
-    head = [
-        "variant",
-        "true return",
-        *(f"{f} total" for f in factors),
-        "labels",
-        "decided by level",
-        "wall s",
-    ]
-    if task == "mountaincar":
-        head.insert(2, "goal reached")
+def render(table: str, rows: dict[str, list[tuple[int, dict[str, float | None]]]]) -> str:
+    cols = list(next(iter(rows.values()))[0][1]) if rows else []
+    head = ["variant", "seed", *cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, runs in results.items():
-        cells = [name, fmt([r["eval_true_return_mean"] for r in runs])]
-        if task == "mountaincar":
-            cells.append(fmt([r["eval_terminated_fraction"] for r in runs], ".2f"))
-        cells += [fmt([r["eval_factor_totals"].get(f) for r in runs], ".1f") for f in factors]
-        cells.append(fmt([r["num_labels"] for r in runs]))
-        levels: dict[str, list[float]] = {}
-        for r in runs:
-            for level, frac in ((r["teacher"] or {}).get("decided_by_level") or {}).items():
-                levels.setdefault(level, []).append(frac)
-        cells.append(
-            ", ".join(f"{k} {np.mean(v):.2f}" for k, v in levels.items()) if levels else "-"
-        )
-        cells.append(fmt([r["wall_time_s"] for r in runs]))
-        lines.append("| " + " | ".join(cells) + " |")
+    for name, runs in rows.items():
+        for seed, row in runs:
+            cells = [fmt(row[c], SPECS.get(c, ".1f")) for c in cols]
+            lines.append(f"| {name} | {seed} | " + " | ".join(cells) + " |")
+        if len(runs) > 1:
+            cells = []
+            for c in cols:
+                vals = [v for _, row in runs if (v := row[c]) is not None and math.isfinite(v)]
+                spec = SPECS.get(c, ".1f")
+                cells.append(
+                    f"{format(np.mean(vals), spec)} ± {format(np.std(vals), spec)}" if vals else "-"
+                )
+            lines.append(f"| **{name}** | mean ± std | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
+    """The issue's targets, checked against the means."""
+    out: list[str] = []
+    if table == "mountaincar":
+        true, heron = means.get("true reward", {}), means.get("HERON (official)", {})
+        bt, rev = (
+            means.get("BT, same comparisons", {}),
+            means.get("HERON reversed (action > goal)", {}),
+        )
+        checks = [
+            ("true-reward SAC reaches the flag in >= 80% of episodes", true.get("goal rate"), 0.8),
+        ]
+        for text, value, target in checks:
+            if value is not None:
+                ok = value >= target
+                out.append(f"- {text}: {value:.2f} -> {'met' if ok else 'NOT met'}")
+        if heron and bt:
+            ok = heron["goal rate"] >= bt["goal rate"]
+            out.append(
+                f"- HERON goal rate >= BT's with the same comparisons: {heron['goal rate']:.2f} "
+                f"vs {bt['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
+            )
+        if heron and true:
+            target = 0.8 * true["goal rate"]
+            ok = heron["goal rate"] >= target and true["goal rate"] > 0
+            out.append(
+                f"- HERON goal rate >= 0.8x the true reward's: {heron['goal rate']:.2f} vs "
+                f"{target:.2f} -> {'met' if ok else 'NOT met'}"
+            )
+        if rev:
+            ok = rev["goal rate"] <= 0.1
+            out.append(
+                f"- reversed ranking stays in the valley (goal rate <= 0.1): "
+                f"{rev['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
+            )
+    elif table == "hopper":
+        true = means.get("true reward", {}).get("true return")
+        for name in ("HERON (paper: reward drives the policy)", "HERON (code: value target only)"):
+            h = means.get(name, {}).get("true return")
+            if true and h is not None:
+                out.append(
+                    f"- {name} >= 0.9x the true reward's return: {h:.0f} vs {0.9 * true:.0f} "
+                    f"({h / true:.2f}x) -> {'met' if h >= 0.9 * true else 'NOT met'}"
+                )
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=["mountaincar", "hopper"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", nargs="*", default=[], help="task=steps, e.g. hopper=100000")
+    p.add_argument("table", choices=["mountaincar", "hopper", "steer"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--steps", type=int, default=None, help="env steps per run")
+    p.add_argument("--quick", action="store_true", help="seed 0, shorter budgets")
     p.add_argument("--only", nargs="*", default=None, help="variant names to run")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_heron")
-    p.add_argument("--frames", action="store_true", help="write eval-video frame strips")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     args = p.parse_args()
-    steps = dict(DEFAULT_STEPS)
-    for item in args.steps:
-        task, _, n = item.partition("=")
-        steps[task] = int(n)
+    seeds = [0] if args.quick else args.seeds
+    steps = args.steps or (QUICK_STEPS if args.quick else STEPS)[args.table]
     args.out.mkdir(parents=True, exist_ok=True)
-    report = []
-    for task in args.tasks:
-        results: dict[str, list[dict]] = {}
-        for seed in args.seeds:  # interleaved: every variant of a seed before the next seed
-            for name, overrides in variants(task).items():
-                if args.only and name not in args.only:
-                    continue
-                r = run(task, name, overrides, seed, steps[task], args.out)
-                results.setdefault(name, []).append(r)
-                if args.frames and r.get("videos"):
-                    strip = args.out / "frames" / f"{task}_{name.replace(' ', '_')}_seed{seed}.png"
-                    video = Path(r["videos"][0])
-                    frame_strip(str(video if video.is_absolute() else ROOT / video), strip)
-        text = f"### {task}, {steps[task]} steps, seeds {args.seeds}\n\n{table(task, results)}\n"
-        print(text, flush=True)
-        report.append(text)
-    (args.out / "table.md").write_text("\n".join(report))
+    chosen = {n: v for n, v in variants(args.table).items() if not args.only or n in args.only}
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def one(name: str, seed: int, extra: tuple[str, ...] = ()) -> None:
+        exp, overrides = chosen[name]
+        results[name, seed] = run(
+            args.table, name, exp, [*overrides, *extra], seed, steps, args.out
+        )
+
+    # every variant but BT-with-HERON's-comparisons first (--jobs at a time), then that one
+    first = [(n, s) for s in seeds for n in chosen if n != "BT, same comparisons"]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda job: one(*job), first))
+    if "BT, same comparisons" in chosen:
+        for seed in seeds:
+            heron = results.get(("HERON (official)", seed))
+            if heron is None:
+                continue
+            pairs = heron.get("transition_pairs") or {}
+            per = math.ceil(pairs["comparisons_induced"] / max(int(pairs["reward_updates"]), 1))
+            one("BT, same comparisons", seed, (f"feedback.pairs_per_update={max(per, 1)}",))
+    rows: dict[str, list[tuple[int, dict[str, float | None]]]] = {}
+    for name in chosen:
+        for seed in seeds:
+            if (name, seed) in results:
+                rows.setdefault(name, []).append((seed, metrics(args.table, results[name, seed])))
+    means = {
+        name: {
+            c: float(np.mean([v for _, row in runs if (v := row[c]) is not None]))
+            for c in runs[0][1]
+            if any(row[c] is not None for _, row in runs)
+        }
+        for name, runs in rows.items()
+    }
+    title = f"### {args.table}, {steps} steps, seeds {seeds}"
+    text = f"{title}\n\n{render(args.table, rows)}\n\n" + "\n".join(verdict(args.table, means))
+    print(text, flush=True)
+    (args.out / f"{args.table}.md").write_text(text + "\n")
+    path = args.out / "heron.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved[args.table] = {
+        "steps": steps,
+        "seeds": seeds,
+        "runs": {name: [{"seed": s, **row} for s, row in runs] for name, runs in rows.items()},
+        "means": means,
+    }
+    path.write_text(json.dumps(saved, indent=2))
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ def test_evaluation_reports_factor_totals_that_add_up_to_the_return(env_id):
 
 
 def test_prefppo_runs_on_heron_labels(tmp_path, monkeypatch):
-    """HERON drives PrefPPO too (the hopper exp with algo=prefppo, at a tiny budget)."""
+    """HERON drives PrefPPO (the hopper exp, official ranking, transition pairs from the
+    trajectory pool, at a tiny budget)."""
     from conftest import compose_exp
 
     from pbrl.recipes import run as run_config
@@ -191,7 +192,10 @@ def test_prefppo_runs_on_heron_labels(tmp_path, monkeypatch):
     )
     summary = run_config(cfg, tmp_path / "run")
     assert summary["algo"] == "prefppo" and summary["num_labels"] > 0
-    assert summary["teacher"]["ranking"] == ["survive", "forward", "ctrl"]
+    assert summary["teacher"]["ranking"] == ["forward", "survive", "ctrl"]
+    pairs = summary["transition_pairs"]
+    assert pairs["rankings_given"] == 1 and pairs["reward_updates"] >= 1
+    assert summary["num_labels"] == pairs["comparisons_induced"] <= pairs["pairs_drawn"]
     levels = summary["teacher"]["decided_by_level"]
     assert sum(levels.values()) + summary["teacher"]["undecided"] == pytest.approx(1.0)
     assert set(summary["eval_factor_totals"]) >= {"forward", "ctrl", "survive"}

@@ -204,7 +204,7 @@ def test_the_rounds_warning_counts_the_rounds_the_run_holds(monkeypatch, caplog)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["+exp=human_quickstart", "max_feedback=100"])
     with caplog.at_level(logging.WARNING, logger="pbrl"):
-        algo, schedule = trainer.check_config(cfg)
+        algo, schedule = trainer.check(cfg)
     first = max(algo.unsupervised_steps, schedule.first_at)
     held = rounds_held(schedule, first, int(cfg.total_timesteps))
     assert held == [1000, 2000, 3000, 4000, 5000, 6000, 7000]  # none at step 8000, the end

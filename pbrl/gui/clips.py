@@ -12,7 +12,8 @@ text, and written atomically (``write_video`` renames a finished temporary file)
 
 A segment shorter than ``MIN_CLIP_S`` seconds (Reacher's 25 steps last 0.5 s) plays several
 times in one clip, with its last frame held briefly between repeats, so a person can watch
-it. Some environments get a camera and colours for people (``CLIP_STYLES``: Reacher is seen
+it; a one-step segment (a single transition: HERON's pairs) is a still of the state it
+reached with its reward-factor values written on it. Some environments get a camera and colours for people (``CLIP_STYLES``: Reacher is seen
 from above, close, with a bright target); training-time evaluation videos are unchanged.
 """
 
@@ -119,6 +120,25 @@ def loop_frames(
     once = np.concatenate([frames, hold])
     repeats = math.ceil(min_seconds * fps / len(once))
     return np.concatenate([once] * repeats)
+
+
+def still_frames(
+    frames: np.ndarray, factors: dict[str, float], fps: float, seconds: float = MIN_CLIP_S
+) -> np.ndarray:
+    """A one-step segment (a single transition, HERON's pairs) as a still: the frame of the
+    state the step reached, its reward-factor values written on it, held ``seconds``."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.ascontiguousarray(frames[-1]))
+    draw = ImageDraw.Draw(image)
+    lines = [f"{name.removeprefix('reward_')}: {value:.3g}" for name, value in factors.items()]
+    if lines:
+        height = 12 * len(lines) + 6
+        draw.rectangle((0, 0, image.width, height), fill=(0, 0, 0))
+        for i, line in enumerate(lines):
+            draw.text((4, 3 + 12 * i), line, fill=(255, 255, 255))
+    still = np.asarray(image)[None]
+    return np.repeat(still, max(1, round(seconds * fps)), axis=0)
 
 
 def default_cache_dir(store_path: str | Path) -> Path:
@@ -300,7 +320,21 @@ class ClipCache:
             t0 = time.time()
             fps = renderer.fps or 30.0
             for side, segs in zip(SIDES, (first, second), strict=True):
-                frames = loop_frames(video.segment_frames(segs, 0, renderer), fps)
+                frames = video.segment_frames(segs, 0, renderer)
+                if segs.length == 1:  # a single transition: a still with its factor values
+                    values = (
+                        {}
+                        if segs.reward_factors is None
+                        else {
+                            name: float(v)
+                            for name, v in zip(
+                                segs.factor_names, segs.reward_factors[0, 0], strict=True
+                            )
+                        }
+                    )
+                    frames = still_frames(frames, values, fps)
+                else:
+                    frames = loop_frames(frames, fps)
                 video.write_video(frames, self.path(seq, query_id, side), fps=fps, codec=self.codec)
             self.rendered += 1
             log.debug("rendered %s in %.2f s", query_id, time.time() - t0)

@@ -39,8 +39,16 @@ class FeedbackSchedule:
     pool_size: int = 100_000  # recent env steps that segments are cut from
     min_labels: int = 1  # labels needed before the first reward-model update
     max_feedback: int = 1000  # total queries asked of the teacher
+    # HERON (pbrl.online.heron): `transitions` draws pairs_per_update pairs of single steps
+    # from the agent's buffer at every round instead of segment queries (no max_feedback)
+    pairs: str = "segments"  # segments | transitions
+    pairs_per_update: int = 1920  # transition pairs drawn per round (official: 16 x 120)
 
     def __post_init__(self) -> None:
+        if self.pairs not in ("segments", "transitions"):
+            raise ConfigError(f"feedback.pairs={self.pairs!r}: use segments or transitions")
+        if self.pairs_per_update <= 0:
+            raise ConfigError(f"feedback.pairs_per_update={self.pairs_per_update} must be > 0")
         for name in ("every", "batch_size", "segment_length", "pool_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"feedback.{name}={getattr(self, name)} must be positive")

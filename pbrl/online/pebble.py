@@ -27,6 +27,8 @@ from pbrl.online.feedback import FeedbackCallback
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import Steps, score_steps
 
+SCORED_FIELDS = ("qpos", "qvel", "factors")  # the Steps fields a reward may read
+
 
 def knn_distance(
     x: torch.Tensor, reference: torch.Tensor, k: int, chunk: int = 8192
@@ -94,7 +96,11 @@ class EntropyReplayBuffer(ReplayBuffer):
         n = self.buffer_size if self.full else self.pos
         if n == 0:
             return
-        flat = {k: v[:n].reshape(n * self.n_envs, -1) for k, v in self.step_fields.items()}
+        flat = {
+            k: v[:n].reshape(n * self.n_envs, -1)
+            for k, v in self.step_fields.items()
+            if k in SCORED_FIELDS  # what a reward reads; others (true_reward) are kept for HERON
+        }
         steps = Steps(
             self.observations[:n].reshape(n * self.n_envs, -1),
             self.actions[:n].reshape(n * self.n_envs, -1),

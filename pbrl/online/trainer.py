@@ -30,7 +30,15 @@ from pbrl.online.callbacks import (
     RewardTimeLogger,
     deterministic_policy,
 )
-from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule, FeedbackState
+from pbrl.online.feedback import FeedbackCallback, FeedbackSchedule
+from pbrl.online.heron import (
+    KEPT_FIELDS,
+    TransitionFeedback,
+    ValueTargetOnly,
+    check_transitions,
+    pool_transitions,
+    replay_buffer_transitions,
+)
 from pbrl.online.logs import run_logger
 from pbrl.online.pebble import EntropyReplayBuffer, PebbleCallback
 from pbrl.online.wrappers import PreferenceVecEnv, make_pool
@@ -59,11 +67,19 @@ class OnlineAlgo:
     normalize_reward: bool = False  # SB3 VecNormalize on the (learned) reward (PrefPPO)
     normalize_obs: bool = False  # SB3 VecNormalize on the policy's observations (the reward
     # model and the trajectory pool always see raw observations)
+    learned_reward: str = "policy"  # policy | value_target: PPO's value target only, the
+    # advantages from the true reward (HERON's official robotics code; pbrl.online.heron)
     kwargs: dict[str, Any] = field(default_factory=dict)  # the SB3 algorithm's arguments
 
     def __post_init__(self) -> None:
         if self.sb3 not in ALGOS:
             raise ConfigError(f"algo.sb3={self.sb3!r}: choose one of {', '.join(ALGOS)}")
+        if self.learned_reward not in ("policy", "value_target"):
+            raise ConfigError(
+                f"algo.learned_reward={self.learned_reward!r}: use policy or value_target"
+            )
+        if self.learned_reward == "value_target" and self.sb3 != "ppo":
+            raise ConfigError("algo.learned_reward=value_target needs PPO (algo.sb3=ppo)")
 
 
 def episode_limit(env_id: str, env_kwargs: dict[str, Any]) -> int | None:
@@ -116,6 +132,9 @@ def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
                 f"reward.kind={kind} is zero-shot and learns nothing from labels: set "
                 "max_feedback=0 (e.g. algo=sac_zero_shot max_feedback=0)"
             )
+        return algo, schedule
+    if schedule.pairs == "transitions":  # HERON's official pairs: no label budget applies
+        check_transitions(schedule, int(cfg.total_timesteps))
         return algo, schedule
     try:
         QuerySelector(**plain(cfg.query))
@@ -179,6 +198,8 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
         rng.bit_generator.state = saved["rng"]
 
     # --- environment, trajectory pool and learned reward ----------------------------------
+    import pbrl.envs  # noqa: F401  (registers pbrl/ environments, e.g. MountainCar's factors)
+
     sim_device = str(device) if cfg.sim == "mujoco_warp" else "cpu"
     venv = make_vec_env(cfg.sim, cfg.env.id, cfg.n_envs, cfg.seed, device=sim_device, **env_kwargs)
     pool: TrajectoryPool | None = None
@@ -193,7 +214,10 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
             reward_model = make_reward_model(
                 plain(cfg.reward), pool.obs_dim, pool.act_dim, device, env=ctx.env
             )
-    wrapper = PreferenceVecEnv(venv, pool, reward_model)
+    # transition pairs from SAC's buffer: it keeps each step's factors and true reward
+    transitions = algo.preference and schedule.pairs == "transitions"
+    kept = KEPT_FIELDS if transitions and ALGOS[algo.sb3] is SAC else ()
+    wrapper = PreferenceVecEnv(venv, pool, reward_model, keep=kept)
     learned_fn = state_reward_fn(reward_model)  # evaluation's learned return, where it has one
     env: VecEnv = wrapper
     if algo.normalize_reward or algo.normalize_obs:
@@ -219,6 +243,8 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
             # what the reward's kind reads beyond (obs, act), kept to relabel the buffer
             widths = {} if pool is None else pool.step_widths()
             fields = step_fields(reward_model) if reward_model is not None else ()
+            fields += tuple(k for k in kept if k not in fields)
+            widths = {**widths, "true_reward": 1}
             extra = {
                 "replay_buffer_class": EntropyReplayBuffer,
                 "replay_buffer_kwargs": {
@@ -248,22 +274,34 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
                 int(cfg.video.queries_per_round),
                 evaluation.video_size,
             )
-        feedback = FeedbackCallback(
-            schedule,
-            pool,
-            reward_model,
-            teacher,
-            QuerySelector(**plain(cfg.query)),
-            rng,
-            start_at=max(algo.unsupervised_steps, schedule.first_at),
-            labels_path=checkpoint.labels,
-            on_queries=query_videos,
-            wait=ctx.wait,
-        )
+        start_at = max(algo.unsupervised_steps, schedule.first_at)
+        if transitions:
+            buffer = model.replay_buffer if isinstance(model, SAC) else None
+            source = (
+                (lambda: replay_buffer_transitions(buffer))
+                if isinstance(buffer, EntropyReplayBuffer)
+                else (lambda: pool_transitions(pool))
+            )
+            feedback = TransitionFeedback(
+                schedule, source, pool, reward_model, teacher, rng, start_at, checkpoint.labels
+            )
+        else:
+            feedback = FeedbackCallback(
+                schedule,
+                pool,
+                reward_model,
+                teacher,
+                QuerySelector(**plain(cfg.query)),
+                rng,
+                start_at=start_at,
+                labels_path=checkpoint.labels,
+                on_queries=query_videos,
+                wait=ctx.wait,
+            )
         if checkpoint.labels.exists():  # labels and counters: newer than the checkpoint
             feedback.restore(checkpoint.labels)
         elif "queries" in saved:
-            feedback.state = FeedbackState(**{k: saved[k] for k in feedback.state_dict()})
+            feedback.state = type(feedback.state)(**{k: saved[k] for k in feedback.state_dict()})
         if labels_only:
             log.warning(
                 "resuming from labels only: the run stopped before its first checkpoint "
@@ -281,6 +319,8 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
             callbacks.append(PebbleCallback(feedback, algo.reset_critic))
     if reward_model is not None:
         callbacks.append(RewardTimeLogger(wrapper))
+    if algo.learned_reward == "value_target" and algo.preference:
+        callbacks.append(ValueTargetOnly())
     eval_callback = EvalCallback(evaluation, int(cfg.eval.every), reward_model, teacher)
     if "eval" in saved:
         eval_callback.load_state_dict(saved["eval"])
@@ -362,8 +402,13 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
             # (e.g. MountainCar's flag reached) rather than the time limit
             "eval_factor_totals": ev.factor_means(),
             "eval_terminated_fraction": float(np.mean(ev.terminated)) if ev.terminated else None,
+            "eval_mean_length": float(np.mean(ev.lengths)) if ev.lengths else None,
             # seconds this process spent choosing queries and fitting the reward model
             "reward_learning_s": feedback.reward_learning_s if feedback else None,
+            # HERON's transition pairs: rankings given, pairs drawn, comparisons induced
+            "transition_pairs": feedback.report()
+            if isinstance(feedback, TransitionFeedback)
+            else None,
         },
     ).write(run_dir)
     ctx.close()

@@ -103,11 +103,18 @@ class PreferenceVecEnv(VecEnvWrapper):
     time spent scoring and the steps scored (``time/reward_steps_per_s``)."""
 
     def __init__(
-        self, venv: VecEnv, pool: TrajectoryPool | None, reward_model: RewardModel | None
+        self,
+        venv: VecEnv,
+        pool: TrajectoryPool | None,
+        reward_model: RewardModel | None,
+        keep: tuple[str, ...] = (),
     ) -> None:
+        """``keep``: step fields reported beyond what the reward reads (HERON's transition
+        pairs keep ``factors`` and ``true_reward`` in SAC's buffer whatever the reward)."""
         super().__init__(venv)
         self.pool, self.reward_model = pool, reward_model
-        self.fields = step_fields(reward_model) if reward_model is not None else ()
+        fields = step_fields(reward_model) if reward_model is not None else ()
+        self.fields = fields + tuple(k for k in keep if k not in fields)
         if "qpos" in self.fields and sim_state(venv) is None:
             raise ConfigError(
                 f"reward {type(reward_model).__name__} scores rendered frames of the simulator "
@@ -155,7 +162,12 @@ class PreferenceVecEnv(VecEnvWrapper):
         reward = true_reward
         if self.reward_model is not None:
             reward = self._score(prev_obs, actions, reached, factors)
-            extra = {"qpos": None, "qvel": None, "factors": factors}
+            extra = {
+                "qpos": None,
+                "qvel": None,
+                "factors": factors,
+                "true_reward": np.asarray(true_reward, float)[:, None],
+            }
             if reached is not None:
                 extra["qpos"], extra["qvel"] = reached
             for name in self.fields:

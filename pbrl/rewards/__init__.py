@@ -6,7 +6,7 @@ dataclass fields (``conf/reward/<kind>.yaml``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,10 @@ import torch
 
 from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError, closest, make_config
-from pbrl.rewards.base import RewardModel
+from pbrl.rewards.base import FactorReward, RewardModel
 from pbrl.rewards.clip import ClipReward, ClipRewardConfig
 from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
+from pbrl.rewards.factor import FactorRewardConfig, FactorRewardModel
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.rewards.rapl import RAPLConfig, RAPLReward
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
@@ -29,6 +30,7 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "image": (ImageRewardEnsemble, ImageRewardConfig),  # CNN ensemble on rendered frames
     "clip": (ClipReward, ClipRewardConfig),  # zero-shot CLIP reward on frames (VLM-RM)
     "rapl": (RAPLReward, RAPLConfig),  # RAPL: aligned encoder + OT reward on whole videos
+    "factor": (FactorRewardModel, FactorRewardConfig),  # HERON's: obs + reward-factor values
 }
 
 
@@ -38,12 +40,13 @@ def make_reward_model(
     act_dim: int,
     device: str | torch.device = "cpu",
     env: EnvSpec | None = None,
+    factor_names: Sequence[str] = (),
 ) -> RewardModel:
     """A fresh reward model from the ``reward`` config group (``kind`` + config fields).
 
     ``env``: the run's environment; a model that renders it (a frame or episode reward) takes
     the env id, its ``gym.make`` arguments and the camera from there unless the config sets
-    them."""
+    them, and a factor reward reads its reward factors (or ``factor_names``, given alone)."""
     values = dict(values)
     kind = str(values.pop("kind", "ensemble"))
     if kind not in REWARD_MODELS:
@@ -58,7 +61,11 @@ def make_reward_model(
         for key, value in given.items():
             if key in names and not values.get(key):
                 values[key] = value
-    model: RewardModel = cls(obs_dim, act_dim, make_config(config_cls, values, "reward"), device)
+        factor_names = factor_names or env.factor_names
+    config = make_config(config_cls, values, "reward")
+    if issubclass(cls, FactorReward):
+        return cls(obs_dim, act_dim, config, device, factor_names)  # type: ignore[no-any-return]
+    model: RewardModel = cls(obs_dim, act_dim, config, device)
     return model
 
 
@@ -79,6 +86,8 @@ __all__ = [
     "REWARD_MODELS",
     "ClipReward",
     "ClipRewardConfig",
+    "FactorRewardConfig",
+    "FactorRewardModel",
     "ImageRewardConfig",
     "ImageRewardEnsemble",
     "PreferenceTransformer",

@@ -22,6 +22,7 @@ import math
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,10 @@ class Teacher(ABC):
     def where(self) -> str:
         """Where answers come from, for messages about waiting (e.g. the labeling page)."""
         return ""
+
+    def set_factor_spread(self, factor_names: Sequence[str], std: np.ndarray) -> None:  # noqa: B027
+        """The spread of each reward factor over the buffer the next pairs come from (HERON's
+        ``margin: buffer`` uses it)."""
 
 
 class Scripted(Teacher):

@@ -10,8 +10,10 @@ at level ``k``, with ``z_k`` the segment's total of factor ``k``,
 * otherwise the pair goes to level ``k + 1``; when no level decides, no label (skip).
 
 The margin is ``δ_k = σ_k · std(z_k)``: the spread of the factor's totals over the segments
-being compared in this batch (the paper), or over every segment the teacher has seen
-(``margin: running``). Segment totals are sums over the segment's valid steps (the paper
+being compared in this batch (the paper), over every segment the teacher has seen
+(``margin: running``), or over every transition of the replay buffer the pairs are drawn from
+(``margin: buffer``, the official code's: transition pairs only, where the sampler hands the
+teacher the buffer's spread through :meth:`HeronTeacher.set_spread`). Segment totals are sums over the segment's valid steps (the paper
 compares the factors' accumulated values; ``aggregate: mean`` divides by the valid length).
 
 The ranking comes from the config (``teacher.ranking=[survive,forward,ctrl]``) or, with
@@ -42,7 +44,7 @@ from pbrl.teachers.scripted import TeacherConfigError
 
 log = logging.getLogger("pbrl")
 
-MARGINS = ("batch", "running")
+MARGINS = ("batch", "running", "buffer")
 AGGREGATES = ("sum", "mean")
 
 
@@ -73,7 +75,7 @@ class HeronTeacher(Scripted):
     ranking: Sequence[str] | str  # factor names, most important first, or "store"
     sigma: float | Sequence[float] = 1.0  # σ_k per level (one number: every level)
     higher_is_better: bool | Sequence[bool] = True  # per level (factors are reward terms)
-    margin: str = "batch"  # batch | running: std of the totals this batch, or so far
+    margin: str = "batch"  # batch | running | buffer: std this batch, so far, over the buffer
     aggregate: str = "sum"  # sum | mean of a factor over a segment's valid steps
     env_id: str | None = None  # to check the ranking's names against the env's factors
     env_kwargs: dict[str, Any] | None = None
@@ -122,6 +124,7 @@ class HeronTeacher(Scripted):
         self._count = 0
         self._mean = np.zeros(k)
         self._m2 = np.zeros(k)
+        self.buffer_std: np.ndarray | None = None  # margin: buffer (set_spread)
         self.last_levels: np.ndarray = np.zeros(0, int)  # deciding level of the last batch
         self.level_counts = np.zeros(k + 1, np.int64)  # all batches: per level, then undecided
 
@@ -227,9 +230,21 @@ class HeronTeacher(Scripted):
             z = z / np.maximum(mask.sum(1), 1.0)
         return z
 
+    def set_factor_spread(self, factor_names: Sequence[str], std: np.ndarray) -> None:
+        """The std of every factor over the whole buffer the next pairs come from
+        (``factor_names`` in the env's order, ``std [K_env]``): ``margin: buffer``."""
+        self.buffer_std = np.asarray(std, float)[self.check_factors(factor_names)]
+
     def margins(self, z: np.ndarray) -> np.ndarray:
         if self.margin == "batch":
             return self.sigmas * z.std(0)
+        if self.margin == "buffer":
+            if self.buffer_std is None:
+                raise TeacherConfigError(
+                    "teacher.margin=buffer takes the std over the replay buffer the pairs are "
+                    "drawn from: set feedback.pairs=transitions, or use margin=batch or running"
+                )
+            return self.sigmas * self.buffer_std
         for row in z:  # Welford over every segment seen
             self._count += 1
             delta = row - self._mean
