@@ -261,11 +261,11 @@ def test_a_one_step_segment_is_a_still_with_its_factor_values_on_the_page(tmp_pa
     import imageio.v3 as iio
     from fastapi.testclient import TestClient
 
-    from pbrl.store import LabelStore
     from pbrl.gui.clips import still_frames
     from pbrl.gui.server import create_app
     from pbrl.online.heron import pool_transitions
     from pbrl.online.wrappers import random_rollout_pool
+    from pbrl.store import LabelStore
 
     frames = np.zeros((2, 64, 64, 3), np.uint8)
     frames[1, 40:] = 200  # the reached state
