@@ -18,6 +18,7 @@ from pbrl.rewards.clip import ClipReward, ClipRewardConfig
 from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.rewards.rapl import RAPLConfig, RAPLReward
+from pbrl.rewards.rlhf_linear import LinearHeadReward, LinearRewardConfig
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
 
 # kind -> (model class, its config dataclass)
@@ -27,6 +28,8 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "image": (ImageRewardEnsemble, ImageRewardConfig),  # CNN ensemble on rendered frames
     "clip": (ClipReward, ClipRewardConfig),  # zero-shot CLIP reward on frames (VLM-RM)
     "rapl": (RAPLReward, RAPLConfig),  # RAPL: aligned encoder + OT reward on whole videos
+    # RAPL's RLHF baseline: the same frozen backbone + a linear scalar head, Bradley-Terry
+    "rlhf_linear": (LinearHeadReward, LinearRewardConfig),
 }
 
 
@@ -65,6 +68,8 @@ __all__ = [
     "ClipRewardConfig",
     "ImageRewardConfig",
     "ImageRewardEnsemble",
+    "LinearHeadReward",
+    "LinearRewardConfig",
     "PreferenceTransformer",
     "PreferenceTransformerConfig",
     "RAPLConfig",
