@@ -461,7 +461,14 @@ def compose_cfg(exp: str, overrides: list[str] | None = None):
 
 
 @pytest.mark.parametrize(
-    ("exp", "reward"), [("rapl_sweep", "rapl"), ("rapl_pusher", "rapl"), ("rapl_sweep", "image")]
+    ("exp", "reward"),
+    [
+        ("rapl_sweep", "rapl"),
+        ("rapl_pusher", "rapl"),
+        ("rapl_paper_sweep", "rapl"),
+        ("rapl_sweep", "image"),
+        ("rapl_sweep", "rlhf_linear"),
+    ],
 )
 def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     """Every rapl_* exp end to end (reward=image: the RLHF baseline's policy, same pipeline)."""
@@ -469,12 +476,14 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     from pbrl.train import validate
 
     length = 50 if exp == "rapl_sweep" else 100
-    if reward == "rapl":
+    if reward in ("rapl", "rlhf_linear"):
         reward_overrides = [
             f"reward.backbone_weights={backbone_file}",
             "reward.image_size=64",
             f"episodic.frame_stride={length // 2}",
             "reward.epochs=2",
+            *([] if reward == "rapl" else ["reward=rlhf_linear"]),
+            *(["episodic.n_frames=3", "episodic.equal_fraction=0"] if "paper" in exp else []),
         ]
     else:
         reward_overrides = ["reward=image", "reward.n_members=1", "reward.max_epochs=2"]
@@ -484,7 +493,7 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
             f"total_timesteps={length}",
             "n_envs=1",
             "max_feedback=2",
-            "episodic.pool_episodes=4",
+            f"episodic.pool_episodes={12 if 'paper' in exp else 4}",  # separated triplets
             "episodic.heldout_episodes=3",
             "episodic.n_demos=1",
             *reward_overrides,
@@ -504,9 +513,10 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     assert summary["heldout_videos"] == 3 and "heldout_spearman" in summary
     assert 0.0 <= summary["eval_success_rate"] <= 1.0
     assert (tmp_path / "preferences.npz").exists() and (tmp_path / "reward_model.pt").exists()
-    if reward == "rapl":
+    if reward in ("rapl", "rlhf_linear"):
         assert summary["backbone"]["path"] == str(backbone_file.resolve())
-        assert summary["demos"] == ("expert x 1" if exp == "rapl_sweep" else "preferred")
+        demos = "preferred" if exp == "rapl_pusher" else "expert x 1"
+        assert summary["demos"] == (demos if reward == "rapl" else None)
     else:
         assert summary["backbone"] is None and summary["reward_kind"] == "image"
 

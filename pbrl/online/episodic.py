@@ -94,6 +94,10 @@ class EpisodicSettings:
     demos: str = "expert"  # expert: n_demos expert episodes | preferred: triplets' winners
     n_demos: int = 5
     frame_stride: int = 1  # every k-th frame enters the OT reward (reward.frame_stride reads it)
+    # -- RAPL paper settings (issue 23) --
+    n_frames: int = 0  # > 0: this many evenly spaced frames instead (reward.n_frames reads it)
+    triplet_min_gap: float = 0.0  # > 0: triplets' returns differ pairwise by >= this x range
+    equal_fraction: float = 0.0  # share of equal triplets (ranked all equal by the teacher)
 
     def __post_init__(self) -> None:
         if self.pool_episodes < 3 or self.heldout_episodes < 2:
@@ -107,6 +111,10 @@ class EpisodicSettings:
             raise ConfigError(f"episodic.demos={self.demos!r}: use expert or preferred")
         if self.n_demos < 1 or self.frame_stride < 1:
             raise ConfigError("episodic.n_demos and episodic.frame_stride must be >= 1")
+        if self.n_frames < 0 or self.triplet_min_gap < 0 or not 0 <= self.equal_fraction <= 1:
+            raise ConfigError(
+                "episodic: use n_frames >= 0, triplet_min_gap >= 0, 0 <= equal_fraction <= 1"
+            )
 
 
 def _plain(node: Any) -> Any:
@@ -282,6 +290,34 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+@dataclass
+class WithinSpearman:
+    """Spearman correlation of learned and true per-step rewards within each trajectory (over
+    its time steps), averaged over trajectories: RAPL's metric. A row where either reward is
+    constant has no rank correlation: it is counted (``constant``), not averaged in."""
+
+    mean: float  # over the rows with a correlation (nan if none)
+    std: float
+    per_row: np.ndarray  # [n], nan for constant rows
+    constant: int  # rows left out: the learned or the true reward constant over time
+
+    @property
+    def counted(self) -> int:
+        return int(np.isfinite(self.per_row).sum())
+
+
+def within_spearman(learned: np.ndarray, true: np.ndarray) -> WithinSpearman:
+    """:class:`WithinSpearman` of per-step rewards ``learned [n, T]`` and ``true [n, T]``."""
+    learned, true = np.asarray(learned, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if learned.shape != true.shape or learned.ndim != 2:
+        raise ValueError(f"within_spearman: shapes {learned.shape} and {true.shape}: need [n, T]")
+    per_row = np.array([spearman(x, y) for x, y in zip(learned, true, strict=True)])
+    ok = np.isfinite(per_row)
+    mean = float(per_row[ok].mean()) if ok.any() else float("nan")
+    std = float(per_row[ok].std()) if ok.any() else float("nan")
+    return WithinSpearman(mean, std, per_row, int((~ok).sum()))
+
+
 def success_rate(
     env_id: str, env_kwargs: dict[str, Any], policy: Any, n_episodes: int, seed: int
 ) -> float:
@@ -321,7 +357,15 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
     pool = collect_episodes(env_id, settings.pool_episodes, seed, rng, eps, env_kwargs, name)
     n_triplets = int(cfg.max_feedback)
-    queries = sample_triplets(pool, n_triplets, rng, new_triplet_ids(n_triplets, rng))
+    queries = sample_triplets(
+        pool,
+        n_triplets,
+        rng,
+        new_triplet_ids(n_triplets, rng),
+        settings.triplet_min_gap,
+        settings.equal_fraction,
+        0.5 * float(cfg.teacher.get("equal_gap", 0.0)),  # inside the teacher's tie threshold
+    )
     try:
         # teacher=human: the triplets go to the label store and this waits (teacher.wait_timeout_s)
         # until people have ranked them on the labeling page
@@ -448,4 +492,5 @@ __all__ = [
     "check_config",
     "run_episodic",
     "spearman",
+    "within_spearman",
 ]
