@@ -24,6 +24,7 @@ from pbrl.data.triplets import (
 from pbrl.envs.rollouts import collect_episodes, task_success
 from pbrl.envs.sweep import ZONE_Y, expert_action, sweep_reward_from_qpos
 from pbrl.errors import ConfigError
+from pbrl.rewards.base import EpisodeReward
 from pbrl.rewards.ot import cosine_cost, ot_similarity, ot_step_rewards, sinkhorn
 from pbrl.rewards.rapl import (
     RAPLConfig,
@@ -407,8 +408,17 @@ def test_rapl_reward_fits_scores_and_refuses_bad_input(tmp_path, backbone_file):
 
 
 # -- episode-level relabeling in PPO ---------------------------------------------------------------
-class StepIndexReward:
+class StepIndexReward(EpisodeReward):
     """A fake episode reward: step t of every episode earns t + 1."""
+
+    def fit(self, dataset, rng):  # noqa: ARG002  (nothing to learn)
+        return {}
+
+    def segment_returns(self, segments):
+        return torch.zeros(1, len(segments))
+
+    def save(self, path):
+        pass
 
     def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         b, t1, _ = qpos.shape

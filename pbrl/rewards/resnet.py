@@ -74,9 +74,7 @@ def _torchvision() -> Any:
         for op in ("nms", "qnms"):
             lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _OPS_STUB.append(lib)
-        log.warning(
-            "torchvision's compiled ops do not load beside this torch; ResNet-18 needs none"
-        )
+        log.debug("torchvision's compiled ops do not load beside this torch; ResNet-18 needs none")
         import torchvision
     return torchvision
 
