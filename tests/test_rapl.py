@@ -521,6 +521,7 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     assert summary["algo"] == "rapl" and summary["total_timesteps"] == length
     assert summary["num_queries"] == 6  # 2 triplets = 6 pairs
     assert summary["heldout_videos"] == 3 and "heldout_spearman" in summary
+    assert "heldout_within_spearman" in summary and summary["heldout_within_constant"] >= 0
     assert 0.0 <= summary["eval_success_rate"] <= 1.0
     assert (tmp_path / "preferences.npz").exists() and (tmp_path / "reward_model.pt").exists()
     if reward in ("rapl", "rlhf_linear"):

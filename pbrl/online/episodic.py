@@ -403,8 +403,19 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     predicted = reward_model.segment_returns(heldout).mean(0).cpu().numpy()
     rho = spearman(predicted, heldout.returns())
+    # -- issue 23: the paper's metric, learned vs true per-step rewards within each video --
+    assert heldout.qpos is not None and heldout.qvel is not None
+    within = within_spearman(
+        episode_rewards(reward_model, heldout.qpos, heldout.qvel), heldout.true_reward
+    )
     reward_model.save(run_dir / "reward_model.pt")
     log.info("reward: Spearman %.3f with the true return on %d held-out videos", rho, len(heldout))
+    log.info(
+        "reward: within-video Spearman %.3f (%d videos; %d with a constant reward left out)",
+        within.mean,
+        within.counted,
+        within.constant,
+    )
 
     # --- the policy: PPO on the learned reward, relabeled per episode --------------------------
     venv = make_vec_env("gymnasium", env_id, int(cfg.n_envs), seed, **env_kwargs)
@@ -444,6 +455,7 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     record("eval/success_rate", success)
     record("eval/random_true_return", rand.mean)
     record("reward_model/heldout_spearman", rho)
+    record("reward_model/heldout_within_spearman", within.mean)
     model.logger.dump(model.num_timesteps)
 
     summary = RunSummary(
@@ -470,6 +482,8 @@ def run_episodic(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "triplets": n_triplets,
             "reward_fit": fit,
             "heldout_spearman": rho,
+            "heldout_within_spearman": within.mean,  # issue 23: over every step of a video
+            "heldout_within_constant": within.constant,
             "heldout_videos": len(heldout),
             "demos": None
             if not with_demos
