@@ -77,10 +77,10 @@ PRESETS = {
         "reward=rapl_paper",
         "teacher=triplet_paper",
         "max_feedback=150",
-        "episodic.n_demos=6",
-        "episodic.n_frames=45",
-        "episodic.triplet_min_gap=0.15",
-        "episodic.equal_fraction=0.33",
+        "++episodic.n_demos=6",
+        "++episodic.n_frames=45",
+        "++episodic.triplet_min_gap=0.15",
+        "++episodic.equal_fraction=0.33",
     ],
 }
 
@@ -343,7 +343,8 @@ def main() -> None:
     )
     p.add_argument("--set", nargs="*", default=[], help="Hydra overrides for the exps")
     p.add_argument("--out", default="")
-    p.add_argument("--threads", type=int, default=2)
+    # one thread: two spin-wait on each other on a busy machine (the fit ran 50x slower)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if args.quick:
         args.envs = ["sweep"] if "--envs" not in sys.argv else args.envs
@@ -352,7 +353,7 @@ def main() -> None:
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
-    out = Path(args.out or f"outputs/bench_rapl/{args.preset}")
+    out = Path(args.out or f"outputs/bench_rapl/{args.preset}{'_quick' if args.quick else ''}")
     results = []
     for env in args.envs:
         for seed in args.seeds:
