@@ -142,8 +142,8 @@ def _main(cfg: DictConfig) -> dict[str, Any]:
         from pbrl import recipes
         from pbrl.run import announce
 
+        checked = validate(cfg)  # a config that fails here never started: one error line
         announce(cfg, run_dir, resuming)
-        checked = validate(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         summary = recipes.run(cfg, run_dir, checked)
     except ConfigError as exc:  # Hydra would print a traceback for an Exception

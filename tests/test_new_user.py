@@ -99,7 +99,10 @@ def run_module(module: str, *args: str, cwd, env=None, code: str | None = None, 
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
+    """The one line a failed start prints (after the run's announcement, when it got that far:
+    a missing dataset is found once the run has started)."""
     lines = [ln for ln in (out.stdout + out.stderr).strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if "[pbrl][INFO] - run " not in ln]
     assert out.returncode == 2 and len(lines) == 1, (out.returncode, out.stdout, out.stderr)
     return lines[0]
 
@@ -217,6 +220,7 @@ def test_the_rounds_warning_counts_the_rounds_the_run_holds(monkeypatch, caplog)
 
 
 def test_no_shipped_experiment_warns_about_its_own_budget(monkeypatch, caplog):
+    from pbrl import recipes
     from pbrl.online import trainer
     from pbrl.train import choices
 
@@ -228,7 +232,7 @@ def test_no_shipped_experiment_warns_about_its_own_budget(monkeypatch, caplog):
             cfg = compose("config", overrides=[f"+exp={name}"])
             if cfg.algo.get("kind", "online") != "offline":
                 with caplog.at_level(logging.WARNING, logger="pbrl"):
-                    trainer.check_config(cfg)
+                    recipes.recipe_for(cfg).check(cfg)
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned == []
 

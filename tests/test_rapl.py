@@ -32,7 +32,7 @@ from pbrl.rewards.rapl import (
     alignment_loss,
     triplet_logits,
 )
-from pbrl.rewards.resnet import BackboneError, ResNet18, load_backbone
+from pbrl.rewards.resnet import BackboneError, drop_classifier, load_backbone, resnet18
 from pbrl.teachers.triplet import TripletTeacher
 from tests.conftest import segments_with_returns
 
@@ -307,12 +307,16 @@ def resnet18_layout() -> dict[str, tuple[int, ...]]:
     return layout
 
 
-def test_resnet18_state_dict_matches_torchvision_layout():
+def test_the_backbone_is_torchvisions_resnet18_returning_the_pooled_feature():
+    net = resnet18()  # imports torchvision (see pbrl.rewards.resnet on its compiled ops)
+    import torchvision
+
     expected = resnet18_layout()
-    got = {k: tuple(v.shape) for k, v in ResNet18().state_dict().items()}
+    assert type(net) is torchvision.models.ResNet
+    got = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     assert len(expected) == 122  # torchvision's resnet18 has 122 state_dict entries
     assert list(got) == list(expected) and got == expected
-    assert ResNet18()(torch.zeros(2, 3, 112, 112)).shape == (2, 512)
+    assert drop_classifier(net).eval()(torch.zeros(2, 3, 112, 112)).shape == (2, 512)
 
 
 @pytest.fixture(scope="module")
@@ -320,27 +324,39 @@ def backbone_file(tmp_path_factory) -> Path:
     """A torchvision-layout checkpoint (random weights): no pre-training in the fast tests."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("backbone") / "resnet18.pth"
-    torch.save(ResNet18().state_dict(), path)
+    torch.save(resnet18().state_dict(), path)
     return path
 
 
 def test_backbone_files_load_and_bad_ones_are_one_clear_error(tmp_path, backbone_file):
     net, info = load_backbone(backbone_file)
     assert info["source"] == "file" and len(info["sha256"]) == 16
-    assert torch.equal(net.state_dict()["fc.weight"], torch.load(backbone_file)["fc.weight"])
+    assert info["network"] == "torchvision.models.resnet18"
+    saved = torch.load(backbone_file)
+    for key, value in net.state_dict().items():  # every weight loaded; the classifier dropped
+        assert torch.equal(value, saved[key]), key
+    assert "fc.weight" not in net.state_dict()
     with pytest.raises(ConfigError, match="no such file"):
         RAPLConfig(env_id="pbrl/Sweep-v0", backbone_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(BackboneError, match="no such file"):
         load_backbone(tmp_path / "missing.pth")
-    state = ResNet18().state_dict()
+    state = resnet18().state_dict()
     state.pop("layer4.1.bn2.weight")
     state["head.weight"] = torch.zeros(3)
     torch.save(state, tmp_path / "other.pth")
-    with pytest.raises(BackboneError, match="missing: layer4.1.bn2.weight.*unexpected: head"):
+    with pytest.raises(BackboneError, match="missing: layer4.1.bn2.weight.*unexpected: head") as e:
         load_backbone(tmp_path / "other.pth")
+    assert "\n" not in str(e.value)
+    resnet34 = resnet18().state_dict()  # a state dict of the wrong shape (a wider stem)
+    resnet34["conv1.weight"] = torch.zeros(32, 3, 7, 7)
+    torch.save(resnet34, tmp_path / "wide.pth")
+    with pytest.raises(BackboneError, match="shape: conv1.weight") as e:
+        load_backbone(tmp_path / "wide.pth")
+    assert "\n" not in str(e.value)
     (tmp_path / "junk.pth").write_text("not a checkpoint")
-    with pytest.raises(BackboneError, match="cannot be read"):
+    with pytest.raises(BackboneError, match="cannot be read") as e:
         load_backbone(tmp_path / "junk.pth")
+    assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="env_id is empty"):
         RAPLConfig()
     with pytest.raises(ConfigError, match="train_cost"):
@@ -439,7 +455,14 @@ def compose_cfg(exp: str, overrides: list[str] | None = None):
 
 
 @pytest.mark.parametrize(
-    ("exp", "reward"), [("rapl_sweep", "rapl"), ("rapl_pusher", "rapl"), ("rapl_sweep", "image")]
+    ("exp", "reward"),
+    [
+        ("rapl_sweep", "rapl"),
+        ("rapl_pusher", "rapl"),
+        ("rapl_paper_sweep", "rapl"),
+        ("rapl_sweep", "image"),
+        ("rapl_sweep", "rlhf_linear"),
+    ],
 )
 def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     """Every rapl_* exp end to end (reward=image: the RLHF baseline's policy, same pipeline)."""
@@ -447,12 +470,14 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     from pbrl.train import validate
 
     length = 50 if exp == "rapl_sweep" else 100
-    if reward == "rapl":
+    if reward in ("rapl", "rlhf_linear"):
         reward_overrides = [
             f"reward.backbone_weights={backbone_file}",
             "reward.image_size=64",
             f"episodic.frame_stride={length // 2}",
             "reward.epochs=2",
+            *([] if reward == "rapl" else ["reward=rlhf_linear"]),
+            *(["episodic.n_frames=3", "episodic.equal_fraction=0"] if "paper" in exp else []),
         ]
     else:
         reward_overrides = ["reward=image", "reward.n_members=1", "reward.max_epochs=2"]
@@ -462,7 +487,7 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
             f"total_timesteps={length}",
             "n_envs=1",
             "max_feedback=2",
-            "episodic.pool_episodes=4",
+            f"episodic.pool_episodes={12 if 'paper' in exp else 4}",  # separated triplets
             "episodic.heldout_episodes=3",
             "episodic.n_demos=1",
             *reward_overrides,
@@ -480,11 +505,13 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
     assert summary["algo"] == "rapl" and summary["total_timesteps"] == length
     assert summary["num_queries"] == 6  # 2 triplets = 6 pairs
     assert summary["heldout_videos"] == 3 and "heldout_spearman" in summary
+    assert "heldout_within_spearman" in summary and summary["heldout_within_constant"] >= 0
     assert 0.0 <= summary["eval_success_rate"] <= 1.0
     assert (tmp_path / "preferences.npz").exists() and (tmp_path / "reward_model.pt").exists()
-    if reward == "rapl":
+    if reward in ("rapl", "rlhf_linear"):
         assert summary["backbone"]["path"] == str(backbone_file.resolve())
-        assert summary["demos"] == ("expert x 1" if exp == "rapl_sweep" else "preferred")
+        demos = "preferred" if exp == "rapl_pusher" else "expert x 1"
+        assert summary["demos"] == (demos if reward == "rapl" else None)
     else:
         assert summary["backbone"] is None and summary["reward_kind"] == "image"
 

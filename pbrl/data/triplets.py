@@ -58,13 +58,60 @@ def triplet_queries(
 
 
 def sample_triplets(
-    pool: Segments, n: int, rng: np.random.Generator, ids: np.ndarray | None = None
+    pool: Segments,
+    n: int,
+    rng: np.random.Generator,
+    ids: np.ndarray | None = None,
+    min_gap: float = 0.0,
+    equal_fraction: float = 0.0,
+    equal_gap: float = 0.0,
+    tries: int = 10_000,
 ) -> Queries:
-    """``n`` triplets of distinct segments drawn uniformly from ``pool`` (as their pairs)."""
+    """``n`` triplets of distinct segments of ``pool`` (as their pairs).
+
+    Default: drawn uniformly. ``min_gap > 0``: well separated, as the RAPL authors built
+    their feedback: any two members' returns differ by at least ``min_gap`` times the
+    pool's return range (drawn by rejection). ``equal_fraction``: that share of the
+    triplets (rounded) are equal triplets instead, three segments from the better half of
+    the pool (return at or above its median) whose returns lie within ``equal_gap`` times the
+    pool's return range of each other, which a teacher that ties returns closer than that
+    (``TripletTeacher.equal_gap``) ranks as all equal; the two kinds are shuffled together."""
     if len(pool) < 3:
         raise ValueError(f"a triplet needs 3 distinct segments; the pool holds {len(pool)}")
-    picks = np.stack([rng.choice(len(pool), size=3, replace=False) for _ in range(n)])
-    picks = picks.reshape(n, 3)
+    if not 0.0 <= equal_fraction <= 1.0 or min_gap < 0 or equal_gap < 0:
+        raise ValueError("sample_triplets: use 0 <= equal_fraction <= 1, min_gap, equal_gap >= 0")
+    returns = pool.returns()
+    n_equal = int(round(equal_fraction * n))
+    if min_gap == 0 and n_equal == 0:
+        picks = np.stack([rng.choice(len(pool), size=3, replace=False) for _ in range(n)])
+        picks = picks.reshape(n, 3)
+        return triplet_queries(pool[picks[:, 0]], pool[picks[:, 1]], pool[picks[:, 2]], ids)
+    span = float(returns.max() - returns.min())
+    gap, tie = min_gap * span, equal_gap * span
+    good = np.flatnonzero(returns >= np.median(returns))
+    rows: list[np.ndarray] = []
+    for k in range(n):
+        equal = k < n_equal
+        source = good if equal else np.arange(len(pool))
+        for _ in range(tries):
+            if len(source) < 3:
+                break
+            pick = rng.choice(source, size=3, replace=False)
+            r = returns[pick]
+            spread = np.abs(r[:, None] - r[None, :])[np.triu_indices(3, 1)]
+            if (equal and spread.max() < tie) or (not equal and spread.min() >= gap):
+                rows.append(pick)
+                break
+        else:
+            what = (
+                f"an equal triplet (returns within {tie:g}) in the better half"
+                if equal
+                else f"a triplet whose returns differ pairwise by >= {gap:g}"
+            )
+            raise ValueError(f"sample_triplets: no {what} of the pool after {tries} draws")
+        if len(rows) <= k:
+            raise ValueError("sample_triplets: the better half of the pool has < 3 segments")
+    picks = np.stack(rows)[rng.permutation(n)]
     return triplet_queries(pool[picks[:, 0]], pool[picks[:, 1]], pool[picks[:, 2]], ids)
 
 

@@ -92,6 +92,10 @@ class EpisodicSettings:
     demos: str = "expert"  # expert: n_demos expert episodes | preferred: triplets' winners
     n_demos: int = 5
     frame_stride: int = 1  # every k-th frame enters the OT reward (reward.frame_stride reads it)
+    # -- RAPL paper settings (issue 23) --
+    n_frames: int = 0  # > 0: this many evenly spaced frames instead (reward.n_frames reads it)
+    triplet_min_gap: float = 0.0  # > 0: triplets' returns differ pairwise by >= this x range
+    equal_fraction: float = 0.0  # share of equal triplets (ranked all equal by the teacher)
 
     def __post_init__(self) -> None:
         if self.pool_episodes < 3 or self.heldout_episodes < 2:
@@ -105,6 +109,10 @@ class EpisodicSettings:
             raise ConfigError(f"episodic.demos={self.demos!r}: use expert or preferred")
         if self.n_demos < 1 or self.frame_stride < 1:
             raise ConfigError("episodic.n_demos and episodic.frame_stride must be >= 1")
+        if self.n_frames < 0 or self.triplet_min_gap < 0 or not 0 <= self.equal_fraction <= 1:
+            raise ConfigError(
+                "episodic: use n_frames >= 0, triplet_min_gap >= 0, 0 <= equal_fraction <= 1"
+            )
 
 
 def fixed_episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
@@ -285,6 +293,34 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+@dataclass
+class WithinSpearman:
+    """Spearman correlation of learned and true per-step rewards within each trajectory (over
+    its time steps), averaged over trajectories: RAPL's metric. A row where either reward is
+    constant has no rank correlation: it is counted (``constant``), not averaged in."""
+
+    mean: float  # over the rows with a correlation (nan if none)
+    std: float
+    per_row: np.ndarray  # [n], nan for constant rows
+    constant: int  # rows left out: the learned or the true reward constant over time
+
+    @property
+    def counted(self) -> int:
+        return int(np.isfinite(self.per_row).sum())
+
+
+def within_spearman(learned: np.ndarray, true: np.ndarray) -> WithinSpearman:
+    """:class:`WithinSpearman` of per-step rewards ``learned [n, T]`` and ``true [n, T]``."""
+    learned, true = np.asarray(learned, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if learned.shape != true.shape or learned.ndim != 2:
+        raise ValueError(f"within_spearman: shapes {learned.shape} and {true.shape}: need [n, T]")
+    per_row = np.array([spearman(x, y) for x, y in zip(learned, true, strict=True)])
+    ok = np.isfinite(per_row)
+    mean = float(per_row[ok].mean()) if ok.any() else float("nan")
+    std = float(per_row[ok].std()) if ok.any() else float("nan")
+    return WithinSpearman(mean, std, per_row, int((~ok).sum()))
+
+
 def success_rate(
     env_id: str, env_kwargs: dict[str, Any], policy: Any, n_episodes: int, seed: int
 ) -> float:
@@ -319,7 +355,15 @@ def _ask_triplets(ctx: RunContext, settings: EpisodicSettings) -> PreferenceData
         env.id, settings.pool_episodes, ctx.seeds.seed, rng, eps, dict(env.kwargs), ctx.name
     )
     n = int(ctx.cfg.max_feedback)
-    queries = sample_triplets(pool, n, rng, new_triplet_ids(n, rng))
+    queries = sample_triplets(
+        pool,
+        n,
+        rng,
+        new_triplet_ids(n, rng),
+        settings.triplet_min_gap,
+        settings.equal_fraction,
+        0.5 * float(ctx.cfg.teacher.get("equal_gap", 0.0)),  # inside the teacher's tie threshold
+    )
     # teacher=human: the triplets go to the label store and this waits (wait.timeout_s) until
     # people have ranked them on the labeling page
     prefs = ask(teacher, queries, ctx.wait)
@@ -350,6 +394,7 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
         rng.bit_generator.state = state["rng"]
         reward_model = load_reward_model(checkpoint.dir / "reward_model.pt", device)
         fit, rho = state["reward_fit"], float(state["heldout_spearman"])
+        within = state["heldout_within"]
         with_demos = uses_demonstrations(reward_model)
     else:
         reward_model = make_reward_model(plain(cfg.reward), env.obs_dim, env.act_dim, device, env)
@@ -367,9 +412,17 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
         )
         predicted = reward_model.segment_returns(heldout).mean(0).cpu().numpy()
         rho = spearman(predicted, heldout.returns())
-        log.info(
-            "reward: Spearman %.3f with the true return on %d held-out videos", rho, len(heldout)
+        # the paper's metric: learned vs true per-step rewards within each held-out video
+        assert heldout.qpos is not None and heldout.qvel is not None
+        w = within_spearman(
+            episode_rewards(reward_model, heldout.qpos, heldout.qvel), heldout.true_reward
         )
+        within = {"mean": w.mean, "constant": w.constant, "counted": w.counted}
+        log.info(
+            "reward: Spearman %.3f with the true return on %d held-out videos; within-video "
+            "Spearman %.3f (%d videos; %d with a constant reward left out)",
+            rho, len(heldout), w.mean, w.counted, w.constant,
+        )  # fmt: skip
     reward_model.save(ctx.run_dir / "reward_model.pt")
 
     # --- the policy: PPO on the learned reward, relabeled per episode --------------------------
@@ -392,7 +445,8 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
         relabel.load_state_dict(state["relabel"])
 
     def save(step: int) -> None:
-        extra = {"rng": rng.bit_generator.state, "reward_fit": fit, "heldout_spearman": rho}
+        extra = {"rng": rng.bit_generator.state, "reward_fit": fit, "heldout_spearman": rho,
+                 "heldout_within": within}  # fmt: skip
         checkpoint.save(model, None, reward_model, {"num_timesteps": step, **extra,
                                                      "relabel": relabel.state_dict()})  # fmt: skip
 
@@ -423,6 +477,7 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
     record("eval/success_rate", success)
     record("eval/random_true_return", rand.mean)
     record("reward_model/heldout_spearman", rho)
+    record("reward_model/heldout_within_spearman", within["mean"])
     model.logger.dump(model.num_timesteps)
 
     summary = ctx.summary(
@@ -446,6 +501,8 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
             "pairs_derived": len(prefs),
             "reward_fit": fit,
             "heldout_spearman": rho,
+            "heldout_within_spearman": within["mean"],  # the paper's: over each video's steps
+            "heldout_within_constant": within["constant"],
             "heldout_videos": int(episodic.heldout_episodes),
             "demos": None
             if not with_demos
@@ -472,4 +529,5 @@ __all__ = [
     "check",
     "run",
     "spearman",
+    "within_spearman",
 ]

@@ -21,6 +21,7 @@ from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
 from pbrl.rewards.factor import FactorRewardConfig, FactorRewardModel
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.rewards.rapl import RAPLConfig, RAPLReward
+from pbrl.rewards.rlhf_linear import LinearHeadReward, LinearRewardConfig
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
 
 # kind -> (model class, its config dataclass)
@@ -31,6 +32,8 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "clip": (ClipReward, ClipRewardConfig),  # zero-shot CLIP reward on frames (VLM-RM)
     "rapl": (RAPLReward, RAPLConfig),  # RAPL: aligned encoder + OT reward on whole videos
     "factor": (FactorRewardModel, FactorRewardConfig),  # HERON's: obs + reward-factor values
+    # RAPL's RLHF baseline: the same frozen backbone + a linear scalar head, Bradley-Terry
+    "rlhf_linear": (LinearHeadReward, LinearRewardConfig),
 }
 
 
@@ -90,6 +93,8 @@ __all__ = [
     "FactorRewardModel",
     "ImageRewardConfig",
     "ImageRewardEnsemble",
+    "LinearHeadReward",
+    "LinearRewardConfig",
     "PreferenceTransformer",
     "PreferenceTransformerConfig",
     "RAPLConfig",

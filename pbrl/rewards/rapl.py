@@ -71,7 +71,7 @@ from pbrl.rewards.frame_cache import FrameCache, check_camera
 from pbrl.rewards.ot import COSTS, ot_similarity, ot_step_rewards
 from pbrl.rewards.resnet import (
     FEATURE_DIM,
-    ResNet18,
+    drop_classifier,
     load_backbone,
     normalize_frames,
     pretrain_backbone,
@@ -86,27 +86,23 @@ class RAPLInputError(ConfigError):
 
 
 @dataclass
-class RAPLConfig:
+class EncoderConfig:
+    """The frozen backbone and the frames it sees (shared by RAPL and the linear-head RLHF
+    baseline, :mod:`pbrl.rewards.rlhf_linear`)."""
+
     env_id: str = ""  # the env whose states are rendered (the config sets ${env.id})
     env_kwargs: dict[str, Any] = field(default_factory=dict)  # its gym.make arguments
     # free-camera overrides: distance, elevation, azimuth, lookat [x, y, z] ({}: default view)
     camera: dict[str, Any] = field(default_factory=dict)
     image_size: int = 112  # square frames (RAPL: 112 x 112)
-    align: bool = True  # False: the backbone's own features, untrained (the un-aligned baseline)
-    embed_dim: int = 32  # output of the trainable linear head
     backbone_weights: str = ""  # a torchvision resnet18 state_dict; "": pre-train one here
     pretrain_dir: str = "outputs/backbones"  # backbones pre-trained here are saved/found here
     pretrain_episodes: int = 20  # random-action episodes whose frames pre-train the backbone
     pretrain_steps: int = 100  # autoencoder steps on layer4 (pbrl.rewards.resnet)
     pretrain_batch_size: int = 16
     pretrain_seed: int = 0
-    frame_stride: int = 1  # every k-th frame of a video enters the transport
-    epsilon: float = 0.05  # Sinkhorn's entropic regularization, relative to the largest cost
-    sinkhorn_iters: int = 100
-    # cost between frame embeddings in the alignment loss: the reward's, see the module doc
-    train_cost: str = "cosine"
-    reward_cost: str = "cosine"  # cost between frame embeddings in the reward
-    reward_scale: float = 1.0  # lambda in r_t = -lambda [P* C^T]_tt
+    frame_stride: int = 1  # every k-th frame of a video enters the transport / the BT sum
+    n_frames: int = 0  # > 0: this many frames per video, evenly spaced (overrides frame_stride)
     learning_rate: float = 1e-3
     batch_size: int = 10  # triplets per gradient step
     epochs: int = 100  # epochs per training round (the best validation epoch is kept)
@@ -117,26 +113,19 @@ class RAPLConfig:
     def __post_init__(self) -> None:
         if not self.env_id:
             raise ConfigError(
-                "reward.env_id is empty: the RAPL reward renders that env's states "
+                "reward.env_id is empty: the reward renders that env's states "
                 "(conf/reward/rapl.yaml sets env_id: ${env.id})"
             )
-        for name in ("image_size", "embed_dim", "frame_stride", "sinkhorn_iters", "batch_size"):
+        for name in ("image_size", "frame_stride", "batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be positive")
         if self.image_size < 32:
             raise ConfigError(f"reward.image_size={self.image_size}: ResNet-18 needs >= 32 px")
-        for name in ("epochs", "pretrain_steps", "pretrain_episodes", "cache_features"):
+        for name in ("epochs", "pretrain_steps", "pretrain_episodes", "cache_features", "n_frames"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be >= 0")
-        if not self.epsilon > 0:
-            raise ConfigError(f"reward.epsilon={self.epsilon} must be positive")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"reward.val_fraction={self.val_fraction}: use 0 <= it < 1")
-        for name in ("train_cost", "reward_cost"):
-            if getattr(self, name) not in COSTS:
-                raise ConfigError(
-                    f"reward.{name}={getattr(self, name)!r}: use one of {', '.join(COSTS)}"
-                )
         if self.backbone_weights and not Path(self.backbone_weights).expanduser().is_file():
             raise ConfigError(
                 f"reward.backbone_weights={self.backbone_weights}: no such file; give the path "
@@ -150,6 +139,34 @@ class RAPLConfig:
         self.env_kwargs = dict(self.env_kwargs or {})
 
 
+@dataclass
+class RAPLConfig(EncoderConfig):
+    align: bool = True  # False: the backbone's own features, untrained (the un-aligned baseline)
+    embed_dim: int = 32  # output of the trainable linear head
+    epsilon: float = 0.05  # Sinkhorn's entropic regularization (relative: see relative_epsilon)
+    # True: the plan is solved on the cost divided by its largest entry (epsilon relative, a
+    # sharp plan); False: on the absolute cost (the official code: epsilon = 1, a diffuse plan)
+    relative_epsilon: bool = True
+    sinkhorn_iters: int = 100
+    # cost between frame embeddings in the alignment loss: the reward's, see the module doc
+    train_cost: str = "cosine"
+    reward_cost: str = "cosine"  # cost between frame embeddings in the reward
+    reward_scale: float = 1.0  # lambda in r_t = -lambda [P* C^T]_tt
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("embed_dim", "sinkhorn_iters"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"reward.{name}={getattr(self, name)} must be positive")
+        if not self.epsilon > 0:
+            raise ConfigError(f"reward.epsilon={self.epsilon} must be positive")
+        for name in ("train_cost", "reward_cost"):
+            if getattr(self, name) not in COSTS:
+                raise ConfigError(
+                    f"reward.{name}={getattr(self, name)!r}: use one of {', '.join(COSTS)}"
+                )
+
+
 def triplet_logits(
     anchor: torch.Tensor,
     first: torch.Tensor,
@@ -157,11 +174,17 @@ def triplet_logits(
     epsilon: float,
     cost: str = "euclidean",
     n_iters: int = 100,
+    relative_epsilon: bool = True,
 ) -> torch.Tensor:
     """``s(A, x1) - s(A, x2)`` for videos of frame embeddings ``[B, T, D]``: the logit of
     P(x1 is the one closer to the anchor), ``s = -sum(P* o C)``."""
     s = ot_similarity(
-        torch.cat([anchor, anchor]), torch.cat([first, second]), epsilon, cost, n_iters
+        torch.cat([anchor, anchor]),
+        torch.cat([first, second]),
+        epsilon,
+        cost,
+        n_iters,
+        normalize_cost=relative_epsilon,
     )
     return s[: len(anchor)] - s[len(anchor) :]
 
@@ -177,7 +200,7 @@ class VideoEncoder:
     """The frozen backbone and what feeds it: rendered frames of simulator states and their
     512-d features, cached by state (several reward heads may share one encoder)."""
 
-    def __init__(self, config: RAPLConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, config: EncoderConfig, device: str | torch.device = "cpu") -> None:
         self.config = cfg = config
         self.device = torch.device(device)
         self.frame_cache = FrameCache(
@@ -202,10 +225,10 @@ class VideoEncoder:
         )
         tag = hashlib.sha256(view.encode()).hexdigest()[:8]
         env = re.sub(r"[^A-Za-z0-9]+", "_", cfg.env_id).strip("_")
-        name = f"{env}_{cfg.image_size}px_ae{cfg.pretrain_steps}_s{cfg.pretrain_seed}_{tag}.pt"
+        name = f"{env}_{cfg.image_size}px_tv_ae{cfg.pretrain_steps}_s{cfg.pretrain_seed}_{tag}.pt"
         return Path(cfg.pretrain_dir) / name
 
-    def _backbone(self) -> tuple[ResNet18, dict[str, Any]]:
+    def _backbone(self) -> tuple[nn.Module, dict[str, Any]]:
         cfg = self.config
         if cfg.backbone_weights:
             return load_backbone(cfg.backbone_weights)
@@ -225,7 +248,7 @@ class VideoEncoder:
         info["env_id"] = cfg.env_id
         save_backbone(net, info, path)
         _, loaded = load_backbone(path)  # the record of the saved file (path, digest)
-        return net, loaded
+        return drop_classifier(net), loaded
 
     def rollout_frames(self, episodes: int, seed: int) -> np.ndarray:
         """Frames of the states of ``episodes`` random-action episodes (every
@@ -298,10 +321,12 @@ class VideoEncoder:
         return torch.stack([self._cache[k] for k in keys])
 
     def kept_steps(self, length: int) -> np.ndarray:
-        """The steps of a ``length``-step video whose frames enter the transport: every
-        ``frame_stride``-th one, ending at the last step."""
-        stride = self.config.frame_stride
-        return np.arange(length - 1, -1, -stride)[::-1]
+        """The steps of a ``length``-step video whose frames the reward sees, ending at the
+        last step: ``n_frames`` evenly spaced ones, or else every ``frame_stride``-th one."""
+        n = self.config.n_frames
+        if n:
+            return np.unique(np.linspace(length - 1, 0, min(n, length)).round().astype(int))
+        return np.arange(length - 1, -1, -self.config.frame_stride)[::-1]
 
     def video_features(self, segments: Segments) -> torch.Tensor:
         """Features ``[N, T', 512]`` of the states each segment reaches (``qpos[:, 1:]``;
@@ -394,7 +419,9 @@ class RAPLReward(EpisodeReward, nn.Module):
         b, k = len(x), len(d)
         xs = x[:, None].expand(b, k, *x.shape[1:])
         ds = d[None].expand(b, k, *d.shape[1:])
-        per_step = ot_step_rewards(xs, ds, cfg.epsilon, cfg.reward_cost, cfg.sinkhorn_iters)
+        per_step = ot_step_rewards(
+            xs, ds, cfg.epsilon, cfg.reward_cost, cfg.sinkhorn_iters, cfg.relative_epsilon
+        )
         closest = per_step.sum(-1).argmax(1)  # the largest similarity
         return cfg.reward_scale * per_step[torch.arange(b), closest]
 
@@ -404,8 +431,8 @@ class RAPLReward(EpisodeReward, nn.Module):
 
     def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         """Per-step rewards ``[B, T]`` of whole episodes with states ``qpos [B, T + 1, nq]``
-        (the reset state, then the state after each step). With ``frame_stride`` k each kept
-        frame's reward is spread evenly over the k steps it stands for."""
+        (the reset state, then the state after each step). Each kept frame's reward is spread
+        evenly over the steps it stands for (itself and the skipped ones before it)."""
         b, t1, nq = qpos.shape
         t = t1 - 1
         kept = self.encoder.kept_steps(t)
@@ -413,7 +440,7 @@ class RAPLReward(EpisodeReward, nn.Module):
             qpos[:, kept + 1].reshape(-1, nq), qvel[:, kept + 1].reshape(-1, qvel.shape[-1])
         ).reshape(b, len(kept), FEATURE_DIM)
         r = self.video_rewards(feats).cpu().numpy()  # [B, K]
-        block = np.minimum(np.arange(t) // self.config.frame_stride, len(kept) - 1)
+        block = np.searchsorted(kept, np.arange(t))  # the kept frame at or after each step
         counts = np.bincount(block, minlength=len(kept))
         return (r / counts)[:, block]
 
@@ -435,6 +462,7 @@ class RAPLReward(EpisodeReward, nn.Module):
             cfg.epsilon,
             cfg.train_cost,
             cfg.sinkhorn_iters,
+            cfg.relative_epsilon,
         )
 
     def triplet_loss(

@@ -1,18 +1,18 @@
-"""ResNet-18 in plain torch, with torchvision's ``state_dict`` layout, and its weights.
+"""RAPL's backbone: torchvision's ResNet-18, its weights, and pre-training on task frames.
 
-RAPL's encoder is a pre-trained ResNet-18 (frozen) with a trainable linear head. torchvision
-is not needed: :class:`ResNet18` has exactly the parameter and buffer names and shapes of
-``torchvision.models.resnet18()`` (``conv1``, ``bn1``, ``layer1.0.conv1`` ...
-``layer4.1.bn2``, ``fc``), so a checkpoint a user saved with
-``torch.save(torchvision.models.resnet18(weights=...).state_dict(), path)`` loads as it is
-(:func:`load_backbone`). Nothing is ever downloaded.
+RAPL's encoder is a pre-trained ResNet-18 (frozen) with a trainable linear head. The network
+is ``torchvision.models.resnet18`` (the ``rapl`` extra installs torchvision); its ImageNet
+classifier ``fc`` is dropped after the weights are loaded, so the backbone returns the pooled
+512-d feature. :func:`load_backbone` reads a file a user saved with
+``torch.save(torchvision.models.resnet18(weights="IMAGENET1K_V1").state_dict(), path)`` on a
+machine with internet (nothing is ever downloaded here).
 
 Without such a file, :func:`pretrain_backbone` pre-trains one here, self-supervised, on
 frames of the task rendered from random-action episodes. The method is chosen to be cheap on
 a CPU, where back-propagating through the whole network for thousands of frames takes
 hours:
 
-1. BatchNorm statistics: random initialization (torchvision's), then every BatchNorm layer's
+1. BatchNorm statistics: torchvision's random initialization, then every BatchNorm layer's
    running mean and variance estimated on the task's frames (one forward pass);
 2. the last stage (``layer4``, 8.4M of the 11.2M weights) trained as the encoder of an
    autoencoder: from the pooled 512-d feature, a linear decoder reconstructs a 28 x 28
@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,73 +48,64 @@ log = logging.getLogger("pbrl")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's weights expect this normalization
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_DIM = 512
+_OPS_STUB: list[Any] = []  # keeps the stub op library below alive
+
+
+def _torchvision() -> Any:
+    """``import torchvision``, or one error line saying how to install it.
+
+    A torchvision wheel whose compiled ops do not load beside the installed torch (say the
+    CUDA wheel beside a CPU-only torch of the same release) fails on import at two op
+    registrations that torchvision does not guard (``nms``, ``qnms``). ResNet-18 uses none of
+    its compiled ops, so their schemas are declared here and the import tried once more."""
+    try:
+        import torchvision
+    except ImportError:
+        raise ConfigError(
+            "RAPL's backbone is torchvision's ResNet-18: pip install -e '.[rapl]' (torchvision "
+            "matching your torch)"
+        ) from None
+    except RuntimeError as exc:
+        if "torchvision::nms" not in str(exc):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        for op in ("nms", "qnms"):
+            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _OPS_STUB.append(lib)
+        log.debug("torchvision's compiled ops do not load beside this torch; ResNet-18 needs none")
+        import torchvision
+    return torchvision
+
+
+def resnet18() -> nn.Module:
+    """``torchvision.models.resnet18()`` with torchvision's random initialization (``fc``, the
+    ImageNet classifier, still in place: checkpoints carry it)."""
+    return cast(nn.Module, _torchvision().models.resnet18(weights=None))
+
+
+def drop_classifier(net: nn.Module) -> nn.Module:
+    """The network returns the pooled 512-d feature: ``fc`` becomes the identity."""
+    cast(Any, net).fc = nn.Identity()
+    return net
+
+
+def stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Everything below ``layer4``: ``[B, 3, H, W]`` -> ``[B, 256, H/16, W/16]``."""
+    n = cast(Any, net)
+    x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+    return cast(torch.Tensor, n.layer3(n.layer2(n.layer1(x))))
+
+
+def top(net: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``layer4`` and the average pool: ``[B, 256, h, w]`` -> ``[B, 512]``."""
+    n = cast(Any, net)
+    return cast(torch.Tensor, n.avgpool(n.layer4(h)).flatten(1))
 
 
 class BackboneError(ConfigError):
     """A backbone weights file that does not exist or does not fit ResNet-18."""
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        skip = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + skip)
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 (He et al. 2016) as torchvision builds it; ``forward`` returns the pooled
-    512-d feature (``fc``, the ImageNet classifier, is kept only so that torchvision's
-    checkpoints load unchanged)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._stage(64, 64, 1)
-        self.layer2 = self._stage(64, 128, 2)
-        self.layer3 = self._stage(128, 256, 2)
-        self.layer4 = self._stage(256, 512, 2)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(FEATURE_DIM, 1000)
-        # torchvision's initialization
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    @staticmethod
-    def _stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1))
-
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything below ``layer4``: ``[B, 3, H, W]`` -> ``[B, 256, H/16, W/16]``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer3(self.layer2(self.layer1(x)))
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """``layer4`` and the average pool: ``[B, 256, h, w]`` -> ``[B, 512]``."""
-        return self.avgpool(self.layer4(h)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stem(x))
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -149,9 +141,10 @@ def _state_dict_of(blob: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in blob.items()}
 
 
-def load_backbone(path: str | os.PathLike[str]) -> tuple[ResNet18, dict[str, Any]]:
-    """A ResNet-18 with the weights in ``path`` (torchvision's layout, or a backbone
-    pre-trained by pbrl), and the record of where it came from."""
+def load_backbone(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """torchvision's ResNet-18 with the weights in ``path`` (a torchvision ``state_dict``, or a
+    backbone pre-trained by pbrl), its classifier dropped, and the record of where it came
+    from."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise BackboneError(
@@ -162,10 +155,11 @@ def load_backbone(path: str | os.PathLike[str]) -> tuple[ResNet18, dict[str, Any
         blob = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise BackboneError(
-            f"reward.backbone_weights={path}: cannot be read as a torch checkpoint ({exc})"
+            f"reward.backbone_weights={path}: cannot be read as a torch checkpoint "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ) from None
     state = _state_dict_of(blob, p)
-    net = ResNet18()
+    net = resnet18()
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -181,19 +175,25 @@ def load_backbone(path: str | os.PathLike[str]) -> tuple[ResNet18, dict[str, Any
             "torchvision resnet18 state_dict"
         )
     net.load_state_dict(state)
-    info: dict[str, Any] = {"source": "file", "path": str(p.resolve()), "sha256": file_digest(p)}
+    drop_classifier(net)
+    info: dict[str, Any] = {
+        "source": "file",
+        "network": "torchvision.models.resnet18",
+        "path": str(p.resolve()),
+        "sha256": file_digest(p),
+    }
     if isinstance(blob, dict) and isinstance(blob.get("info"), dict):
         info["pretraining"] = blob["info"]  # how pbrl pre-trained it
     return net, info
 
 
-def save_backbone(net: ResNet18, info: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``{"backbone": state_dict, "info": info}`` atomically."""
+def save_backbone(net: nn.Module, info: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``{"backbone": state_dict, "info": info}`` atomically (``net`` with its ``fc``)."""
     return save_atomically({"backbone": net.state_dict(), "info": info}, path)
 
 
 @torch.no_grad()
-def estimate_batchnorm(net: ResNet18, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def estimate_batchnorm(net: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Every BatchNorm layer's running statistics from frames ``x`` (cumulative averages
     over the batches, weights untouched); returns the stem's outputs on ``x`` (eval mode)."""
     for m in net.modules():
@@ -207,7 +207,7 @@ def estimate_batchnorm(net: ResNet18, x: torch.Tensor, batch_size: int = 64) -> 
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
     net.eval()
-    return torch.cat([net.stem(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([stem(net, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def pretrain_backbone(
@@ -217,29 +217,29 @@ def pretrain_backbone(
     learning_rate: float = 1e-3,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
-) -> tuple[ResNet18, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, Any]]:
     """Self-supervised pre-training on task frames ``[K, S, S, 3]`` uint8 (see the module
     docstring): BatchNorm statistics, then ``steps`` autoencoder steps on ``layer4``."""
     if len(frames) < 2:
         raise ValueError("pre-training needs at least 2 frames")
     started = time.time()
     torch.manual_seed(seed)
-    net = ResNet18()
+    net = resnet18()
     cast(Any, net).to(memory_format=torch.channels_last)
     x = normalize_frames(torch.as_tensor(frames))
-    stem = estimate_batchnorm(net, x)
+    below = estimate_batchnorm(net, x)
     pixels = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
     thumbs = nn.functional.adaptive_avg_pool2d(pixels, 28)  # [K, 3, 28, 28]
     decoder = nn.Linear(FEATURE_DIM, thumbs[0].numel())
-    params = [*net.layer4.parameters(), *decoder.parameters()]
+    params = [*cast(Any, net).layer4.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     gen = torch.Generator().manual_seed(seed)
-    net.layer4.train()
+    cast(Any, net).layer4.train()
     loss_v = float("nan")
     first_loss = float("nan")
     for step in range(steps):
         rows = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=gen)
-        recon = torch.sigmoid(decoder(net.head(stem[rows]))).view_as(thumbs[rows])
+        recon = torch.sigmoid(decoder(top(net, below[rows]))).view_as(thumbs[rows])
         loss = nn.functional.mse_loss(recon, thumbs[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -252,6 +252,7 @@ def pretrain_backbone(
     net.eval()
     info = {
         "source": "pretrained here",
+        "network": "torchvision.models.resnet18",
         "method": "random init + BatchNorm statistics on task frames + layer4 autoencoder "
         "(linear decoder to a 28x28 thumbnail)",
         "frames": len(frames),
