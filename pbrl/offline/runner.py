@@ -29,12 +29,13 @@ from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, scripted_preferences
 from pbrl.errors import ConfigError, closest, make_config
 from pbrl.evaluation import EvalResult
-from pbrl.offline import bc, cpl, dtr, iql, oppo
+from pbrl.offline import bc, cpl, dtr, iql, oppo, vpl_iql
 from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model, reward_kind_name
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import relabel_dataset, state_reward_fn
 from pbrl.run import Evaluation, Progress, RunSeeds, RunSummary, label_stats, plain, setup
+from pbrl.teachers.population import PopulationTeacher
 
 C = TypeVar("C", bound=OfflineAlgoConfig)
 
@@ -68,6 +69,7 @@ ALGORITHMS: dict[str, OfflineAlgorithm[Any]] = {
     "cpl": OfflineAlgorithm(cpl.CPLConfig, cpl.build),
     "oppo": OfflineAlgorithm(oppo.OPPOConfig, oppo.build),
     "dtr": OfflineAlgorithm(dtr.DTRConfig, dtr.build),
+    "vpl_iql": OfflineAlgorithm(vpl_iql.VPLIQLConfig, vpl_iql.build),  # IQL on s ⊕ user latent
 }
 
 
@@ -99,14 +101,17 @@ def make_labels(
             while cause.__cause__ is not None:
                 cause = cause.__cause__
             raise ConfigError(str(cause)) from exc
-        prefs = scripted_preferences(
-            data,
-            int(cfg.max_feedback),
-            length,
-            teacher,
-            rng,
-            float(cfg.dataset.get("tie_threshold", 0.0)),
-        )
+        if isinstance(teacher, PopulationTeacher):  # each member answers under its own id
+            prefs = teacher.label(data.sample_queries(int(cfg.max_feedback), length, rng))
+        else:
+            prefs = scripted_preferences(
+                data,
+                int(cfg.max_feedback),
+                length,
+                teacher,
+                rng,
+                float(cfg.dataset.get("tie_threshold", 0.0)),
+            )
     prefs.save(saved)
     return prefs
 
@@ -248,6 +253,11 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     labels = None
     if config.preference:
         labels = require_labels(make_labels(cfg, true_data, rng, run_dir), config.name)
+    user = str(cfg.get("user") or "")  # VPL: whose latent the policy acts for
+    if user and (labels is None or config.name != "vpl_iql"):
+        raise ConfigError(f"user={user} picks an annotator's latent: it needs algo=vpl_iql")
+    if user and labels is not None:
+        vpl_iql.user_labels(labels, user)  # an unknown user fails before any training
     # a preference learner never sees the true reward: it is only for oracles and evaluation
     data = (
         true_data.with_rewards(np.full(len(true_data), np.nan, np.float32))
@@ -289,6 +299,8 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # --- the algorithm -------------------------------------------------------------------
     total = int(cfg.total_timesteps)
     trainer = algorithm.build(config, data, labels, reward, total, device, int(cfg.seed))
+    if isinstance(trainer, vpl_iql.VPLIQLTrainer):
+        trainer.select_user(user)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     start, resumed = 0, (ckpt_dir / "trainer.pt").exists()
     if resumed:
@@ -377,6 +389,21 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             reward_model, lambda n, r: true_data.sample_queries(n, segment_length, r)
         )
         writer.add_scalar("reward_model/test_accuracy", test_acc, total)
+    users = None  # --- VPL: the policy for each annotator (or `user`), their latents inferred
+    if isinstance(trainer, vpl_iql.VPLIQLTrainer):
+        users = vpl_iql.evaluate_users(
+            trainer,
+            [user] if user else trainer.users,
+            str(cfg.env.id),
+            env_kwargs,
+            int(cfg.eval.n_episodes),
+            RunSeeds(int(cfg.seed)).eval,
+            evaluation.video_dir,
+            evaluation.video_size,
+        )
+        for name, res in users.items():
+            for goal, rate in res["reached"].items():
+                writer.add_scalar(f"eval/{name}/reached_{goal}", rate, total)
     writer.close()
 
     scores = true_data.normalized_score(np.asarray(ev.true_returns))
@@ -412,5 +439,6 @@ def run_offline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "dataset_ref_max_score": true_data.ref_max_score,
             "reward_model": reward_metrics or None,
             "train_time_s": train_time,
+            **({"users": users} if users is not None else {}),
         },
     ).write(run_dir)

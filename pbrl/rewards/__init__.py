@@ -19,6 +19,7 @@ from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.rewards.rapl import RAPLConfig, RAPLReward
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
+from pbrl.rewards.vpl import VPLConfig, VPLReward
 
 # kind -> (model class, its config dataclass)
 REWARD_MODELS: dict[str, tuple[Any, Any]] = {
@@ -27,6 +28,7 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "image": (ImageRewardEnsemble, ImageRewardConfig),  # CNN ensemble on rendered frames
     "clip": (ClipReward, ClipRewardConfig),  # zero-shot CLIP reward on frames (VLM-RM)
     "rapl": (RAPLReward, RAPLConfig),  # RAPL: aligned encoder + OT reward on whole videos
+    "vpl": (VPLReward, VPLConfig),  # VPL: r(s, z) with a user latent z inferred from labels
 }
 
 
@@ -72,6 +74,8 @@ __all__ = [
     "RewardEnsemble",
     "RewardModel",
     "RewardModelConfig",
+    "VPLConfig",
+    "VPLReward",
     "load_reward_model",
     "make_reward_model",
     "reward_kind_name",
