@@ -241,13 +241,15 @@ def rollout_user(
     for ep in range(n_episodes):
         obs, _ = env.reset(seed=seed + ep)
         agent.reset()
-        done, ret, info = False, 0.0, {}
+        done, ret = False, 0.0
+        info: dict[str, Any] = {}
         while not done:
             if ep == 0 and mj is not None:
                 qpos.append(mj.qpos.copy())
                 qvel.append(mj.qvel.copy())
             act = agent.act(np.asarray(obs, np.float32))
-            act = np.clip(act, env.action_space.low, env.action_space.high)  # type: ignore[attr-defined]
+            if isinstance(env.action_space, gym.spaces.Box):
+                act = np.clip(act, env.action_space.low, env.action_space.high)
             obs, r, term, trunc, info = env.step(act)
             ret, done = ret + float(r), term or trunc
         if ep == 0 and mj is not None:

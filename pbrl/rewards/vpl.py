@@ -235,7 +235,11 @@ class VPLReward(LatentReward, nn.Module):
     ) -> np.ndarray:
         """P(second ≻ first) ``[K, N]`` under each latent of ``z [K, Z]``."""
         self.eval()
-        return torch.sigmoid(self.returns_under(second, z) - self.returns_under(first, z)).cpu().numpy()
+        return (
+            torch.sigmoid(self.returns_under(second, z) - self.returns_under(first, z))
+            .cpu()
+            .numpy()
+        )
 
     def user_accuracy(self, dataset: PreferenceDataset, z: np.ndarray) -> float:
         """Agreement with non-tied, non-skipped labels of one user under their latent ``z``."""
