@@ -19,6 +19,7 @@ import numpy as np
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import LatentReward, RewardModel
+from pbrl.rewards.dispatch import has_latent
 
 METHODS = ("uniform", "disagreement", "entropy", "vpl_info")
 
@@ -93,7 +94,7 @@ class QuerySelector:
         if self.method == "uniform" or model is None:
             return sample(n)
         candidates = sample(n * self.large_batch)
-        if self.method == "vpl_info" and not isinstance(model, LatentReward):
+        if self.method == "vpl_info" and not has_latent(model):
             raise ConfigError(
                 f"query=vpl_info ranks pairs by what they tell about a user's latent: it needs "
                 f"reward=vpl, not {type(model).__name__}"

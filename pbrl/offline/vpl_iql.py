@@ -33,7 +33,7 @@ from pbrl.errors import ConfigError
 from pbrl.offline.common import Agent, Batch, LearnedReward, ObsNormalizer, PolicyAgent
 from pbrl.offline.iql import IQL, IQLConfig, minmax_rewards, scale_rewards
 from pbrl.rewards.base import LatentReward, trainable_pairs
-from pbrl.rewards.dispatch import Steps, score_steps_under
+from pbrl.rewards.dispatch import Steps, as_latent, has_latent, score_steps_under
 
 
 @dataclass
@@ -181,12 +181,12 @@ def build(
     device: torch.device,
     seed: int,
 ) -> VPLIQLTrainer:
-    if reward is None or labels is None or not isinstance(reward.model, LatentReward):
+    if reward is None or labels is None or not has_latent(reward.model):
         raise ConfigError(
             f"algo {config.name} conditions IQL on a user latent: it needs reward=vpl, "
             "algo.learn_reward=true and labels with annotator ids (teacher=population)"
         )
-    model = reward.model
+    model = as_latent(reward.model)
     rng = np.random.default_rng([seed, 7])
     latents, _ = latent_bank(model, labels, config.latents_per_user, rng)
     rewards = score_steps_under(model, Steps(data.observations, data.actions), latents)

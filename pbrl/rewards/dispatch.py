@@ -231,10 +231,11 @@ def set_demonstrations(model: RewardModel, segments: Segments) -> bool:
 
 def latent_of(model: RewardModel, pairs: Any) -> np.ndarray:
     """A user's latent inferred from their labeled pairs (a latent reward only)."""
-    return _latent(model).infer(pairs)
+    return as_latent(model).infer(pairs)
 
 
-def _latent(model: RewardModel) -> LatentReward:
+def as_latent(model: RewardModel) -> LatentReward:
+    """The model as a latent reward; one error line for any other kind."""
     if not isinstance(model, LatentReward):
         raise ConfigError(
             f"{type(model).__name__} has no user latent: a user's latent needs reward=vpl"
@@ -253,7 +254,7 @@ def score_steps_under(
 ) -> np.ndarray:
     """A latent reward's reward ``[K, N]`` (float32) of each transition under each latent of
     ``z [K, Z]`` (a user each), in batches."""
-    m = _latent(model)
+    m = as_latent(model)
     zs = np.asarray(z, dtype=np.float32).reshape(-1, m.latent_dim)
     out = np.empty((len(zs), len(steps)), dtype=np.float32)
     dev = m.device
@@ -272,6 +273,7 @@ def score_steps_under(
 
 __all__ = [
     "Steps",
+    "as_latent",
     "episode_rewards",
     "has_latent",
     "latent_of",
