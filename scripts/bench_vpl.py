@@ -66,7 +66,7 @@ class Settings:
     vpl_hidden: int = 128
     vpl_updates: int = 1500
     bt_hidden: int = 128
-    iql_steps: int = 10_000
+    iql_steps: int = 8000
     iql_hidden: int = 256
     eval_episodes: int = 20
     query_budgets: tuple[int, ...] = (16, 32, 64, 128)  # labels per user at each measurement
@@ -81,7 +81,7 @@ QUICK = Settings(
     vpl_hidden=64,
     vpl_updates=600,
     bt_hidden=64,
-    iql_steps=4000,
+    iql_steps=6000,
     iql_hidden=128,
     eval_episodes=10,
     query_budgets=(16, 32, 64),
@@ -161,8 +161,8 @@ def fit_bt(labels: PreferenceDataset, s: Settings, seed: int) -> RewardEnsemble:
 
 
 def iql_config(s: Settings) -> vpl_iql.VPLIQLConfig:
-    # the official VPL maze settings (expectile 0.9, temperature 10), for every method alike
-    return vpl_iql.VPLIQLConfig(expectile=0.9, beta=10.0, hidden=s.iql_hidden)
+    # conf/algo/vpl_iql.yaml's settings (expectile 0.7, β 3, γ 0.95), for every method alike
+    return vpl_iql.VPLIQLConfig(hidden=s.iql_hidden)
 
 
 def train(trainer: Any, steps: int, seed: int) -> Any:

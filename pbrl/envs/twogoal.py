@@ -2,7 +2,8 @@
 
 A MuJoCo model from an MJCF string (like :mod:`pbrl.envs.sweep`): a round agent that slides
 in the plane (two slide joints, velocity actuators, |action| <= 1 m/s), a fixed start near the
-bottom wall, and two goal discs near the top corners, goal ``a`` left (red) and goal ``b``
+bottom wall, and two goal discs near the top corners (the velocity target is
+scaled to at most 1 m/s in any direction), goal ``a`` left (red) and goal ``b``
 right (blue), that render but never collide.
 
 Who wants what is not the environment's business: it reports both goals as reward factors
@@ -143,6 +144,7 @@ class TwoGoalEnv(MujocoEnv, utils.EzPickle):
         self, action: np.ndarray
     ) -> tuple[np.ndarray, np.float64, bool, bool, dict[str, np.float64]]:
         action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        action = action / max(1.0, float(np.linalg.norm(action)))  # speed <= 1 in any direction
         self.do_simulation(action, self.frame_skip)
         xy = self.agent_xy
         info = {k: np.float64(v) for k, v in goal_factors(xy).items()}
@@ -157,9 +159,13 @@ class TwoGoalEnv(MujocoEnv, utils.EzPickle):
 def goal_seeking_action(
     obs: np.ndarray, goal: np.ndarray | None, rng: np.random.Generator, noise: float = 0.3
 ) -> np.ndarray:
-    """The dataset's behaviour: head for ``goal`` (proportional control, saturating at full
-    speed) with Gaussian action noise; ``goal=None`` is uniform random exploration."""
+    """The dataset's behaviour: head straight for ``goal`` (full speed, then proportional
+    over the last 0.125 m) with Gaussian action noise; ``goal=None`` is uniform random
+    exploration."""
     if goal is None:
         return rng.uniform(-1.0, 1.0, size=2)
-    act = np.clip(8.0 * (goal - np.asarray(obs)[:2]), -1.0, 1.0)
+    # straight at the goal: full speed, slowing down over the last 0.125 m
+    delta = goal - np.asarray(obs)[:2]
+    dist = float(np.linalg.norm(delta))
+    act = delta / max(dist, 1e-8) * min(1.0, 8.0 * dist)
     return np.clip(act + noise * rng.normal(size=2), -1.0, 1.0)

@@ -39,6 +39,7 @@ from pbrl.rewards.dispatch import Steps, as_latent, has_latent, score_steps_unde
 @dataclass
 class VPLIQLConfig(IQLConfig):
     name: str = "vpl_iql"
+    gamma: float = 0.95  # 50-step goal reaching: a 20-step horizon learns in a few thousand steps
     latents_per_user: int = 8  # latents per annotator in the policy's bank (random context sets)
     reward_kinds: ClassVar[tuple[str, ...]] = ("vpl",)
 
@@ -232,6 +233,8 @@ def rollout_user(
     video_size: tuple[int, int] = (240, 240),
 ) -> UserEval:
     """``n_episodes`` of ``agent``; which ``at_*`` flags held at each episode's end."""
+    import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
+
     env = gym.make(env_id, **env_kwargs)
     out = UserEval()
     ends: dict[str, list[float]] = {}
