@@ -53,7 +53,8 @@ ENV_IDS = {
     "ant": "Ant-v5",
     "twogoal": "pbrl/TwoGoal-v0",
 }
-KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert", "goals")
+SAC_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+KINDS = (*SAC_KINDS, "goals")
 GOAL_ENVS = ("pbrl/TwoGoal-v0",)  # envs with a scripted goal-seeking behaviour (kind goals)
 
 
@@ -64,7 +65,7 @@ def arg(default: Any, help: str) -> Any:  # noqa: A002
 @dataclass
 class BuildConfig:
     env: list[str] = arg(("hopper",), "robots (hopper, walker2d, halfcheetah, ant) or gym ids")
-    kinds: list[str] = arg(KINDS, "datasets to write: " + ", ".join(KINDS))
+    kinds: list[str] = arg(SAC_KINDS, "datasets to write: " + ", ".join(KINDS))
     namespace: str = arg("pbrl", "Minari namespace of the dataset ids")
     version: int = arg(0, "dataset version (the -vN suffix)")
     seed: int = arg(0, "seed of SAC, the rollouts and the environments")
