@@ -80,6 +80,8 @@ def validate(cfg: DictConfig) -> None:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise ConfigError(str(cause)) from exc
+    if cfg.get("user") and cfg.algo.get("kind", "online") != "offline":  # VPL's user latent
+        raise ConfigError(f"user={cfg.user} picks an annotator's latent: it needs algo=vpl_iql")
     if cfg.algo.get("kind", "online") == "offline":
         try:
             import minari  # noqa: F401
