@@ -42,6 +42,7 @@ class VPLConfig:
     hidden: int = 256  # hidden units of the encoder's pair MLP and of the decoder
     n_layers: int = 3  # hidden layers of each (paper: 3)
     use_action: bool = False  # r(s, a, z) if true; r(s, z) as in the paper otherwise
+    output: str = "linear"  # linear (the official decoder) | tanh (B-Pref's bounded rewards)
     context_size: int = 16  # labeled pairs per context set (paper: 16)
     kl_weight: float = 1.0  # β once annealed (the official code's default)
     kl_anneal_steps: int = 500  # gradient steps over which β rises from 0 (half-cosine)
@@ -105,6 +106,8 @@ class VPLReward(LatentReward, nn.Module):
         self.config = cfg = config or VPLConfig()
         if cfg.context_size < 1 or cfg.latent_dim < 1:
             raise ConfigError("reward.context_size and reward.latent_dim must be >= 1")
+        if cfg.output not in ("linear", "tanh"):
+            raise ConfigError(f"reward.output={cfg.output!r}: use linear or tanh")
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.latent_dim = int(cfg.latent_dim)
         self.context_size = int(cfg.context_size)
@@ -138,12 +141,17 @@ class VPLReward(LatentReward, nn.Module):
         x = torch.cat([obs.float(), act.float()], -1) if self.config.use_action else obs.float()
         return (x - self.in_mean) / self.in_std
 
+    def _decode(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-step reward of standardized features ``x [..., F]`` and latents ``z [..., Z]``."""
+        r = self.decoder(torch.cat([x, z], -1)).squeeze(-1)
+        return torch.tanh(r) if self.config.output == "tanh" else r
+
     def reward(self, obs: torch.Tensor, act: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Per-step reward ``[*batch]`` of ``obs [*batch, D]``, ``act [*batch, A]`` under
         ``z`` (``[Z]``, broadcast, or ``[*batch, Z]``)."""
         x = self._features(obs.to(self.device), act.to(self.device))
         z = z.to(self.device, torch.float32).expand(*x.shape[:-1], self.latent_dim)
-        return self.decoder(torch.cat([x, z], -1)).squeeze(-1)
+        return self._decode(x, z)
 
     def _pair_inputs(self, segments: tuple[Segments, Segments], labels: np.ndarray) -> torch.Tensor:
         """Encoder inputs ``[N, 2 T F + 1]``: both segments' standardized features (zeros on
@@ -217,8 +225,7 @@ class VPLReward(LatentReward, nn.Module):
         x = self._features(obs, act)  # [N, T, F]
         out = []
         for row in zt:
-            zz = row.expand(*x.shape[:-1], self.latent_dim)
-            r = self.decoder(torch.cat([x, zz], -1)).squeeze(-1)
+            r = self._decode(x, row.expand(*x.shape[:-1], self.latent_dim))
             out.append((r * mask).sum(-1))
         return torch.stack(out)
 
@@ -321,7 +328,7 @@ class VPLReward(LatentReward, nn.Module):
         mean, log_var = self.encode(pairs)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)  # [B, Z]
         zz = z[:, None, None, None, :].expand(*feats.shape[:-1], self.latent_dim)
-        r = self.decoder(torch.cat([feats, zz], -1)).squeeze(-1)  # [B, S, 2, T]
+        r = self._decode(feats, zz)  # [B, S, 2, T]
         ret = (r * mask).sum(-1)
         logits = ret[..., 1] - ret[..., 0]
         bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
