@@ -220,6 +220,11 @@ def test_save_load_round_trip_and_dispatch(goals: OfflineDataset, tmp_path) -> N
     assert r.shape == (len(goals),) and np.isfinite(r).all()
     with pytest.raises(ConfigError, match="unknown user"):
         back.latent_of("carol")
+    bounded = VPLReward(4, 2, VPLConfig(output="tanh", latent_dim=4))
+    r = bounded.reward(100 * torch.randn(64, 4), torch.zeros(64, 2), 100 * torch.randn(4))
+    assert r.abs().max() <= 1.0
+    with pytest.raises(ConfigError, match="reward.output"):
+        VPLReward(4, 2, VPLConfig(output="relu"))
 
 
 # -- queries -----------------------------------------------------------------------------------
