@@ -82,6 +82,8 @@ def validate(cfg: DictConfig) -> Checked:
     from pbrl.run import resolve_device
 
     resolve_device(str(cfg.device))
+    if cfg.get("user") and cfg.algo.get("kind", "online") != "offline":  # VPL's user latent
+        raise ConfigError(f"user={cfg.user} picks an annotator's latent: it needs algo=vpl_iql")
     if cfg.algo.get("kind", "online") == "offline":
         try:
             import minari  # noqa: F401

@@ -12,6 +12,12 @@ measured here (Minari's ``ref_min_score``/``ref_max_score``) and D4RL's for the 
 
     python scripts/make_dataset.py --env hopper walker2d            # small, ~10 min per env here
     python scripts/make_dataset.py --env hopper --preset full       # D4RL sizes (1M steps each)
+    python scripts/make_dataset.py --env twogoal --kinds goals      # VPL's two-goal task, seconds
+
+*goals* (pbrl/TwoGoal-v0 only, no SAC): each episode heads for goal a or goal b (40% each,
+after up to 15 random steps) with a noisy scripted controller, or explores at random (20%);
+the reward factors of both goals are stored per step (``infos``), so any user's preference
+can label its segments.
 
 Dataset ids: ``{namespace}/{env}/{kind}-v{version}``, e.g. ``pbrl/hopper/medium-replay-v0``;
 ``MINARI_DATASETS_PATH`` chooses the store. pbrl loads these and downloaded ones
@@ -37,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pbrl.envs  # noqa: E402, F401  (registers pbrl/ environments)
 from pbrl.data.offline import Episode, d4rl_reference, minari_root, save_minari  # noqa: E402
 
 ENV_IDS = {
@@ -44,8 +51,11 @@ ENV_IDS = {
     "walker2d": "Walker2d-v5",
     "halfcheetah": "HalfCheetah-v5",
     "ant": "Ant-v5",
+    "twogoal": "pbrl/TwoGoal-v0",
 }
-KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+SAC_KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
+KINDS = (*SAC_KINDS, "goals")
+GOAL_ENVS = ("pbrl/TwoGoal-v0",)  # envs with a scripted goal-seeking behaviour (kind goals)
 
 
 def arg(default: Any, help: str) -> Any:  # noqa: A002
@@ -55,7 +65,7 @@ def arg(default: Any, help: str) -> Any:  # noqa: A002
 @dataclass
 class BuildConfig:
     env: list[str] = arg(("hopper",), "robots (hopper, walker2d, halfcheetah, ant) or gym ids")
-    kinds: list[str] = arg(KINDS, "datasets to write: " + ", ".join(KINDS))
+    kinds: list[str] = arg(SAC_KINDS, "datasets to write: " + ", ".join(KINDS))
     namespace: str = arg("pbrl", "Minari namespace of the dataset ids")
     version: int = arg(0, "dataset version (the -vN suffix)")
     seed: int = arg(0, "seed of SAC, the rollouts and the environments")
@@ -125,7 +135,7 @@ def warn_if_no_expert(env_id: str, random_return: float, expert_return: float | 
 
 
 def dataset_id(cfg: BuildConfig, env: str, kind: str) -> str:
-    short = env.split("-")[0].lower()
+    short = env.split("-")[0].split("/")[-1].lower()
     return f"{cfg.namespace}/{short}/{kind}-v{cfg.version}"
 
 
@@ -147,6 +157,7 @@ class EpisodeRecorder(gym.Wrapper):
         self._rew: list[float] = []
         self._qpos: list[np.ndarray] = []
         self._qvel: list[np.ndarray] = []
+        self._factors: list[dict[str, float]] = []  # info["reward_<name>"] of each step
 
     def _state(self) -> None:
         data = self.env.unwrapped.data  # type: ignore[attr-defined]
@@ -166,6 +177,7 @@ class EpisodeRecorder(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._act.append(np.asarray(action, dtype=np.float32).copy())
         self._rew.append(float(reward))
+        self._factors.append({k: float(v) for k, v in info.items() if k.startswith("reward_")})
         self._obs.append(np.asarray(obs).copy())
         self._state()
         self.total_steps += 1
@@ -178,6 +190,8 @@ class EpisodeRecorder(gym.Wrapper):
         term = np.zeros(n, bool)
         trunc = np.zeros(n, bool)
         (term if terminated else trunc)[-1] = True
+        names = tuple(sorted(self._factors[0]))
+        factors = np.array([[f[k] for k in names] for f in self._factors]) if names else None
         self.episodes.append(
             Episode(
                 np.stack(self._obs),
@@ -187,6 +201,8 @@ class EpisodeRecorder(gym.Wrapper):
                 trunc,
                 np.stack(self._qpos),
                 np.stack(self._qvel),
+                factors,
+                names,
             )
         )
         self._new()
@@ -372,8 +388,41 @@ def build(cfg: BuildConfig) -> dict[str, str]:
     return written
 
 
+def goal_episodes(cfg: BuildConfig, env_id: str) -> list[Episode]:
+    """The *goals* behaviour: ``cfg.size`` transitions of episodes that head for one goal or
+    the other (after a random prefix) with a noisy controller, or explore at random."""
+    from pbrl.envs.twogoal import GOALS, goal_seeking_action
+
+    env = EpisodeRecorder(gym.make(env_id))
+    rng = np.random.default_rng(cfg.seed)
+    goals = list(GOALS.values())
+    steps, ep = 0, 0
+    while steps < cfg.size:
+        obs, _ = env.reset(seed=cfg.seed + ep)
+        u = rng.random()
+        goal = None if u < 0.2 else goals[int(u >= 0.6)]
+        prefix = int(rng.integers(0, 16))
+        done, t = False, 0
+        while not done and steps < cfg.size:
+            act = goal_seeking_action(obs, None if t < prefix else goal, rng)
+            obs, _, term, trunc, _ = env.step(act)
+            done, t, steps = term or trunc, t + 1, steps + 1
+        ep += 1
+    if env._act:
+        env._close(terminated=False)  # the cut-off episode: a timeout
+    env.close()
+    return env.episodes
+
+
 def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
     t0 = time.time()
+    if "goals" in cfg.kinds:
+        if env_id not in GOAL_ENVS or len(cfg.kinds) > 1:
+            raise SystemExit(
+                f"make_dataset: --kinds goals is the scripted two-goal behaviour of "
+                f"{', '.join(GOAL_ENVS)} alone (use --env twogoal --kinds goals)"
+            )
+        return write_goals(cfg, env_id, t0)
     rand_ret = float(
         np.mean(
             episode_returns(
@@ -505,6 +554,36 @@ def build_env(cfg: BuildConfig, env_id: str) -> dict[str, str]:
         )
     print(f"[{env_id}] done in {time.time() - t0:.0f} s; store: {minari_root()}", flush=True)
     return written
+
+
+def write_goals(cfg: BuildConfig, env_id: str, t0: float) -> dict[str, str]:
+    episodes = goal_episodes(cfg, env_id)
+    did = dataset_id(cfg, env_id, "goals")
+    rets = [e.ret for e in episodes]
+    meta = {
+        "builder": "scripts/make_dataset.py",
+        "behavior": "scripted goal seeking (40% goal a, 40% goal b, 20% random)",
+        "config": dataclasses.asdict(cfg),
+        "kind": "goals",
+        "episodes": len(episodes),
+        "transitions": int(sum(len(e) for e in episodes)),
+        "episode_return_mean": float(np.mean(rets)),
+    }
+    path = save_minari(
+        did,
+        episodes,
+        env_id,
+        metadata=meta,
+        algorithm_name="scripted goal seeking",
+        description=f"two-goal dataset on {env_id} built by pbrl (scripts/make_dataset.py)",
+        overwrite=cfg.overwrite,
+    )
+    print(
+        f"[{env_id}] wrote {did}: {meta['transitions']} transitions, {len(episodes)} episodes "
+        f"in {time.time() - t0:.0f} s; store: {minari_root()}",
+        flush=True,
+    )
+    return {did: str(path)}
 
 
 def parse_args(argv: list[str] | None = None) -> BuildConfig:

@@ -67,6 +67,8 @@ class Episode:
     truncations: np.ndarray  # [T] bool (time limit or end of collection; only the last)
     qpos: np.ndarray | None = None  # [T + 1, nq]
     qvel: np.ndarray | None = None  # [T + 1, nv]
+    factors: np.ndarray | None = None  # [T, K] reward factors the env reported per step
+    factor_names: tuple[str, ...] = ()  # their info keys (``reward_<name>``)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -98,6 +100,8 @@ class OfflineDataset:
     ref_min_score: float | None = None  # the dataset's own random return
     ref_max_score: float | None = None  # the dataset's own expert return
     metadata: dict[str, Any] = field(default_factory=dict)
+    factors: np.ndarray | None = None  # [N, K] reward factors (info["reward_<name>"]), if any
+    factor_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.rewards)
@@ -113,6 +117,8 @@ class OfflineDataset:
         self.step_in_episode = np.arange(n) - self.episode_starts[self.episode_of]
         if self.qpos is not None and len(self.qpos) != n + len(lengths):
             raise ValueError("OfflineDataset.qpos needs T + 1 states per episode")
+        if self.factors is not None and self.factors.shape != (n, len(self.factor_names)):
+            raise ValueError("OfflineDataset.factors needs one row per step, one name per column")
 
     # -- construction --------------------------------------------------------------------
     @staticmethod
@@ -120,6 +126,10 @@ class OfflineDataset:
         if not episodes:
             raise ValueError("OfflineDataset.from_episodes needs at least one episode")
         has_state = all(e.qpos is not None and e.qvel is not None for e in episodes)
+        names = episodes[0].factor_names
+        has_factors = bool(names) and all(
+            e.factors is not None and e.factor_names == names for e in episodes
+        )
         f32 = np.float32
         return OfflineDataset(
             observations=np.concatenate([e.observations[:-1] for e in episodes]).astype(f32),
@@ -136,6 +146,12 @@ class OfflineDataset:
             qvel=np.concatenate([e.qvel for e in episodes if e.qvel is not None])
             if has_state
             else None,
+            factors=np.concatenate([e.factors for e in episodes if e.factors is not None]).astype(
+                f32
+            )
+            if has_factors
+            else None,
+            factor_names=names if has_factors else (),
             **meta,
         )
 
@@ -194,6 +210,8 @@ class OfflineDataset:
             self.timeouts[s:t],
             qpos,
             qvel,
+            None if self.factors is None else self.factors[s:t],
+            self.factor_names if self.factors is not None else (),
         )
 
     # -- scores --------------------------------------------------------------------------
@@ -251,6 +269,9 @@ class OfflineDataset:
             steps = np.minimum(starts[:, None] + np.arange(length + 1), ep_end[:, None])
             sidx = steps + ep[:, None]
             qpos, qvel = self.qpos[sidx], self.qvel[sidx]
+        factors = None
+        if self.factors is not None:
+            factors = np.where(mask[..., None], self.factors[fill], 0.0).astype(np.float32)
         return Segments(
             obs=self.observations[fill],
             act=self.actions[fill],
@@ -260,6 +281,8 @@ class OfflineDataset:
             terminated=self.terminals[last],
             qpos=qpos,
             qvel=qvel,
+            reward_factors=factors,
+            factor_names=self.factor_names if factors is not None else (),
             episode=ep,
             start=self.step_in_episode[starts],
             env_id=self.env_id,
@@ -318,9 +341,13 @@ def save_minari(
         minari.delete_dataset(dataset_id)
     buffers = []
     for i, ep in enumerate(episodes):
-        infos = None
+        infos: dict[str, np.ndarray] | None = None
         if ep.qpos is not None and ep.qvel is not None:
             infos = {"qpos": np.asarray(ep.qpos), "qvel": np.asarray(ep.qvel)}
+        if ep.factors is not None and infos is not None:
+            # infos hold T + 1 rows (the reset's, then each step's): the reset has no factor
+            for k, name in enumerate(ep.factor_names):
+                infos[name] = np.concatenate([[0.0], ep.factors[:, k]])
         buffers.append(
             EpisodeBuffer(
                 id=i,
@@ -409,6 +436,10 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
         n = len(ep.rewards)
         if qpos is None or qvel is None or len(qpos) != n + 1:
             qpos = qvel = None
+        names = tuple(sorted(k for k in infos if k.startswith("reward_")))
+        factors = None  # infos' factors hold T + 1 rows: the reset's (none), then each step's
+        if names and all(len(infos[k]) == n + 1 for k in names):
+            factors = np.stack([np.asarray(infos[k])[1:] for k in names], -1)
         trunc = np.asarray(ep.truncations, dtype=bool).copy()
         term = np.asarray(ep.terminations, dtype=bool)
         if not (term[-1] or trunc[-1]):
@@ -422,6 +453,8 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
                 trunc,
                 qpos,
                 qvel,
+                factors,
+                names if factors is not None else (),
             )
         )
     meta = ds.storage.metadata

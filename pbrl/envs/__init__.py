@@ -30,3 +30,10 @@ register(
     entry_point="pbrl.envs.sweep:SweepEnv",
     max_episode_steps=50,
 )
+
+# A point mass and two goals that different users prefer (pbrl.envs.twogoal; VPL's task).
+register(
+    id="pbrl/TwoGoal-v0",
+    entry_point="pbrl.envs.twogoal:TwoGoalEnv",
+    max_episode_steps=50,
+)

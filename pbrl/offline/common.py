@@ -32,7 +32,7 @@ class OfflineAlgoConfig:
     dataclass adds its own, so the whole group is the config (no key is stripped)."""
 
     name: str = ""  # the registry key (pbrl.offline.runner.ALGORITHMS)
-    kind: str = "offline"  # pbrl.train runs offline algos with pbrl.offline.run_offline
+    kind: str = "offline"  # pbrl.recipes runs offline algos with pbrl.offline.runner.RECIPE
     preference: bool = False  # learns from preference labels (scripted or dataset.preferences)
     learn_reward: bool = False  # fit the ``reward`` group's model on the labels, relabel the data
 

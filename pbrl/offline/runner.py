@@ -1,6 +1,6 @@
 """The offline runner: dataset -> preference labels -> (reward model) -> algorithm -> evaluation.
 
-``python -m pbrl.train +exp=offline_iql_hopper`` reaches :func:`run_offline` through
+``python -m pbrl.train +exp=offline_iql_hopper`` reaches this recipe (``RECIPE``) through
 ``algo.kind: offline``. ``algo.name`` picks the algorithm from :data:`ALGORITHMS`; the whole
 ``algo`` group is its config dataclass. The runner makes the labels when the algorithm
 learns from them (``algo.preference``), fits the ``reward`` group's model on them and
@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from pbrl.data import PreferenceDataset
-from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, scripted_preferences
+from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences
 from pbrl.errors import ConfigError, closest, make_config
 from pbrl.evaluation import EvalResult
-from pbrl.offline import bc, cpl, dtr, iql, oppo
+from pbrl.offline import bc, cpl, dtr, iql, oppo, vpl_iql
 from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model, reward_kind_name
 from pbrl.rewards.base import RewardModel
@@ -68,6 +68,7 @@ ALGORITHMS: dict[str, OfflineAlgorithm[Any]] = {
     "cpl": OfflineAlgorithm(cpl.CPLConfig, cpl.build),
     "oppo": OfflineAlgorithm(oppo.OPPOConfig, oppo.build),
     "dtr": OfflineAlgorithm(dtr.DTRConfig, dtr.build),
+    "vpl_iql": OfflineAlgorithm(vpl_iql.VPLIQLConfig, vpl_iql.build),  # IQL on s ⊕ user latent
 }
 
 
@@ -97,15 +98,15 @@ def make_labels(
             prefs = prefs[np.arange(int(cfg.max_feedback))]
     else:
         assert teacher is not None  # asks_teacher
-        prefs = scripted_preferences(
-            data,
-            int(cfg.max_feedback),
-            length,
-            lambda q: ask(teacher, q, wait).labels,
-            rng,
-            float(cfg.dataset.get("tie_threshold", 0.0)),
-            teacher.name,
-        )
+        # Uni-RLHF's scripted pairs, answered through the teacher protocol (a population's
+        # members keep their own annotator ids)
+        queries = data.sample_queries(int(cfg.max_feedback), length, rng)
+        prefs = ask(teacher, queries, wait)
+        tie = float(cfg.dataset.get("tie_threshold", 0.0))
+        if tie > 0:  # 0.5 where the true segment returns differ by at most tie_threshold
+            close = np.abs(queries.first.returns() - queries.second.returns()) <= tie
+            ties = np.where(close & ~np.isnan(prefs.labels), 0.5, prefs.labels)
+            prefs = PreferenceDataset(queries, ties, prefs.annotator)
     prefs.save(saved)
     return prefs
 
@@ -249,6 +250,11 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
         labels = require_labels(
             make_labels(cfg, true_data, rng, run_dir, ctx.teacher, ctx.wait), config.name
         )
+    user = str(cfg.get("user") or "")  # VPL: whose latent the policy acts for
+    if user and (labels is None or config.name != "vpl_iql"):
+        raise ConfigError(f"user={user} picks an annotator's latent: it needs algo=vpl_iql")
+    if user and labels is not None:
+        vpl_iql.user_labels(labels, user)  # an unknown user fails before any training
     ckpt_dir.mkdir(parents=True, exist_ok=True)  # the data loaded: the run starts
     # a preference learner never sees the true reward: it is only for oracles and evaluation
     data = (
@@ -291,6 +297,8 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
     # --- the algorithm -------------------------------------------------------------------
     total = int(cfg.total_timesteps)
     trainer = algorithm.build(config, data, labels, reward, total, device, int(cfg.seed))
+    if isinstance(trainer, vpl_iql.VPLIQLTrainer):
+        trainer.select_user(user)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     start, resumed = 0, (ckpt_dir / "trainer.pt").exists()
     if resumed:
@@ -371,6 +379,21 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
             reward_model, lambda n, r: true_data.sample_queries(n, segment_length, r)
         )
         writer.add_scalar("reward_model/test_accuracy", test_acc, total)
+    users = None  # --- VPL: the policy for each annotator (or `user`), their latents inferred
+    if isinstance(trainer, vpl_iql.VPLIQLTrainer):
+        users = vpl_iql.evaluate_users(
+            trainer,
+            [user] if user else trainer.users,
+            str(cfg.env.id),
+            dict(ctx.env.kwargs),
+            int(cfg.eval.n_episodes),
+            ctx.seeds.eval,
+            evaluation.video_dir,
+            evaluation.video_size,
+        )
+        for name, res in users.items():
+            for goal, rate in res["reached"].items():
+                writer.add_scalar(f"eval/{name}/reached_{goal}", rate, total)
     writer.close()
 
     scores = true_data.normalized_score(np.asarray(ev.true_returns))
@@ -402,6 +425,7 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
             "dataset_ref_max_score": true_data.ref_max_score,
             "reward_model": reward_metrics or None,
             "train_time_s": train_time,
+            **({"users": users} if users is not None else {}),
         },
     ).write(run_dir)
     ctx.close()

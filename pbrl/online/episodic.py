@@ -14,9 +14,8 @@ episode is complete. PPO fits that exactly when every rollout holds whole episod
   what is there: SB3's bootstrap ``gamma V(s_T)`` at time-limit truncations) and recomputes
   returns and advantages (GAE) before PPO's update.
 
-:func:`run_episodic` is the RAPL experiment behind ``python -m pbrl.train +exp=rapl_sweep``
-(``algo.kind: episodic``, reached through a two-line hook in
-:func:`pbrl.online.trainer.run_online`). It reads top to bottom: behaviour videos,
+:func:`run` is the episodic recipe behind ``python -m pbrl.train +exp=rapl_sweep``
+(``algo.kind: episodic``, picked by :mod:`pbrl.recipes`). It reads top to bottom: behaviour videos,
 triplets ranked by the teacher, the reward aligned on them, its Spearman correlation with
 the true return on held-out videos, PPO on the learned reward, evaluation (true return and
 task success), ``summary.json``. Feedback is collected once, before the policy learns, as in

@@ -95,7 +95,7 @@ def episode_limit(env_id: str, env_kwargs: dict[str, Any]) -> int | None:
 _WARNED: set[str] = set()
 
 
-def _warn_once(message: str) -> None:  # validate() and run_online() both check a config
+def _warn_once(message: str) -> None:  # a config may be checked more than once (tests, sweeps)
     if message not in _WARNED:
         _WARNED.add(message)
         log.warning(message)

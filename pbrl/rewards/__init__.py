@@ -23,6 +23,7 @@ from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.rewards.rapl import RAPLConfig, RAPLReward
 from pbrl.rewards.rlhf_linear import LinearHeadReward, LinearRewardConfig
 from pbrl.rewards.transformer import PreferenceTransformer, PreferenceTransformerConfig
+from pbrl.rewards.vpl import VPLConfig, VPLReward
 
 # kind -> (model class, its config dataclass)
 REWARD_MODELS: dict[str, tuple[Any, Any]] = {
@@ -34,6 +35,7 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
     "factor": (FactorRewardModel, FactorRewardConfig),  # HERON's: obs + reward-factor values
     # RAPL's RLHF baseline: the same frozen backbone + a linear scalar head, Bradley-Terry
     "rlhf_linear": (LinearHeadReward, LinearRewardConfig),
+    "vpl": (VPLReward, VPLConfig),  # VPL: r(s, z) with a user latent z inferred from labels
 }
 
 
@@ -102,6 +104,8 @@ __all__ = [
     "RewardEnsemble",
     "RewardModel",
     "RewardModelConfig",
+    "VPLConfig",
+    "VPLReward",
     "load_reward_model",
     "make_reward_model",
     "reward_kind_name",

@@ -153,9 +153,14 @@ class EpisodeReward(RewardModel):
 
 
 class LatentReward(RewardModel):
-    """A per-step reward of ``(obs, act)`` conditioned on a user's latent ``z`` (VPL)."""
+    """A per-step reward of ``(obs, act)`` conditioned on a user's latent ``z`` (VPL).
+
+    A user's ``z`` comes from a context set of that user's labeled pairs (``context_size`` of
+    them); ``segment_returns`` scores under the latent of each annotator seen in training (the
+    population as "members")."""
 
     latent_dim: int
+    context_size: int  # labeled pairs of one user a latent is inferred from
 
     @abstractmethod
     def reward(self, obs: torch.Tensor, act: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -164,6 +169,16 @@ class LatentReward(RewardModel):
     @abstractmethod
     def infer(self, pairs: PreferenceDataset) -> np.ndarray:
         """The latent ``z [Z]`` (posterior mean) of the user who labeled ``pairs``."""
+
+    @abstractmethod
+    def posterior(self, pairs: PreferenceDataset) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and log-variance ``[Z]`` of q(z | pairs)."""
+
+    @abstractmethod
+    def preference_probs_under(
+        self, first: Segments, second: Segments, z: np.ndarray
+    ) -> np.ndarray:
+        """P(second ≻ first) ``[K, N]`` under each latent of ``z [K, Z]``."""
 
 
 class FactorReward(RewardModel):

@@ -182,6 +182,10 @@ def relabel_dataset(model: RewardModel, data: Any, length: int) -> np.ndarray:
         return score_steps(model, Steps(data.observations, data.actions))
     if isinstance(model, (ContextReward, FrameReward)):
         return np.asarray(model.relabel(data, length), dtype=np.float32)
+    if isinstance(model, LatentReward):  # the prior's mean user (z = 0); a policy conditioned
+        # on z relabels per user itself (score_steps_under)
+        zero = np.zeros((1, model.latent_dim), np.float32)
+        return score_steps_under(model, Steps(data.observations, data.actions), zero)[0]
     raise ConfigError(
         f"{type(model).__name__} is a {kind_of(model).__name__} and cannot relabel an offline "
         "dataset: use reward=ensemble, reward=transformer, reward=image or reward=clip"
@@ -227,22 +231,58 @@ def set_demonstrations(model: RewardModel, segments: Segments) -> bool:
 
 def latent_of(model: RewardModel, pairs: Any) -> np.ndarray:
     """A user's latent inferred from their labeled pairs (a latent reward only)."""
+    return as_latent(model).infer(pairs)
+
+
+def as_latent(model: RewardModel) -> LatentReward:
+    """The model as a latent reward; one error line for any other kind."""
     if not isinstance(model, LatentReward):
         raise ConfigError(
             f"{type(model).__name__} has no user latent: a user's latent needs reward=vpl"
         )
-    return model.infer(pairs)
+    return model
+
+
+def has_latent(model: Model | None) -> bool:
+    """Whether the reward is personalized by a user latent (its policy is conditioned on it)."""
+    return model is not None and issubclass(_cls(model), LatentReward)
+
+
+@torch.no_grad()
+def score_steps_under(
+    model: RewardModel, steps: Steps, z: np.ndarray, batch: int = 65536
+) -> np.ndarray:
+    """A latent reward's reward ``[K, N]`` (float32) of each transition under each latent of
+    ``z [K, Z]`` (a user each), in batches."""
+    m = as_latent(model)
+    zs = np.asarray(z, dtype=np.float32).reshape(-1, m.latent_dim)
+    out = np.empty((len(zs), len(steps)), dtype=np.float32)
+    dev = m.device
+    for k, row in enumerate(zs):
+        zt = torch.as_tensor(row, device=dev)
+        for i in range(0, len(steps), batch):
+            s = steps[i : i + batch]
+            r = m.reward(
+                torch.as_tensor(s.obs, device=dev, dtype=torch.float32),
+                torch.as_tensor(s.act, device=dev, dtype=torch.float32),
+                zt,
+            )
+            out[k, i : i + batch] = r.float().cpu().numpy()
+    return out
 
 
 __all__ = [
     "Steps",
+    "as_latent",
     "episode_rewards",
+    "has_latent",
     "latent_of",
     "member_rewards",
     "needs_labels",
     "relabel_dataset",
     "score_steps",
     "score_steps_on_device",
+    "score_steps_under",
     "scores_episodes",
     "scores_steps",
     "set_demonstrations",
