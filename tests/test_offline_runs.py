@@ -293,3 +293,19 @@ def test_the_offline_recipe_wired_by_hand(store, tmp_path, monkeypatch) -> None:
     data, learned = scope["data"], scope["learned"]
     assert learned.rewards.shape == (len(data),) and np.isfinite(learned.rewards).all()
     assert len(scope["labels"].trainable) > 0
+
+
+def test_an_offline_run_repeats_exactly(store, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The same seed, the same labels, reward and policy: the same summary figures."""
+    root, _ = store
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
+    keys = ("eval_true_return_mean", "num_labels", "reward_model_test_accuracy", "reward_model")
+    runs = []
+    for i in range(2):
+        cfg = compose_exp(
+            "offline_iql_hopper", [*TINY_RUN, f"dataset.id={TINY}/hopper/medium-replay-v0"]
+        )
+        summary = run_config(cfg, tmp_path / f"r{i}")
+        runs.append({k: summary[k] for k in keys})
+    runs[0]["reward_model"].pop("fit_time_s"), runs[1]["reward_model"].pop("fit_time_s")
+    assert runs[0] == runs[1]
