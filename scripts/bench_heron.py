@@ -151,7 +151,7 @@ def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None or not math.isfinite(v) else format(v, spec)
 
 
-SPECS = {"goal rate": ".2f", "mean action²": ".3f", "true return": ".1f", "comparisons": ".0f"}
+SPECS = {"goal rate": ".2f", "mean action²": ".2g", "true return": ".1f", "comparisons": ".0f"}
 
 
 def render(table: str, rows: dict[str, list[tuple[int, dict[str, float | None]]]]) -> str:
@@ -192,9 +192,11 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
                 out.append(f"- {text}: {value:.2f} -> {'met' if ok else 'NOT met'}")
         if heron and bt:
             ok = heron["goal rate"] >= bt["goal rate"]
+            tie = heron["goal rate"] == bt["goal rate"] == 0
             out.append(
                 f"- HERON goal rate >= BT's with the same comparisons: {heron['goal rate']:.2f} "
-                f"vs {bt['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
+                f"vs {bt['goal rate']:.2f} -> "
+                + ("not shown (neither reaches the flag)" if tie else "met" if ok else "NOT met")
             )
         if heron and true:
             target = 0.8 * true["goal rate"]
