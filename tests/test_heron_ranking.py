@@ -408,4 +408,4 @@ def test_hydra_teacher_ranking_store_override(tmp_path: Path) -> None:
     validate(cfg)
     teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
     assert teacher.ranking == ["forward", "survive", "ctrl"]
-    assert list(teacher.sigmas) == [1.0, 1.0, 0.5]  # the exp's sigma list, one per level
+    assert list(teacher.sigmas) == [0.1, 0.2, 0.5]  # the official sigmas, one per level

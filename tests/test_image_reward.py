@@ -397,7 +397,9 @@ def test_tiny_offline_run_labels_renders_relabels(tmp_path, monkeypatch):
     assert summary["reward_model_test_accuracy"] is not None
     assert summary["reward_model"]["true_reward_corr"] is not None
     labels = PreferenceDataset.load(run / "preferences.npz")
-    assert labels.queries.first.length == 1 and set(labels.annotator) == {"VLMTeacher"}
+    assert labels.queries.first.length == 1 and set(labels.annotator) == {
+        "vlm"
+    }  # the VLM answers as "vlm", as online
     model = load_reward_model(run / "checkpoint" / "reward_model.pt")
     assert isinstance(model, ImageRewardEnsemble) and model.env_id == "Hopper-v5"
 
