@@ -262,10 +262,13 @@ def test_pebble_oracle_learns_quickstart(tmp_path):
 
 
 def test_hand_wired_run_from_the_readme(tmp_path, monkeypatch):
-    """The README's hand-wired PEBBLE run (no Hydra), executed as written: labels arrive,
-    the reward model trains, the replay buffer is relabeled with it."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("<!-- hand-wired example -->\n```python\n", 1)[1].split("```", 1)[0]
+    """The hand-wired PEBBLE run (no Hydra) of docs/library.md, which the README links to,
+    executed as written: labels arrive, the reward model trains, the replay buffer is
+    relabeled with it."""
+    root = Path(__file__).resolve().parent.parent
+    assert "(docs/library.md)" in (root / "README.md").read_text()
+    page = (root / "docs" / "library.md").read_text()
+    block = page.split("<!-- hand-wired example -->\n```python\n", 1)[1].split("```", 1)[0]
     wiring = [
         line
         for line in block.splitlines()
@@ -274,7 +277,7 @@ def test_hand_wired_run_from_the_readme(tmp_path, monkeypatch):
     assert len(wiring) <= 15  # the issue's bound, as formatted by ruff
     monkeypatch.chdir(tmp_path)
     scope: dict = {"STEPS": 1500}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/library.md", "exec"), scope)
     feedback, sac, reward = scope["feedback"], scope["sac"], scope["reward"]
     assert feedback.state.queries == 50 and feedback.num_labels > 0
     assert feedback.state.updates >= 2 and sac.num_timesteps == 1500

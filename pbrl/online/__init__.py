@@ -11,7 +11,7 @@ Wiring a run by hand (no Hydra)::
                                 ScriptedTeacher())
     sac.learn(10_000, callback=CallbackList([feedback, PebbleCallback(feedback)]))
 
-(the README's example, run by ``tests/test_online.py``).
+(docs/library.md's example, run by ``tests/test_online.py``).
 """
 
 from pbrl.online.callbacks import CheckpointCallback, EvalCallback, LearnedReturnLogger, QueryVideos
