@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,10 +108,13 @@ def test_kill_during_a_feedback_round_resumes_without_asking_twice(tmp_path):
     run = tmp_path / "run"
     out = train(*ARGS, f"hydra.run.dir={run}", cwd=tmp_path, fault="feedback_round:3")
     assert killed(out), out.stderr[-2000:]
+    assert f"dir {run}" in out.stderr + out.stdout and "starting fresh" in out.stderr + out.stdout
     before, meta = PreferenceDataset.load_with_meta(run / "checkpoint" / "preferences.npz")
     assert len(before) == meta["feedback"]["queries"] == 2 * BATCH
     out = train(f"resume={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    said = out.stderr + out.stdout  # announced first: the checkpoint's step, the labels held
+    assert re.search(rf"resuming from step [1-9]\d*, labels {len(before.trainable)}\b", said)
     check_finished(run)
     after = PreferenceDataset.load(run / "checkpoint" / "preferences.npz")
     np.testing.assert_array_equal(after.queries.query_id[: len(before)], before.queries.query_id)

@@ -213,6 +213,8 @@ def test_train_cli(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     ok = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["algo"] == "bc"
+    said = ok.stdout + ok.stderr  # the first line of every run: where, on what, how much
+    assert "run offline_" in said and "gradient steps" in said and "starting fresh" in said
     bad = subprocess.run(
         [*base, "dataset.id=pbrl-tiny/hopper/nothing-v0"],
         cwd=tmp_path,
