@@ -489,7 +489,7 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
             "max_feedback=2",
             f"episodic.pool_episodes={12 if 'paper' in exp else 4}",  # separated triplets
             "episodic.heldout_episodes=3",
-            "episodic.n_demos=1",
+            "++episodic.n_demos=1",  # rapl_pusher uses preferred videos: no n_demos key
             *reward_overrides,
             f"algo.kwargs.n_steps={length}",
             f"algo.kwargs.batch_size={length}",
