@@ -31,6 +31,7 @@ from pbrl.rewards.base import RewardModel
 
 LABELS = "preferences.npz"
 STATE = "state.json"
+PROGRESS = "progress.json"  # an offline run's step, written beside its trainer.pt
 
 
 class Checkpoint:
@@ -132,6 +133,8 @@ class Checkpoint:
         if self.complete():
             state = json.loads((self.dir / STATE).read_text())
             step, found = int(state.get("num_timesteps", state.get("step", 0))), True
+        elif (self.dir / PROGRESS).exists():  # an offline run's trainer checkpoint
+            step, found = int(json.loads((self.dir / PROGRESS).read_text())["step"]), True
         for path in (self.labels, self.run_dir / LABELS):
             if path.exists():
                 labels, found = len(PreferenceDataset.load(path).trainable), True

@@ -278,6 +278,10 @@ def test_a_fake_state_reward_drives_the_offline_recipe(store, tmp_path, monkeypa
     assert summary["reward_model"]["epochs"] == 0  # the fake's fit ran, on real labels
     assert summary["num_labels"] > 0 and summary["eval_learned_return_mean"] is not None
     assert summary["reward_model"]["true_reward_corr"] != 0
+    from pbrl.checkpoint import Checkpoint
+
+    # what a resume announces: the trainer's last step and the labels held
+    assert Checkpoint(tmp_path).progress() == (12, summary["num_labels"])
 
 
 def test_the_offline_recipe_wired_by_hand(store, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -492,11 +492,19 @@ def scripted_preferences(
     """
     queries = data.sample_queries(num_queries, segment_length, rng)
     labels = np.asarray(teacher(queries), dtype=np.float64)
-    if tie_threshold > 0:
-        close = np.abs(queries.first.returns() - queries.second.returns()) <= tie_threshold
-        labels = np.where(close & ~np.isnan(labels), 0.5, labels)
     name = annotator or type(teacher).__name__
-    return PreferenceDataset(queries, labels, np.full(num_queries, name))
+    return with_ties(PreferenceDataset(queries, labels, np.full(num_queries, name)), tie_threshold)
+
+
+def with_ties(prefs: PreferenceDataset, tie_threshold: float) -> PreferenceDataset:
+    """Uni-RLHF's ties: 0.5 wherever the true segment returns differ by at most
+    ``tie_threshold`` (0 disables); skips stay skips, annotators are kept."""
+    if tie_threshold <= 0:
+        return prefs
+    q = prefs.queries
+    close = np.abs(q.first.returns() - q.second.returns()) <= tie_threshold
+    labels = np.where(close & ~np.isnan(prefs.labels), 0.5, prefs.labels)
+    return PreferenceDataset(q, labels, prefs.annotator, prefs.answered_at)
 
 
 INDEX_COLUMNS = ("start_1", "start_2", "label")

@@ -15,6 +15,17 @@ from typing import Any
 from pbrl.errors import ConfigError
 
 
+def time_limit(env_id: str, kwargs: Mapping[str, Any] | None = None) -> int | None:
+    """The env's time limit in steps (``max_episode_steps``, the kwargs' over the registry's),
+    or None; ``env_id`` must be registered."""
+    import gymnasium as gym
+
+    import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
+
+    limit = (kwargs or {}).get("max_episode_steps", gym.spec(env_id).max_episode_steps)
+    return None if limit is None else int(limit)
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     id: str
@@ -43,7 +54,6 @@ class EnvSpec:
         if env_id not in gym.registry:
             raise ConfigError(f"unknown env id {env_id!r} (env.id): see conf/env for choices")
         info = probe_env(env_id, kw)
-        limit = kw.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
         return cls(
             id=env_id,
             kwargs=kw,
@@ -52,24 +62,10 @@ class EnvSpec:
             act_dim=info.act_dim,
             factor_names=info.factor_names,
             state_dims=info.state_dims,
-            episode_limit=None if limit is None else int(limit),
+            episode_limit=time_limit(env_id, kw),
         )
 
     @classmethod
     def from_config(cls, env: Mapping[str, Any]) -> EnvSpec:
         """From the ``env`` group as plain values (``id``, ``kwargs``, optional ``camera``)."""
         return cls.of(str(env["id"]), env.get("kwargs") or {}, env.get("camera") or {})
-
-    @property
-    def has_state(self) -> bool:
-        """Whether the simulator state can be recorded and re-rendered (a MuJoCo env)."""
-        return self.state_dims is not None
-
-    def fixed_episode_length(self) -> int:
-        """The time limit, which episode-level rewards need (the env must not end earlier)."""
-        if self.episode_limit is None:
-            raise ConfigError(
-                f"{self.id} has no time limit: episode-level rewards need fixed-length episodes "
-                "(set env.kwargs.max_episode_steps)"
-            )
-        return self.episode_limit

@@ -24,8 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
+from pbrl.checkpoint import PROGRESS
 from pbrl.data import PreferenceDataset
-from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences
+from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, with_ties
 from pbrl.errors import ConfigError, closest, make_config
 from pbrl.evaluation import EvalResult
 from pbrl.offline import bc, cpl, dtr, iql, oppo, vpl_iql
@@ -101,12 +102,7 @@ def make_labels(
         # Uni-RLHF's scripted pairs, answered through the teacher protocol (a population's
         # members keep their own annotator ids)
         queries = data.sample_queries(int(cfg.max_feedback), length, rng)
-        prefs = ask(teacher, queries, wait)
-        tie = float(cfg.dataset.get("tie_threshold", 0.0))
-        if tie > 0:  # 0.5 where the true segment returns differ by at most tie_threshold
-            close = np.abs(queries.first.returns() - queries.second.returns()) <= tie
-            ties = np.where(close & ~np.isnan(prefs.labels), 0.5, prefs.labels)
-            prefs = PreferenceDataset(queries, ties, prefs.annotator)
+        prefs = with_ties(ask(teacher, queries, wait), float(cfg.dataset.get("tie_threshold", 0.0)))
     prefs.save(saved)
     return prefs
 
@@ -313,9 +309,9 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
             {"trainer": trainer.state_dict(), "generator": gen.get_state(), "step": step}, tmp
         )
         tmp.replace(ckpt_dir / "trainer.pt")
-        progress = ckpt_dir / "progress.json.tmp"  # read by the start-of-run announcement
+        progress = ckpt_dir / f"{PROGRESS}.tmp"  # read by the start-of-run announcement
         progress.write_text(json.dumps({"step": step}))
-        progress.replace(ckpt_dir / "progress.json")
+        progress.replace(ckpt_dir / PROGRESS)
 
     evaluation = ctx.evaluation
 

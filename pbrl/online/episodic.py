@@ -41,6 +41,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from pbrl.data import PreferenceDataset
 from pbrl.data.triplets import new_triplet_ids, sample_triplets
 from pbrl.envs.rollouts import EXPERTS, collect_episodes, task_success
+from pbrl.envs.spec import time_limit
 from pbrl.errors import ConfigError, make_config
 from pbrl.online.callbacks import CheckpointCallback, ProgressCallback, deterministic_policy
 from pbrl.online.logs import run_logger
@@ -116,9 +117,7 @@ class EpisodicSettings:
 
 def fixed_episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
     """The env's time limit: every episode's length (the env never terminates earlier)."""
-    import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
-
-    limit = env_kwargs.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
+    limit = time_limit(env_id, env_kwargs)
     if limit is None:
         raise ConfigError(
             f"{env_id} has no time limit: episode-level rewards need fixed-length episodes "

@@ -20,6 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from pbrl.data.pool import TrajectoryPool
+from pbrl.envs.spec import time_limit
 from pbrl.errors import ConfigError, make_config
 from pbrl.online.callbacks import (
     CheckpointCallback,
@@ -80,16 +81,6 @@ class OnlineAlgo:
             )
         if self.learned_reward == "value_target" and self.sb3 != "ppo":
             raise ConfigError("algo.learned_reward=value_target needs PPO (algo.sb3=ppo)")
-
-
-def episode_limit(env_id: str, env_kwargs: dict[str, Any]) -> int | None:
-    """The env's time limit in steps (``max_episode_steps``), or None."""
-    import gymnasium as gym
-
-    import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
-
-    limit = env_kwargs.get("max_episode_steps", gym.spec(env_id).max_episode_steps)
-    return None if limit is None else int(limit)
 
 
 _WARNED: set[str] = set()
@@ -167,7 +158,7 @@ def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
             f"total_timesteps={total} ({rounds} rounds of {schedule.batch_size} from step "
             f"{first}, every {schedule.every})"
         )
-    limit = episode_limit(str(cfg.env.id), plain(cfg.env.kwargs) or {})
+    limit = time_limit(str(cfg.env.id), plain(cfg.env.kwargs) or {})
     if limit is not None and schedule.segment_length > limit:
         raise ConfigError(
             f"feedback.segment_length={schedule.segment_length} is longer than an episode of "
