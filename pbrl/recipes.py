@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pbrl.errors import ConfigError
-from pbrl.run import Recipe, build_teacher, start_run, teacher_rng
+from pbrl.run import Recipe, build_teacher, check_label_page, start_run, teacher_rng
 from pbrl.teachers.base import Teacher
 
 # algo.kind -> the module whose RECIPE runs it (imported on use: each pulls its own stack)
@@ -49,9 +49,9 @@ def check(cfg: Any) -> Checked:
     recipe = recipe_for(cfg)
     settings = recipe.check(cfg)
     asks = recipe.asks_teacher(cfg, settings)
-    return Checked(
-        recipe, settings, build_teacher(cfg, teacher_rng(int(cfg.seed))) if asks else None
-    )
+    teacher = build_teacher(cfg, teacher_rng(int(cfg.seed))) if asks else None
+    check_label_page(cfg, teacher)
+    return Checked(recipe, settings, teacher)
 
 
 def run(cfg: Any, run_dir: str | Path, checked: Checked | None = None) -> dict[str, Any]:
@@ -60,7 +60,10 @@ def run(cfg: Any, run_dir: str | Path, checked: Checked | None = None) -> dict[s
     run_dir = Path(run_dir)
     checked = checked if checked is not None else check(cfg)
     ctx = start_run(cfg, run_dir, checked.teacher)
-    return checked.recipe.run(ctx, checked.settings)
+    try:
+        return checked.recipe.run(ctx, checked.settings)
+    finally:
+        ctx.close()  # a no-op after a recipe's own close; on an error, stops the page
 
 
 __all__ = ["RECIPES", "Checked", "check", "recipe_for", "run"]

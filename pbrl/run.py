@@ -9,11 +9,12 @@ A run directory holds ``config.yaml``, ``summary.json``, ``tb/`` (TensorBoard + 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from pbrl.errors import ConfigError
 from pbrl.evaluation import EvalResult, Policy, evaluate, peak_rss_mb
 from pbrl.rewards.base import RewardModel
 from pbrl.teachers.base import Teacher, WaitPolicy, checked_teacher
+
+if TYPE_CHECKING:
+    from pbrl.gui.server import BackgroundServer
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -274,6 +278,7 @@ class RunContext:
     evaluation: Evaluation
     video_root: Path
     started: float = field(default_factory=time.time)
+    page: BackgroundServer | None = None  # the labeling page, when this run serves it
 
     def summary(self, algo: str, **values: Any) -> RunSummary:
         """A :class:`RunSummary` with this run's identity filled in."""
@@ -293,8 +298,14 @@ class RunContext:
         return {**plain(self.cfg.teacher), **self.teacher.describe()}
 
     def close(self) -> None:
+        """Stop the labeling page and close the teacher (once; :func:`pbrl.recipes.run` also
+        calls it when a recipe fails)."""
+        if self.page is not None:
+            self.page.stop()
+            self.page = None
         if self.teacher is not None:
-            self.teacher.close()  # e.g. stops a labeling page served from this process
+            self.teacher.close()
+            self.teacher = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +337,46 @@ def build_teacher(cfg: Any, rng: np.random.Generator) -> Teacher:
     return checked_teacher(teacher)
 
 
+def check_label_page(cfg: Any, teacher: Teacher | None) -> None:
+    """``label_page.serve=true`` needs a teacher that asks people and an address the page may
+    bind (a token off loopback): checked before anything slow."""
+    page = cfg.get("label_page") or {}
+    if not page.get("serve", False):
+        return
+    if teacher is None or teacher.label_store() is None:
+        name = cfg.teacher.get("_target_", "?").rsplit(".", 1)[-1] if teacher else "none"
+        raise ConfigError(
+            f"label_page.serve=true, but this run's teacher ({name}) asks no people: use "
+            "teacher=human or teacher=vlm_then_human, or drop label_page.serve"
+        )
+    from pbrl.gui.server import check_bind
+
+    try:
+        check_bind(str(page.get("host", "127.0.0.1")), page.get("token"))
+    except ValueError as exc:
+        raise ConfigError(f"label_page: {exc}") from None
+
+
+def serve_label_page(cfg: Any, teacher: Teacher | None) -> BackgroundServer | None:
+    """The labeling page for the teacher's label store, served from a thread of this process
+    when ``label_page.serve=true`` (else people run ``python -m pbrl.label serve``)."""
+    page = cfg.get("label_page") or {}
+    store = teacher.label_store() if teacher is not None else None
+    if not page.get("serve", False) or store is None or teacher is None:
+        return None
+    from pbrl.gui.server import BackgroundServer
+    from pbrl.store import LabelStore
+
+    LabelStore(store).close()  # the page opens an existing store: create it now, as people
+    # may open the page before the first round
+    server = BackgroundServer(
+        store, str(page.get("host", "127.0.0.1")), int(page.get("port", 8000)), page.get("token")
+    ).start()
+    teacher.show_page(server.url)
+    logging.getLogger("pbrl").info("labeling page: %s/", server.url)
+    return server
+
+
 def wait_policy(cfg: Any) -> WaitPolicy:
     """The run's ``wait`` group (how long to wait for teachers that answer later)."""
     w = cfg.get("wait") or {}
@@ -350,8 +401,6 @@ def budget(cfg: Any) -> str:
 def announce(cfg: Any, run_dir: Path, resuming: bool = False) -> None:
     """The first line of every run, before anything slow: where it writes, on which device,
     its budget, and whether it resumes (from which step, with how many labels)."""
-    import logging
-
     from pbrl.checkpoint import Checkpoint
 
     progress = Checkpoint(run_dir).progress() if resuming else None
@@ -399,5 +448,5 @@ def start_run(cfg: Any, run_dir: Path, teacher: Teacher | None) -> RunContext:
     )
     return RunContext(
         cfg, run_dir, name, seeds, rng, device, env, checkpoint, teacher, wait_policy(cfg),
-        evaluation, video_root, started,
+        evaluation, video_root, started, serve_label_page(cfg, teacher),
     )  # fmt: skip

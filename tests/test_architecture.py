@@ -15,7 +15,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.data", "pbrl.store", "pbrl.sim", "pbrl.envs"),
     ("pbrl.regret",),  # the delivery domain's planning and preference models
     ("pbrl.video", "pbrl.evaluation", "pbrl.rewards"),
-    ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
+    ("pbrl.teachers",),
+    ("pbrl.gui",),  # the labeling page: above the teachers, so no teacher can start it
     ("pbrl.query", "pbrl.run", "pbrl.checkpoint"),
     ("pbrl.online", "pbrl.offline"),
     (

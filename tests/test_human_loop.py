@@ -176,7 +176,6 @@ def test_bad_teacher_settings_fail_when_built(tmp_path: Path) -> None:
     for kwargs, words in [
         ({"answers_per_query": 0}, "answers_per_query"),
         ({"aggregate": "mean"}, "aggregate"),
-        ({"serve": True, "host": "0.0.0.0"}, "without a token"),
         ({"store": ""}, "store"),
     ]:
         with pytest.raises(TeacherConfigError, match=words):
@@ -184,12 +183,26 @@ def test_bad_teacher_settings_fail_when_built(tmp_path: Path) -> None:
     assert not (tmp_path / "s.sqlite").exists()  # building a teacher touches no files
 
 
-def test_serve_from_the_trainer_and_show_the_eval_video(tmp_path: Path) -> None:
+def test_the_run_serves_the_page_and_the_teacher_shows_the_eval_video(tmp_path: Path) -> None:
+    """``label_page.serve=true``: the run (not the teacher) serves the page for the teacher's
+    store, the teacher's messages point to it, and closing the run stops it."""
+    from pbrl import recipes
+    from pbrl.run import start_run
     from pbrl.video import write_video
 
     port = free_port()
-    teacher = HumanTeacher(str(tmp_path / "s.sqlite"), serve=True, port=port)
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=["+exp=quickstart", "teacher=human", f"teacher.store={tmp_path / 's.sqlite'}",
+                       "label_page.serve=true", f"label_page.port={port}"],
+        )  # fmt: skip
+    checked = recipes.check(cfg)
+    teacher = checked.teacher
+    assert isinstance(teacher, HumanTeacher)
+    ctx = start_run(cfg, tmp_path / "run", teacher)
     try:
+        assert f"http://127.0.0.1:{port}" in teacher.where()
         teacher.submit(pair_queries([1.0], [0.0]))
         video = write_video(np.zeros((3, 16, 16, 3), np.uint8), tmp_path / "eval.mp4", fps=5)
         teacher.show_eval_video(video, step=4000, true_return=17.0)
@@ -198,7 +211,26 @@ def test_serve_from_the_trainer_and_show_the_eval_video(tmp_path: Path) -> None:
         assert status["eval_video"]["step"] == "4000"
         assert httpx.get(f"http://127.0.0.1:{port}{status['eval_video']['url']}").status_code == 200
     finally:
-        teacher.close()
+        ctx.close()
+    with pytest.raises(httpx.TransportError):  # closing the run stopped the page
+        httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=2)
+
+
+def test_label_page_settings_are_checked_before_the_run(tmp_path: Path) -> None:
+    from pbrl import recipes
+    from pbrl.errors import ConfigError
+
+    store = f"teacher.store={tmp_path / 's.sqlite'}"
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        for overrides, words in [
+            (["teacher=human", store, "label_page.serve=true", "label_page.host=0.0.0.0"],
+             "label_page: refusing to serve on 0.0.0.0 without a token"),
+            (["label_page.serve=true"], r"teacher \(ScriptedTeacher\) asks no people"),
+        ]:  # fmt: skip
+            cfg = compose("config", overrides=["+exp=quickstart", *overrides])
+            with pytest.raises(ConfigError, match=words):
+                recipes.check(cfg)
+    assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_hydra_builds_the_human_teacher_from_config(tmp_path: Path) -> None:

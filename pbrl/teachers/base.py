@@ -79,6 +79,14 @@ class Teacher(ABC):
         """Where answers come from, for messages about waiting (e.g. the labeling page)."""
         return ""
 
+    def label_store(self) -> Path | None:
+        """The label store people answer this teacher's queries in (None: it asks no people).
+        The run serves the labeling page for it when ``label_page.serve=true``."""
+        return None
+
+    def show_page(self, url: str) -> None:  # noqa: B027  (an optional hook)
+        """The address of the labeling page the run serves for :meth:`label_store`."""
+
     def set_factor_spread(self, factor_names: Sequence[str], std: np.ndarray) -> None:  # noqa: B027
         """The spread of each reward factor over the buffer the next pairs come from (HERON's
         ``margin: buffer`` uses it)."""

@@ -7,7 +7,7 @@ keeps training on the labels it has. People label meanwhile on the page::
 
     python -m pbrl.label serve --store labels/<exp name>.sqlite
 
-(or set ``teacher.serve=true`` to serve the page from the training process).
+(or set ``label_page.serve=true``: the run serves the page from its own process).
 
 The teacher never waits: how long a run waits for people is the run's ``wait`` settings
 (:class:`~pbrl.teachers.base.WaitPolicy`): by default a round blocks, for at most
@@ -44,10 +44,6 @@ class HumanTeacher(Teacher):
         aggregate: str = "majority",
         task: str | None = None,
         env_kwargs: dict[str, Any] | None = None,
-        serve: bool = False,
-        host: str = "127.0.0.1",
-        port: int = 8000,
-        token: str | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         if not store:
@@ -58,13 +54,6 @@ class HumanTeacher(Teacher):
             raise TeacherConfigError(f"teacher.aggregate={aggregate!r}: use majority or first")
         # the labeling page (served here or by `pbrl.label serve`) is the gui extra
         require_extra("gui", ("fastapi", "uvicorn"), "teacher=human (its labeling page)")
-        if serve:
-            from pbrl.gui.server import check_bind
-
-            try:
-                check_bind(host, token)
-            except ValueError as exc:
-                raise TeacherConfigError(f"teacher.serve: {exc}") from None
         self.store_path = Path(store).expanduser()
         try:
             check_writable(self.store_path)  # before training starts, not at the first round
@@ -76,12 +65,11 @@ class HumanTeacher(Teacher):
 
             env_kwargs = cast(dict[str, Any], OmegaConf.to_container(env_kwargs, resolve=True))
         self.task, self.env_kwargs = task, dict(env_kwargs or {})
-        self.serve, self.host, self.port, self.token = serve, host, int(port), token
         self.rng = rng
-        # Opened on first use: building the teacher (the trainer validates its config by
-        # building one) must not create files or start servers.
+        # Opened on first use: building the teacher (the run's config check builds it) must
+        # not create files.
         self._store: LabelStore | None = None
-        self._server: Any = None
+        self.page_url: str | None = None  # set by the run when it serves the page
         self.sources: list[str] = []
         self.labels_received = 0  # usable labels handed to the trainer so far
         self.submitted = 0
@@ -93,13 +81,6 @@ class HumanTeacher(Teacher):
             self._store = LabelStore(self.store_path)
             if self.task:
                 self._store.set_meta(task=self.task)
-            if self.serve:
-                from pbrl.gui.server import BackgroundServer
-
-                self._server = BackgroundServer(
-                    self._store, self.host, self.port, self.token
-                ).start()
-                log.info("labeling page: %s/", self._server.url)
         return self._store
 
     # -- the asynchronous teacher protocol -------------------------------------------------------
@@ -118,16 +99,11 @@ class HumanTeacher(Teacher):
         )
         self.submitted += len(queries)
         counts = self.store.counts()
-        where = (
-            self._server.url + "/"
-            if self._server
-            else (f"python -m pbrl.label serve --store {self.store.path}")
-        )
         log.info(
-            "%d queries waiting for people (%d answered so far): %s",
+            "%d queries waiting for people (%d answered so far). %s",
             counts["pending"],
             counts["answered"],
-            where,
+            self.where(),
         )
 
     def collect(self) -> PreferenceDataset | None:
@@ -144,9 +120,15 @@ class HumanTeacher(Teacher):
         return self.store.uncollected(self.sources) if self.sources else 0
 
     def where(self) -> str:
-        if self._server is not None:
-            return f"Label at {self._server.url}/"
+        if self.page_url is not None:
+            return f"Label at {self.page_url}/"
         return f"Label at: python -m pbrl.label serve --store {self.store_path}"
+
+    def label_store(self) -> Path:
+        return self.store_path
+
+    def show_page(self, url: str) -> None:
+        self.page_url = url
 
     # -- extras --------------------------------------------------------------------------------------
     def show_eval_video(
@@ -166,8 +148,5 @@ class HumanTeacher(Teacher):
         return self.sources[0]
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
         if self._store is not None:
             self._store.close()

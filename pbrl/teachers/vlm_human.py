@@ -98,6 +98,12 @@ class VLMThenHuman(Teacher):
         self.from_people = 0  # answers from people (skips included)
         self._window = {"routed": 0, "contested": 0, "vlm_labels": 0, "people_answers": 0}
 
+    def label_store(self) -> Path:
+        return self.human.label_store()
+
+    def show_page(self, url: str) -> None:
+        self.human.show_page(url)
+
     # -- the asynchronous teacher protocol ---------------------------------------------------
     def set_reward_model(self, model: RewardModel | None) -> None:
         """The current reward model (None before its first fit): see ``disagreement``."""
