@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -460,3 +461,69 @@ def test_tiny_online_run_routes_unsure_pairs_to_the_store(
     assert store.counts()["total"] == routed and len(store.suggestions()) == routed
     text = "".join(p.read_text() for p in (run / "tb").rglob("*.csv"))
     assert "preferences/vlm_human_routed" in text
+
+
+def test_tiny_offline_run_routes_unsure_pairs_to_people_on_the_runs_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """python -m pbrl.train +exp=offline_vlm_iql_hopper teacher=vlm_then_human
+    label_page.serve=true: the offline recipe asks the routing teacher through the same
+    protocol as online runs; the pairs the VLM is unsure about go to the page the run serves,
+    a scripted person answers them there, and the run trains on both sources' labels."""
+    pytest.importorskip("minari", reason="offline datasets need the `offline` extra")
+    from test_image_reward import hopper_dataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    dataset_id = hopper_dataset(tmp_path / "minari")
+    run, store, port = tmp_path / "run", tmp_path / "labels.sqlite", free_port()
+    url = f"http://127.0.0.1:{port}"
+    person = ScriptedPerson(url, store, name="person")
+
+    def label_once_the_page_is_up() -> None:
+        while not person.stop.is_set():
+            try:
+                httpx.get(f"{url}/api/status", timeout=1)
+            except httpx.TransportError:
+                time.sleep(0.1)
+                continue
+            try:
+                person.run()
+            except httpx.TransportError:  # the run ended and stopped its page (the labels
+                pass  # the run used are checked below)
+            return
+
+    helper = threading.Thread(target=label_once_the_page_is_up, daemon=True)
+    helper.start()
+    try:
+        with RecordingMockVLM(score_rendered=True, malformed=0.5, seed=1) as vlm:
+            run_train(
+                ["+exp=offline_vlm_iql_hopper", f"dataset.id={dataset_id}",
+                 "++env.kwargs.max_episode_steps=60", "total_timesteps=10", "max_feedback=16",
+                 "eval.n_episodes=1", "eval.random_episodes=1", "eval.test_queries=16",
+                 "checkpoint_every=5", "video.enabled=false", "progress_bar=false",
+                 "reward.max_epochs=2", "reward.image_size=32", "reward.hidden=16",
+                 "algo.batch_size=32", "algo.hidden=32", "teacher=vlm_then_human",
+                 f"teacher.vlm.base_url={vlm.base_url}", f"teacher.vlm.model={vlm.model}",
+                 "teacher.vlm.api_key_env=null", f"teacher.vlm.cache={tmp_path}/vlm.sqlite",
+                 "teacher.vlm.size=64", f"teacher.human.store={store}",
+                 "label_page.serve=true", f"label_page.port={port}",
+                 "wait.timeout_s=120", "wait.poll_s=0.05", f"hydra.run.dir={run}"],
+                monkeypatch,
+            )  # fmt: skip
+    finally:
+        person.stop.set()
+        helper.join(10)
+    assert not person.errors, person.errors[:3]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher"]["_target_"] == "pbrl.teachers.vlm_human.VLMThenHuman"
+    routed = summary["teacher"]["routed_to_people"]
+    assert 0 < routed < 16 and summary["num_queries"] == 16
+    labels = PreferenceDataset.load(run / "preferences.npz")
+    answered_by = {a for a, lab in zip(labels.annotator, labels.labels, strict=True) if lab == lab}
+    assert answered_by == {"vlm", "person"}  # both sources' labels reach the offline reward
+    assert sorted(person.answered) == sorted(
+        q for q, a in zip(labels.queries.query_id, labels.annotator, strict=True) if a == "person"
+    )
+    with pytest.raises(httpx.TransportError):  # the run stopped its page when it ended
+        httpx.get(f"{url}/api/status", timeout=2)

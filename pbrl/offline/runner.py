@@ -107,14 +107,15 @@ def make_labels(
     return prefs
 
 
-def teacher_info(cfg: DictConfig, labels: PreferenceDataset | None) -> dict[str, Any] | None:
-    """The summary's ``teacher``: the scripted teacher's config, the label file, or None."""
+def teacher_info(ctx: RunContext, labels: PreferenceDataset | None) -> dict[str, Any] | None:
+    """The summary's ``teacher``: the label file, or the teacher's config with what it
+    reports about itself (as online runs), or None."""
     if labels is None:
         return None
-    path = cfg.dataset.get("preferences")
+    path = ctx.cfg.dataset.get("preferences")
     if path:
         return {"source": "file", "path": str(Path(str(path)).expanduser())}
-    return plain(cfg.teacher)
+    return ctx.teacher_summary() or plain(ctx.cfg.teacher)
 
 
 # -- the learned reward --------------------------------------------------------------------
@@ -399,7 +400,7 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
         total_timesteps=total,
         num_labels=0 if labels is None else len(labels.trainable),
         num_queries=0 if labels is None else len(labels),
-        teacher=teacher_info(cfg, labels),
+        teacher=teacher_info(ctx, labels),
         eval_true_return_mean=ev.mean,
         eval_true_return_std=ev.std,
         eval_learned_return_mean=(
