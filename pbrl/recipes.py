@@ -14,6 +14,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
 from pbrl.errors import ConfigError
 from pbrl.run import Recipe, build_teacher, check_label_page, start_run, teacher_rng
 from pbrl.teachers.base import Teacher
@@ -26,7 +28,7 @@ RECIPES = {
 }
 
 
-def recipe_for(cfg: Any) -> Recipe:
+def recipe_for(cfg: DictConfig) -> Recipe:
     kind = str(cfg.algo.get("kind", "online"))
     if kind not in RECIPES:
         raise ConfigError(f"algo.kind={kind!r}: choose one of {', '.join(RECIPES)}")
@@ -44,7 +46,7 @@ class Checked:
     teacher: Teacher | None
 
 
-def check(cfg: Any) -> Checked:
+def check(cfg: DictConfig) -> Checked:
     """The recipe of ``cfg``, its typed settings and its teacher (when the run asks one)."""
     recipe = recipe_for(cfg)
     settings = recipe.check(cfg)
@@ -54,7 +56,7 @@ def check(cfg: Any) -> Checked:
     return Checked(recipe, settings, teacher)
 
 
-def run(cfg: Any, run_dir: str | Path, checked: Checked | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, checked: Checked | None = None) -> dict[str, Any]:
     """Run ``cfg`` into ``run_dir`` (a fresh directory, or one to resume): its summary.
     (``python -m pbrl.train`` announces the run and checks the config before this.)"""
     run_dir = Path(run_dir)

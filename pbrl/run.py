@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from pbrl.checkpoint import Checkpoint
 from pbrl.data import PreferenceDataset, Queries
@@ -30,6 +30,8 @@ from pbrl.rewards.base import RewardModel
 from pbrl.teachers.base import Teacher, WaitPolicy, checked_teacher
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from pbrl.gui.server import BackgroundServer
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -208,7 +210,7 @@ class Progress:
         self.every_n = max(1, int(self.total * every_fraction))
         self.every_s, self.last_n = every_s, self.n
         self.postfix: dict[str, Any] = {}
-        self.bar: Any = None
+        self.bar: tqdm | None = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -265,7 +267,7 @@ class RunContext:
     A recipe (``pbrl.online.trainer``, ``pbrl.online.episodic``, ``pbrl.offline.runner``) takes
     it with its typed settings and reads top to bottom from there."""
 
-    cfg: Any  # the validated DictConfig (recipes read their own groups from it)
+    cfg: DictConfig  # the validated config (recipes read their own groups from it)
     run_dir: Path
     name: str
     seeds: RunSeeds
@@ -315,12 +317,12 @@ class Recipe:
     ``asks_teacher(cfg, settings)`` says whether the run needs a teacher, and
     ``run(ctx, settings)`` trains, evaluates and writes the summary."""
 
-    check: Callable[[Any], Any]
-    asks_teacher: Callable[[Any, Any], bool]
+    check: Callable[[DictConfig], Any]  # -> the recipe's typed settings
+    asks_teacher: Callable[[DictConfig, Any], bool]
     run: Callable[[RunContext, Any], dict[str, Any]]
 
 
-def build_teacher(cfg: Any, rng: np.random.Generator) -> Teacher:
+def build_teacher(cfg: DictConfig, rng: np.random.Generator) -> Teacher:
     """The ``teacher`` group's teacher; a bad setting is a :class:`ConfigError` naming its
     cause."""
     from hydra.utils import instantiate
@@ -337,7 +339,7 @@ def build_teacher(cfg: Any, rng: np.random.Generator) -> Teacher:
     return checked_teacher(teacher)
 
 
-def check_label_page(cfg: Any, teacher: Teacher | None) -> None:
+def check_label_page(cfg: DictConfig, teacher: Teacher | None) -> None:
     """``label_page.serve=true`` needs a teacher that asks people and an address the page may
     bind (a token off loopback): checked before anything slow."""
     page = cfg.get("label_page") or {}
@@ -357,7 +359,7 @@ def check_label_page(cfg: Any, teacher: Teacher | None) -> None:
         raise ConfigError(f"label_page: {exc}") from None
 
 
-def serve_label_page(cfg: Any, teacher: Teacher | None) -> BackgroundServer | None:
+def serve_label_page(cfg: DictConfig, teacher: Teacher | None) -> BackgroundServer | None:
     """The labeling page for the teacher's label store, served from a thread of this process
     when ``label_page.serve=true`` (else people run ``python -m pbrl.label serve``)."""
     page = cfg.get("label_page") or {}
@@ -377,7 +379,7 @@ def serve_label_page(cfg: Any, teacher: Teacher | None) -> BackgroundServer | No
     return server
 
 
-def wait_policy(cfg: Any) -> WaitPolicy:
+def wait_policy(cfg: DictConfig) -> WaitPolicy:
     """The run's ``wait`` group (how long to wait for teachers that answer later)."""
     w = cfg.get("wait") or {}
     timeout = w.get("timeout_s", 600.0)
@@ -388,7 +390,7 @@ def wait_policy(cfg: Any) -> WaitPolicy:
     )
 
 
-def budget(cfg: Any) -> str:
+def budget(cfg: DictConfig) -> str:
     """What a run will spend, read off its config: steps and labels."""
     kind = str(cfg.algo.get("kind", "online"))
     steps = f"{int(cfg.total_timesteps)} {'gradient' if kind == 'offline' else 'env'} steps"
@@ -398,7 +400,7 @@ def budget(cfg: Any) -> str:
     return f"{steps}, {int(cfg.max_feedback)} {unit}"
 
 
-def announce(cfg: Any, run_dir: Path, resuming: bool = False) -> None:
+def announce(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> None:
     """The first line of every run, before anything slow: where it writes, on which device,
     its budget, and whether it resumes (from which step, with how many labels)."""
     from pbrl.checkpoint import Checkpoint
@@ -422,7 +424,7 @@ def teacher_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.default_rng(seed).integers(2**63))
 
 
-def start_run(cfg: Any, run_dir: Path, teacher: Teacher | None) -> RunContext:
+def start_run(cfg: DictConfig, run_dir: Path, teacher: Teacher | None) -> RunContext:
     """The context of a run whose config was checked (its teacher built then, with
     :func:`teacher_rng`): seeds everything from ``cfg.seed``, probes the env once, recovers
     the checkpoint directory and sets up evaluation."""
