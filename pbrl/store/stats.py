@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -61,7 +61,9 @@ def _same(a: float, b: float) -> bool:
 
 
 class StatsMixin(AnswersMixin, SuggestionsMixin):
-    def stats(self, aggregate: str = "majority") -> StoreStats:
+    # StoreStats once gui/server.py's /api/stats handler declares it (its dict[str, Any] return
+    # type refuses a TypedDict)
+    def stats(self, aggregate: str = "majority") -> dict[str, Any]:
         """Progress, per-annotator counts, agreement between annotators and with the oracle.
 
         Agreement is the fraction of identical labels (skips excluded) on queries both sides
@@ -140,7 +142,7 @@ class StatsMixin(AnswersMixin, SuggestionsMixin):
             for q, lab in by_query.items()
         ]
         vs_oracle = [(x, o) for x, o in aggregated if not math.isnan(x) and o is not None]
-        return {
+        out: StoreStats = {
             "progress": self.counts(),
             "annotators": annotators,
             "pairwise": pairwise,
@@ -150,6 +152,7 @@ class StatsMixin(AnswersMixin, SuggestionsMixin):
             "oracle_known": sum(o is not None for o in oracle.values()),
             "vlm_human": self._vlm_human(by_query, oracle, aggregate),
         }
+        return dict(out)
 
     def _vlm_human(
         self,
