@@ -469,7 +469,7 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
     )
 
 
-def _opt_float(x: Any) -> float | None:
+def _opt_float(x: float | str | None) -> float | None:
     return None if x is None else float(x)
 
 

@@ -61,8 +61,8 @@ def _same(a: float, b: float) -> bool:
 
 
 class StatsMixin(AnswersMixin, SuggestionsMixin):
-    # StoreStats once gui/server.py's /api/stats handler declares it (its dict[str, Any] return
-    # type refuses a TypedDict)
+    # StoreStats once gui/server.py's /api/stats handler declares it (its plain dict return type
+    # refuses a TypedDict)
     def stats(self, aggregate: str = "majority") -> dict[str, Any]:
         """Progress, per-annotator counts, agreement between annotators and with the oracle.
 
