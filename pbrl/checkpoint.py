@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class Checkpoint:
         model: BaseAlgorithm,
         pool: TrajectoryPool | None,
         reward_model: RewardModel | None,
-        state: dict[str, Any],
+        state: Mapping[str, object],
     ) -> None:
         """An SB3 agent's checkpoint (its replay buffer and VecNormalize statistics included),
         the pool and the reward model, with the generators' states in ``state.json``."""
@@ -84,7 +84,7 @@ class Checkpoint:
 
         self.save_with(write, state)
 
-    def save_with(self, write: Callable[[Path], None], state: dict[str, Any]) -> None:
+    def save_with(self, write: Callable[[Path], None], state: Mapping[str, object]) -> None:
         """A checkpoint whose files ``write(folder)`` puts in ``folder``, with ``state`` (and
         torch's generator state) in ``state.json``; the labels file is carried over."""
         if self.new.exists():
@@ -141,7 +141,7 @@ class Checkpoint:
                 break
         return (step, labels) if found else None
 
-    def read_state(self) -> dict[str, Any]:
+    def read_state(self) -> dict[str, Any]:  # JSON values, as saved
         self.verify()
         state: dict[str, Any] = json.loads((self.dir / STATE).read_text())
         torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))

@@ -12,7 +12,7 @@ import os
 import signal
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ def require_extra(extra: str, modules: tuple[str, ...], what: str) -> None:
             ) from None
 
 
-def make_config(cls: type[T], values: Mapping[str, Any] | None, where: str) -> T:
+def make_config(cls: type[T], values: Mapping[str, object] | None, where: str) -> T:
     """``cls(**values)`` for a settings dataclass; an unknown key is a :class:`ConfigError`
     that names it, the closest valid key and all valid keys (``where`` is the config path)."""
     assert is_dataclass(cls)

@@ -23,11 +23,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import quote
 
 from pbrl.errors import require_extra
 from pbrl.store import AGGREGATES, LabelStore, Ranking, StoreError
+from pbrl.store.stats import Agreement
 
 
 class CliError(Exception):
@@ -322,7 +323,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
         return
     p = stats["progress"]
 
-    def pct(r: dict[str, Any]) -> str:
+    def pct(r: Agreement) -> str:
         return "-" if r["agreement"] is None else f"{100 * r['agreement']:.0f}% (n={r['n']})"
 
     print(
@@ -341,7 +342,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
         )
     v = stats["vlm_human"]
     if v["suggestions"]:
-        both = {"agreement": v["agreement"], "n": v["both_decided"]}
+        both: Agreement = {"agreement": v["agreement"], "n": v["both_decided"]}
         print(
             f"VLM suggestions: {v['suggestions']} pairs ({v['unsure']} unsure), "
             f"{v['answered_by_people']} answered by people; VLM vs people: {pct(both)} "
@@ -413,7 +414,7 @@ def cmd_ranking(args: argparse.Namespace) -> None:
         store.set_ranking(args.run, names, higher, args.annotator)
     history = store.rankings(args.run)
     if args.json:
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "run": info.name,
             "env_id": info.env_id,
             "factors": list(info.factors),

@@ -128,7 +128,7 @@ def resume_config(cfg: DictConfig) -> tuple[DictConfig, Path]:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def _main(cfg: DictConfig) -> dict[str, Any]:
+def _main(cfg: DictConfig) -> dict[str, object]:
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = hydra_dir
     resuming = bool(cfg.resume)

@@ -193,7 +193,8 @@ class StateRenderer:
         self.close()
 
 
-_cache: dict[tuple[Any, ...], StateRenderer] = {}
+# (thread, env_id, width, height, camera_id) -> its renderer
+_cache: dict[tuple[int, str, int, int, int | None], StateRenderer] = {}
 _cache_lock = threading.Lock()
 
 
@@ -269,7 +270,7 @@ def write_segment_video(
 ) -> Path:
     """Write the clip of segment row ``i`` (at the env's ``render_fps`` unless given)."""
     frames = segment_frames(segments, i, renderer)
-    return write_video(frames, path, fps=_fps(fps, renderer), codec=codec)
+    return write_video(frames, path, fps=clip_fps(fps, renderer), codec=codec)
 
 
 def write_pair_video(
@@ -286,10 +287,11 @@ def write_pair_video(
     frames = side_by_side(
         segment_frames(first, i, renderer), segment_frames(second, i, renderer), gap=gap
     )
-    return write_video(frames, path, fps=_fps(fps, renderer), codec=codec)
+    return write_video(frames, path, fps=clip_fps(fps, renderer), codec=codec)
 
 
-def _fps(fps: float | None, renderer: StateRenderer) -> float:
+def clip_fps(fps: float | None, renderer: StateRenderer) -> float:
+    """The clip's frame rate: ``fps`` if given, else the env's ``render_fps`` (ValueError if none)."""
     if fps is not None:
         return float(fps)
     if renderer.fps is None:
@@ -388,5 +390,5 @@ def record_episode(
             frames.append(renderer.frame())
             if terminated or truncated:
                 break
-        out = write_video(np.stack(frames), path, fps=_fps(fps, renderer), codec=codec)
+        out = write_video(np.stack(frames), path, fps=clip_fps(fps, renderer), codec=codec)
     return total, out

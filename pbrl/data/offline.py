@@ -19,7 +19,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,7 @@ class OfflineDataset:
     env_id: str = ""
     ref_min_score: float | None = None  # the dataset's own random return
     ref_max_score: float | None = None  # the dataset's own expert return
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)  # JSON values from the file
     factors: np.ndarray | None = None  # [N, K] reward factors (info["reward_<name>"]), if any
     factor_names: tuple[str, ...] = ()
 
@@ -319,7 +319,7 @@ def save_minari(
     env_id: str,
     ref_min_score: float | None = None,
     ref_max_score: float | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: Mapping[str, object] | None = None,
     description: str = "",
     algorithm_name: str = "",
     overwrite: bool = False,
@@ -373,7 +373,7 @@ def save_minari(
             description=description or None,
             author="pbrl",
         )
-    extra: dict[str, Any] = {"pbrl": metadata or {}}
+    extra: dict[str, object] = {"pbrl": metadata or {}}
     ref = d4rl_reference(env_id)
     if ref is not None:
         extra["d4rl_ref_min_score"], extra["d4rl_ref_max_score"] = ref
@@ -469,7 +469,7 @@ def load_dataset(dataset_id: str) -> OfflineDataset:
     )
 
 
-def _opt_float(x: Any) -> float | None:
+def _opt_float(x: float | str | None) -> float | None:
     return None if x is None else float(x)
 
 

@@ -13,13 +13,14 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from pbrl.data.segments import Segments
+from pbrl.data.segments import Rows, Segments
 
 SKIP = float("nan")
 VALID_LABELS = (0.0, 0.5, 1.0)
@@ -119,7 +120,7 @@ class Queries:
     def __len__(self) -> int:
         return len(self.first)
 
-    def __getitem__(self, index: Any) -> Queries:
+    def __getitem__(self, index: Rows) -> Queries:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         return Queries(self.first[index], self.second[index], self.query_id[index])
@@ -152,7 +153,7 @@ class PreferenceDataset:
         """Indices of labels a reward model trains on (everything but skips)."""
         return np.flatnonzero(~np.isnan(self.labels))
 
-    def __getitem__(self, index: Any) -> PreferenceDataset:
+    def __getitem__(self, index: Rows) -> PreferenceDataset:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
         assert self.annotator is not None and self.answered_at is not None
@@ -178,7 +179,7 @@ class PreferenceDataset:
         )
 
     # -- files -------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
+    def save(self, path: str | os.PathLike[str], meta: Mapping[str, object] | None = None) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves half a dataset.
 
         ``meta``: JSON-able values stored in the same file (e.g. the online loop's counters,

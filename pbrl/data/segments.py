@@ -10,10 +10,24 @@ reward model's predicted return) counts only the valid steps.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+# Rows of a batch: one row (kept as a batch of one), a slice, indices or a boolean mask.
+Rows = int | np.integer | slice | Sequence[int] | np.ndarray
+
+
+class _Meta(TypedDict):
+    """The fields of ``Segments`` that are not per-row arrays."""
+
+    factor_names: tuple[str, ...]
+    env_id: str
+    run: str
+
 
 # Array fields with a leading batch dimension; ``None`` when a source does not provide them.
 _ARRAY_FIELDS = (
@@ -82,7 +96,7 @@ class Segments:
         """Window length ``T`` in steps."""
         return int(self.true_reward.shape[1])
 
-    def __getitem__(self, index: Any) -> Segments:
+    def __getitem__(self, index: Rows) -> Segments:
         """Select rows (an int keeps the batch dimension)."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
@@ -96,7 +110,7 @@ class Segments:
         return (self.true_reward * self.mask * weights).sum(axis=1)
 
     # -- construction / serialization ----------------------------------------------------
-    def _meta(self) -> dict[str, Any]:
+    def _meta(self) -> _Meta:
         return {"factor_names": self.factor_names, "env_id": self.env_id, "run": self.run}
 
     @staticmethod
@@ -119,7 +133,7 @@ class Segments:
         return out
 
     @staticmethod
-    def from_arrays(arrays: Any, prefix: str = "") -> Segments:
+    def from_arrays(arrays: Mapping[str, ArrayLike], prefix: str = "") -> Segments:
         def get(name: str) -> Any:
             key = prefix + name
             return np.asarray(arrays[key]) if key in arrays else None
@@ -144,5 +158,5 @@ class Segments:
         return True
 
 
-def _take(value: np.ndarray | None, index: Any) -> np.ndarray | None:
+def _take(value: np.ndarray | None, index: Rows) -> np.ndarray | None:
     return None if value is None else value[index]

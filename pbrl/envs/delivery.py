@@ -48,11 +48,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import SupportsInt
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from numpy.typing import ArrayLike
 
 BLANK, GOAL, HOUSE, SHEEP, COIN, ROAD_BLOCK, MUD = range(7)
 N_CODES = 12
@@ -95,12 +96,12 @@ class DeliveryTables:
         """Cells an episode (or a segment) may start in: neither terminal nor a house."""
         return np.flatnonzero(~self.terminal & ~self.house)
 
-    def index(self, cells: Any) -> np.ndarray:
+    def index(self, cells: ArrayLike) -> np.ndarray:
         """(row, col) pairs ``[..., 2]`` to flat cell indices."""
         cells = np.asarray(cells)
         return cells[..., 0] * self.shape[1] + cells[..., 1]
 
-    def cell(self, index: Any) -> np.ndarray:
+    def cell(self, index: ArrayLike) -> np.ndarray:
         """Flat cell indices to (row, col) pairs ``[..., 2]``."""
         return np.stack(np.divmod(np.asarray(index), self.shape[1]), axis=-1)
 
@@ -120,7 +121,7 @@ class DeliveryTables:
 class Board:
     """A delivery board: an ``[rows, cols]`` int grid of cell codes (see module docstring)."""
 
-    def __init__(self, grid: Any, name: str = "") -> None:
+    def __init__(self, grid: ArrayLike, name: str = "") -> None:
         try:
             array = np.asarray(grid, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -256,7 +257,7 @@ def _build_tables(board: Board) -> DeliveryTables:
     return DeliveryTables(next_state, features, terminal, house, (rows, cols))
 
 
-def as_board(board: Board | str | os.PathLike[str] | Any) -> Board:
+def as_board(board: Board | str | os.PathLike[str] | ArrayLike) -> Board:
     """A ``Board`` from a Board, a JSON file path, or a grid (list of rows)."""
     if isinstance(board, Board):
         return board
@@ -278,9 +279,9 @@ class DeliveryEnv(gym.Env[np.ndarray, np.int64]):
 
     def __init__(
         self,
-        board: Board | str | os.PathLike[str] | Any | None = None,
+        board: Board | str | os.PathLike[str] | ArrayLike | None = None,
         board_seed: int = 0,
-        weights: Any = TRUE_WEIGHTS,
+        weights: ArrayLike = TRUE_WEIGHTS,
         render_mode: str | None = None,
     ) -> None:
         self.board = (
@@ -298,8 +299,8 @@ class DeliveryEnv(gym.Env[np.ndarray, np.int64]):
         self._state = int(self.tables.start_states[0])
 
     def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self, *, seed: int | None = None, options: dict[str, object] | None = None
+    ) -> tuple[np.ndarray, dict[str, object]]:
         super().reset(seed=seed)
         if options and options.get("start") is not None:
             state = int(self.tables.index(np.asarray(options["start"])))
@@ -312,7 +313,7 @@ class DeliveryEnv(gym.Env[np.ndarray, np.int64]):
         self._state = state
         return self._obs(), {}
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: SupportsInt) -> tuple[np.ndarray, float, bool, bool, dict[str, object]]:
         a = int(action)
         if not 0 <= a < N_ACTIONS:
             raise ValueError(f"action {action} is invalid: use 0 up, 1 down, 2 left, 3 right")

@@ -14,16 +14,17 @@ the same path. The factors of a step add up to its reward exactly.
 from __future__ import annotations
 
 import math
-from typing import Any, SupportsFloat
+from typing import Any, SupportsFloat, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 
 class MountainCarFactors(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
     def step(
         self, action: np.ndarray
-    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, object]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["reward_goal"] = 100.0 if terminated else 0.0
         info["reward_action"] = -0.1 * float(np.asarray(action).reshape(-1)[0]) ** 2
@@ -33,8 +34,8 @@ class MountainCarFactors(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndar
 class PendulumFactors(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
     def step(
         self, action: np.ndarray
-    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        env: Any = self.env.unwrapped
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, object]]:
+        env = cast(PendulumEnv, self.env.unwrapped)
         theta, theta_dot = (float(x) for x in env.state)
         u = float(np.clip(np.asarray(action).reshape(-1)[0], -env.max_torque, env.max_torque))
         obs, reward, terminated, truncated, info = self.env.step(action)

@@ -13,19 +13,35 @@ reward and its factors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+from numpy.typing import DTypeLike
 
 from pbrl.data.segments import Segments
-from pbrl.envs.sweep import ZONE_Y, expert_action
+from pbrl.envs.sweep import ZONE_Y, SweepEnv, expert_action
 
 PUSHER_RADIUS = 0.1  # m: the object's centre this close to the goal's counts as success
 
 # env id -> scripted expert(unwrapped env) -> action
-EXPERTS: dict[str, Callable[[Any], np.ndarray]] = {"pbrl/Sweep-v0": expert_action}
+EXPERTS: dict[str, Callable[[SweepEnv], np.ndarray]] = {"pbrl/Sweep-v0": expert_action}
+
+
+@dataclass
+class _Episode:
+    """One episode's steps as collected (stacked into ``Segments`` at the end)."""
+
+    obs: list[np.ndarray] = field(default_factory=list)
+    act: list[np.ndarray] = field(default_factory=list)
+    rew: list[float] = field(default_factory=list)
+    fac: list[dict[str, float]] = field(default_factory=list)  # reward_* of info
+    qpos: list[np.ndarray] = field(default_factory=list)  # the states, reset's first
+    qvel: list[np.ndarray] = field(default_factory=list)
+    final_obs: np.ndarray | None = None
 
 
 def task_success(env_id: str, qpos: np.ndarray) -> np.ndarray:
@@ -57,59 +73,60 @@ def collect_episodes(
 
     env = gym.make(env_id, **(env_kwargs or {}))
     env.action_space.seed(int(rng.integers(2**31)))
-    u: Any = env.unwrapped
-    if not hasattr(u, "data"):
+    if not hasattr(env.unwrapped, "data"):
         raise ValueError(f"{env_id} is not a MuJoCo env: its episodes cannot be re-rendered")
+    u = cast(MujocoEnv, env.unwrapped)
     expert = EXPERTS.get(env_id)
-    episodes: list[dict[str, Any]] = []
+    episodes: list[_Episode] = []
     for i in range(n_episodes):
         obs, _ = env.reset(seed=seed + i)
         eps = rng.uniform(*eps_range) if expert is not None else 1.0
-        ep: dict[str, list[Any]] = {k: [] for k in ("obs", "act", "rew", "fac", "qpos", "qvel")}
-        ep["qpos"].append(u.data.qpos.copy())
-        ep["qvel"].append(u.data.qvel.copy())
+        ep = _Episode()
+        ep.qpos.append(u.data.qpos.copy())
+        ep.qvel.append(u.data.qvel.copy())
         done = False
-        info: dict[str, Any] = {}
         while not done:
             if expert is None or rng.random() < eps:
                 act = env.action_space.sample()
             else:
-                act = expert(u)
-            ep["obs"].append(obs)
-            ep["act"].append(np.asarray(act, dtype=np.float32))
+                act = expert(cast(SweepEnv, u))  # the only env with an expert
+            ep.obs.append(obs)
+            ep.act.append(np.asarray(act, dtype=np.float32))
             obs, r, terminated, truncated, info = env.step(act)
             done = terminated or truncated
             if terminated:
                 raise ValueError(
                     f"{env_id} terminated an episode: collect_episodes needs fixed-length episodes"
                 )
-            ep["rew"].append(float(r))
-            ep["fac"].append({k: float(v) for k, v in info.items() if k.startswith("reward_")})
-            ep["qpos"].append(u.data.qpos.copy())
-            ep["qvel"].append(u.data.qvel.copy())
-        ep["final_obs"] = [obs]
+            ep.rew.append(float(r))
+            ep.fac.append({k: float(v) for k, v in info.items() if k.startswith("reward_")})
+            ep.qpos.append(u.data.qpos.copy())
+            ep.qvel.append(u.data.qvel.copy())
+        ep.final_obs = obs
         episodes.append(ep)
     env.close()
-    names = tuple(sorted(episodes[0]["fac"][0])) if episodes and episodes[0]["fac"] else ()
-    lengths = {len(ep["rew"]) for ep in episodes}
+    names = tuple(sorted(episodes[0].fac[0])) if episodes and episodes[0].fac else ()
+    lengths = {len(ep.rew) for ep in episodes}
     if len(lengths) > 1:
         raise ValueError(f"{env_id}: episodes of different lengths {sorted(lengths)}")
 
-    def stack(key: str, dtype: Any = np.float32) -> np.ndarray:
-        return np.array([np.asarray(ep[key], dtype=dtype) for ep in episodes])
+    def stack(
+        rows: Sequence[Sequence[float] | Sequence[np.ndarray]], dtype: DTypeLike = np.float32
+    ) -> np.ndarray:
+        return np.array([np.asarray(row, dtype=dtype) for row in rows])
 
-    factors = np.array([[[f[k] for k in names] for f in ep["fac"]] for ep in episodes])
+    factors = np.array([[[f[k] for k in names] for f in ep.fac] for ep in episodes])
     n, t = len(episodes), lengths.pop() if lengths else 0
     return Segments(
-        obs=stack("obs"),
-        act=stack("act"),
-        true_reward=stack("rew"),
+        obs=stack([ep.obs for ep in episodes]),
+        act=stack([ep.act for ep in episodes]),
+        true_reward=stack([ep.rew for ep in episodes]),
         mask=np.ones((n, t), bool),
-        final_obs=np.array([ep["final_obs"][0] for ep in episodes], dtype=np.float32),
+        final_obs=np.array([ep.final_obs for ep in episodes], dtype=np.float32),
         terminated=np.zeros(n, bool),
         reward_factors=factors.astype(np.float32) if names else None,
-        qpos=stack("qpos", np.float64),
-        qvel=stack("qvel", np.float64),
+        qpos=stack([ep.qpos for ep in episodes], np.float64),
+        qvel=stack([ep.qvel for ep in episodes], np.float64),
         episode=np.arange(n, dtype=np.int64),
         start=np.zeros(n, dtype=np.int64),
         factor_names=names,

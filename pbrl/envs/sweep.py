@@ -38,7 +38,8 @@ BLOCK = 0.05  # block half-size
 AGENT = 0.06  # agent radius
 AGENT_SPEED = 1.0  # |action| <= 1 is a velocity target in m/s
 COLORS = ("0.85 0.2 0.2 1", "0.2 0.35 0.9 1", "0.95 0.75 0.1 1", "0.2 0.7 0.7 1")
-DEFAULT_CAMERA_CONFIG = {
+# a free camera; lookat is an array, as in gymnasium's own camera configs
+DEFAULT_CAMERA_CONFIG: dict[str, float | np.ndarray] = {
     "distance": 1.55,
     "elevation": -90.0,
     "azimuth": 90.0,
@@ -130,7 +131,7 @@ class SweepEnv(MujocoEnv, utils.EzPickle):
         self,
         n_objects: int = 3,
         frame_skip: int = 10,
-        default_camera_config: dict[str, Any] | None = None,
+        default_camera_config: dict[str, float | np.ndarray] | None = None,
         **kwargs: Any,
     ) -> None:
         utils.EzPickle.__init__(self, n_objects, frame_skip, default_camera_config, **kwargs)
@@ -144,7 +145,9 @@ class SweepEnv(MujocoEnv, utils.EzPickle):
             __file__,
             frame_skip,
             observation_space=spaces.Box(-np.inf, np.inf, (obs_dim,), np.float64),
-            default_camera_config=cast(Any, default_camera_config or DEFAULT_CAMERA_CONFIG),
+            default_camera_config=cast(
+                "dict[str, float]", default_camera_config or DEFAULT_CAMERA_CONFIG
+            ),
             **kwargs,
         )
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}

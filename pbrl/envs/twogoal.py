@@ -39,7 +39,8 @@ START = np.array([0.0, -0.35])  # fixed start (plus START_NOISE uniform jitter)
 START_NOISE = 0.02
 GOALS: dict[str, np.ndarray] = {"a": np.array([-0.3, 0.3]), "b": np.array([0.3, 0.3])}
 FACTORS = tuple(f"goal_{g}" for g in GOALS)  # reward-factor names (info["reward_<name>"])
-DEFAULT_CAMERA_CONFIG = {
+# a free camera; lookat is an array, as in gymnasium's own camera configs
+DEFAULT_CAMERA_CONFIG: dict[str, float | np.ndarray] = {
     "distance": 1.55,
     "elevation": -90.0,
     "azimuth": 90.0,
@@ -104,7 +105,7 @@ class TwoGoalEnv(MujocoEnv, utils.EzPickle):
         self,
         goal: str = "a",
         frame_skip: int = 5,
-        default_camera_config: dict[str, Any] | None = None,
+        default_camera_config: dict[str, float | np.ndarray] | None = None,
         **kwargs: Any,
     ) -> None:
         if goal not in GOALS:
@@ -117,7 +118,9 @@ class TwoGoalEnv(MujocoEnv, utils.EzPickle):
             __file__,  # MujocoEnv insists on a model file; the model comes from the string
             frame_skip,
             observation_space=spaces.Box(-np.inf, np.inf, (4,), np.float64),
-            default_camera_config=cast(Any, default_camera_config or DEFAULT_CAMERA_CONFIG),
+            default_camera_config=cast(
+                "dict[str, float]", default_camera_config or DEFAULT_CAMERA_CONFIG
+            ),
             **kwargs,
         )
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}

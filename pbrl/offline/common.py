@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset
@@ -207,12 +208,12 @@ class OfflineTrainer:
     def agent(self) -> Agent:
         raise NotImplementedError
 
-    def _stateful(self) -> dict[str, Any]:
-        kinds = (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+    def _stateful(self) -> dict[str, nn.Module | torch.optim.Optimizer | LRScheduler]:
+        kinds = (nn.Module, torch.optim.Optimizer, LRScheduler)
         return {k: v for k, v in vars(self).items() if isinstance(v, kinds)}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: v.state_dict() for k, v in self._stateful().items()}
+        state: dict[str, object] = {k: v.state_dict() for k, v in self._stateful().items()}
         state["_tensors"] = {
             k: v.detach().clone()
             for k, v in vars(self).items()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -107,7 +107,7 @@ def make_labels(
     return prefs
 
 
-def teacher_info(ctx: RunContext, labels: PreferenceDataset | None) -> dict[str, Any] | None:
+def teacher_info(ctx: RunContext, labels: PreferenceDataset | None) -> dict[str, object] | None:
     """The summary's ``teacher``: the label file, or the teacher's config with what it
     reports about itself (as online runs), or None."""
     if labels is None:
@@ -122,7 +122,7 @@ def teacher_info(ctx: RunContext, labels: PreferenceDataset | None) -> dict[str,
 
 
 def learn_reward(
-    values: dict[str, Any],
+    values: Mapping[str, object],
     data: OfflineDataset,
     labels: PreferenceDataset,
     rng: np.random.Generator,
@@ -223,7 +223,7 @@ def asks_teacher(cfg: DictConfig, config: OfflineAlgoConfig) -> bool:
     return config.preference and not cfg.dataset.get("preferences")
 
 
-def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, Any]:
+def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, object]:
     """Train and evaluate one offline run from its context; writes ``summary.json``.
 
     A problem with the config or the data (unknown algo or dataset, malformed label file,

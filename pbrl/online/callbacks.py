@@ -3,9 +3,9 @@ and the learned return of training episodes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -19,6 +19,9 @@ from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import state_reward_fn
 from pbrl.run import Evaluation, Progress
 from pbrl.teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from pbrl.video import StateRenderer
 
 
 def deterministic_policy(model: BaseAlgorithm) -> Policy:
@@ -72,10 +75,10 @@ class EvalCallback(BaseCallback):
             if self.teacher is not None:  # the labeling page shows the newest
                 self.teacher.show_eval_video(ev.video, step=self.num_timesteps, true_return=ev.mean)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, int]:
         return {"last": self.last}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
         self.last = int(state["last"])
 
 
@@ -147,24 +150,32 @@ class QueryVideos:
     ) -> None:
         self.env_id, self.env_kwargs, self.folder = env_id, env_kwargs, Path(folder)
         self.per_round, self.size = int(per_round), size
-        self.renderer: Any = None
+        self.renderer: StateRenderer | None = None
         self.videos: list[str] = []
 
     def __call__(self, queries: Queries, round_: int) -> None:
         if self.per_round <= 0 or queries.first.qpos is None:
             return
-        from pbrl.video import StateRenderer, segment_frames, side_by_side, write_video
+        from pbrl.video import (
+            StateRenderer,
+            clip_fps,
+            segment_frames,
+            side_by_side,
+            write_video,
+        )
 
         if self.renderer is None:
             w, h = self.size
             self.renderer = StateRenderer(self.env_id, width=w, height=h, **self.env_kwargs)
+        renderer = self.renderer
         for j in range(min(self.per_round, len(queries))):
             frames = side_by_side(
-                segment_frames(queries.first, j, self.renderer),
-                segment_frames(queries.second, j, self.renderer),
+                segment_frames(queries.first, j, renderer),
+                segment_frames(queries.second, j, renderer),
             )
             path = self.folder / f"round{round_:03d}_query_{queries.query_id[j]}.mp4"
-            self.videos.append(str(write_video(frames, path, fps=self.renderer.fps)))
+            # the env's render_fps (an env without one: a ValueError saying so)
+            self.videos.append(str(write_video(frames, path, fps=clip_fps(None, renderer))))
 
     def close(self) -> None:
         if self.renderer is not None:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from omegaconf import DictConfig
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -43,7 +45,12 @@ from pbrl.data.triplets import new_triplet_ids, sample_triplets
 from pbrl.envs.rollouts import EXPERTS, collect_episodes, task_success
 from pbrl.envs.spec import time_limit
 from pbrl.errors import ConfigError, make_config
-from pbrl.online.callbacks import CheckpointCallback, ProgressCallback, deterministic_policy
+from pbrl.online.callbacks import (
+    CheckpointCallback,
+    Policy,
+    ProgressCallback,
+    deterministic_policy,
+)
 from pbrl.online.logs import run_logger
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import RewardModel
@@ -115,7 +122,7 @@ class EpisodicSettings:
             )
 
 
-def fixed_episode_length(env_id: str, env_kwargs: dict[str, Any]) -> int:
+def fixed_episode_length(env_id: str, env_kwargs: Mapping[str, object]) -> int:
     """The env's time limit: every episode's length (the env never terminates earlier)."""
     limit = time_limit(env_id, env_kwargs)
     if limit is None:
@@ -226,11 +233,11 @@ class EpisodicRelabel(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, float]:
         s = self.scale
         return {"mean": float(s.mean), "var": float(s.var), "count": float(s.count)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.scale.mean = np.asarray(state["mean"], dtype=np.float64)
         self.scale.var = np.asarray(state["var"], dtype=np.float64)
         self.scale.count = float(state["count"])
@@ -320,7 +327,11 @@ def within_spearman(learned: np.ndarray, true: np.ndarray) -> WithinSpearman:
 
 
 def success_rate(
-    env_id: str, env_kwargs: dict[str, Any], policy: Any, n_episodes: int, seed: int
+    env_id: str,
+    env_kwargs: Mapping[str, Any],
+    policy: Policy,
+    n_episodes: int,
+    seed: int,
 ) -> float:
     """Fraction of episodes whose final state solves the task (``task_success``)."""
     env = gym.make(env_id, **env_kwargs)
@@ -331,7 +342,7 @@ def success_rate(
         while not done:
             obs, _, terminated, truncated, _ = env.step(policy(obs))
             done = terminated or truncated
-        wins += bool(task_success(env_id, cast(Any, env.unwrapped).data.qpos))
+        wins += bool(task_success(env_id, cast(MujocoEnv, env.unwrapped).data.qpos))
     env.close()
     return wins / max(n_episodes, 1)
 
@@ -376,7 +387,7 @@ def _ask_triplets(ctx: RunContext, settings: EpisodicSettings) -> PreferenceData
     return prefs
 
 
-def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dict[str, Any]:
+def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dict[str, object]:
     """The episodic recipe (RAPL): triplets ranked first, the reward aligned on them and
     frozen, then PPO on it, relabeled per episode. Resumes from the labels, the reward, or
     the last PPO checkpoint, whichever the run reached."""

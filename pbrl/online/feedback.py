@@ -15,7 +15,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -278,5 +277,5 @@ class FeedbackCallback(BaseCallback):
             return float(np.corrcoef(pred, true)[0, 1])
         return 0.0
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, object]:
         return asdict(self.state)

@@ -173,7 +173,7 @@ def asks_teacher(cfg: DictConfig, settings: tuple[OnlineAlgo, FeedbackSchedule])
     return settings[0].preference and settings[1].max_feedback > 0
 
 
-def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[str, Any]:
+def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[str, object]:
     """The online recipe: PEBBLE/PrefPPO (or SAC/PPO on the true reward) from a context."""
     cfg, run_dir, rng, device = ctx.cfg, ctx.run_dir, ctx.rng, ctx.device
     algo, schedule = settings

@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 import numpy as np
 import torch
@@ -187,7 +187,46 @@ def _models(chosen: list[str] | None) -> list[str]:
 
 
 # -- fit --------------------------------------------------------------------------------------
-def run_fit(args: argparse.Namespace) -> dict[str, Any]:
+class TrueRewardFit(TypedDict):
+    """The true reward under a preference model, only the model's scale fitted."""
+
+    heldout_log_likelihood: float
+    heldout_accuracy: float
+    scale: float
+    scale_per_fold: list[float]
+
+
+class LearnedRewardFit(TypedDict):
+    """A reward learned from the training folds under a preference model."""
+
+    heldout_log_likelihood: float
+    heldout_accuracy: float
+    mean_scaled_return: float
+    scaled_return_per_fold: list[float]
+    w_per_fold: list[list[float]]
+
+
+class ModelFit(TypedDict):
+    true_reward: TrueRewardFit
+    learned_reward: LearnedRewardFit
+
+
+class FitResult(TypedDict):
+    """``fit``'s JSON: the inputs and, per preference model, both fits."""
+
+    board: str
+    pairs: str
+    n_pairs: int
+    n_ties: int
+    folds: int
+    seed: int
+    gamma: float
+    library_policies: int
+    iterations: int
+    models: dict[str, ModelFit]
+
+
+def run_fit(args: argparse.Namespace) -> FitResult:
     board = Board.load(args.board)
     tables = board.tables
     starts, moves, labels = load_pairs(args.pairs)
@@ -207,7 +246,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
             "optimal policy for the true reward; pass a larger --library-size"
         )
 
-    result: dict[str, Any] = {
+    result: FitResult = {
         "board": str(args.board),
         "pairs": str(args.pairs),
         "n_pairs": n,
@@ -262,7 +301,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _fit_table(result: dict[str, Any]) -> str:
+def _fit_table(result: FitResult) -> str:
     lines = [
         f"{result['n_pairs']} pairs ({result['n_ties']} ties), {result['folds']}-fold, "
         f"library of {result['library_policies']} policies",

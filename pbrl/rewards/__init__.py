@@ -40,7 +40,7 @@ REWARD_MODELS: dict[str, tuple[Any, Any]] = {
 
 
 def make_reward_model(
-    values: Mapping[str, Any],
+    values: Mapping[str, object],
     obs_dim: int,
     act_dim: int,
     device: str | torch.device = "cpu",

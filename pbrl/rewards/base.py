@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ import torch
 from pbrl.data import PreferenceDataset, Segments
 
 if TYPE_CHECKING:
+    from pbrl.data.offline import OfflineDataset
     from pbrl.rewards.frame_cache import FrameCache
 
 
@@ -57,7 +58,7 @@ class RewardModel(ABC):
     @abstractmethod
     def save(self, path: str | os.PathLike[str]) -> None: ...
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """Settings a run reports beside the config (e.g. which backbone was loaded)."""
         return {}
 
@@ -109,7 +110,7 @@ class ContextReward(RewardModel):
     """A per-step reward that depends on the steps before it (no online use)."""
 
     @abstractmethod
-    def relabel(self, data: Any, length: int) -> np.ndarray:
+    def relabel(self, data: OfflineDataset, length: int) -> np.ndarray:
         """Reward of every transition of an offline dataset, scored in windows of ``length``."""
 
 
@@ -136,7 +137,7 @@ class FrameReward(RewardModel):
         device (member mean for an ensemble)."""
 
     @abstractmethod
-    def relabel(self, data: Any, length: int = 0) -> np.ndarray:
+    def relabel(self, data: OfflineDataset, length: int = 0) -> np.ndarray:
         """Reward of every transition of an offline dataset (its states rendered)."""
 
 
@@ -214,10 +215,13 @@ def kind_of(cls: type[RewardModel] | RewardModel) -> type[RewardModel]:
     return found[0]
 
 
+# Each epoch's minibatch order: pair indices (their last axis), numpy or torch.
+Order = TypeVar("Order", np.ndarray, torch.Tensor)
+
 NOTHING_TO_FIT = {"loss": float("nan"), "train_accuracy": float("nan"), "epochs": 0, "updates": 0}
 
 
-def save_atomically(blob: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+def save_atomically(blob: Mapping[str, object], path: str | os.PathLike[str]) -> Path:
     """``torch.save(blob)`` to ``path`` through a temporary file: a crash mid-write leaves
     the previous file (or none), never a truncated one."""
     p = Path(path)
@@ -239,8 +243,8 @@ def fit_epochs(
     batch_size: int,
     max_epochs: int,
     acc_threshold: float,
-    permute: Callable[[], Any],
-    step: Callable[[Any], tuple[float, float, float]],
+    permute: Callable[[], Order],
+    step: Callable[[Order], tuple[float, float, float]],
     max_updates: int | None = None,
 ) -> dict[str, float]:
     """B-Pref's training round: epochs over ``n`` labeled pairs in minibatches until the

@@ -5,13 +5,14 @@ dataset, or episode rewards. Runs call these and never ask a model what it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pbrl.data import Segments
+from pbrl.data import PreferenceDataset, Segments
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import (
     ContextReward,
@@ -24,6 +25,9 @@ from pbrl.rewards.base import (
     ZeroShot,
     kind_of,
 )
+
+if TYPE_CHECKING:
+    from pbrl.data.offline import OfflineDataset
 
 Model = RewardModel | type[RewardModel]
 
@@ -166,7 +170,9 @@ def member_rewards(model: RewardModel, obs: torch.Tensor, act: torch.Tensor) -> 
         return model.members(obs, act)
 
 
-def state_reward_fn(model: RewardModel | None) -> Any:
+def state_reward_fn(
+    model: RewardModel | None,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
     """``predict(obs, act)`` for evaluation's learned return where the kind has one."""
     return model.predict if isinstance(model, StateReward) else None
 
@@ -174,7 +180,7 @@ def state_reward_fn(model: RewardModel | None) -> Any:
 # -- offline datasets and episodes -----------------------------------------------------------
 
 
-def relabel_dataset(model: RewardModel, data: Any, length: int) -> np.ndarray:
+def relabel_dataset(model: RewardModel, data: OfflineDataset, length: int) -> np.ndarray:
     """The reward of every transition of an offline dataset (an ``OfflineDataset``):
     step by step for a state reward, in windows of ``length`` for a context reward, from
     rendered states for a frame reward."""
@@ -229,7 +235,7 @@ def set_demonstrations(model: RewardModel, segments: Segments) -> bool:
     return False
 
 
-def latent_of(model: RewardModel, pairs: Any) -> np.ndarray:
+def latent_of(model: RewardModel, pairs: PreferenceDataset) -> np.ndarray:
     """A user's latent inferred from their labeled pairs (a latent reward only)."""
     return as_latent(model).infer(pairs)
 

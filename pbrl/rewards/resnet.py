@@ -32,9 +32,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from types import ModuleType
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -48,10 +49,10 @@ log = logging.getLogger("pbrl")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's weights expect this normalization
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_DIM = 512
-_OPS_STUB: list[Any] = []  # keeps the stub op library below alive
+_OPS_STUB: list[torch.library.Library] = []  # keeps the stub op library below alive
 
 
-def _torchvision() -> Any:
+def _torchvision() -> ModuleType:
     """``import torchvision``, or one error line saying how to install it.
 
     A torchvision wheel whose compiled ops do not load beside the installed torch (say the
@@ -85,22 +86,37 @@ def resnet18() -> nn.Module:
     return cast(nn.Module, _torchvision().models.resnet18(weights=None))
 
 
+class _ResNetLayers(Protocol):
+    """The layers of torchvision's ``ResNet`` that are reached by name here."""
+
+    conv1: nn.Module
+    bn1: nn.Module
+    relu: nn.Module
+    maxpool: nn.Module
+    layer1: nn.Module
+    layer2: nn.Module
+    layer3: nn.Module
+    layer4: nn.Module
+    avgpool: nn.Module
+    fc: nn.Module
+
+
 def drop_classifier(net: nn.Module) -> nn.Module:
     """The network returns the pooled 512-d feature: ``fc`` becomes the identity."""
-    cast(Any, net).fc = nn.Identity()
+    cast(_ResNetLayers, net).fc = nn.Identity()
     return net
 
 
 def stem(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Everything below ``layer4``: ``[B, 3, H, W]`` -> ``[B, 256, H/16, W/16]``."""
-    n = cast(Any, net)
+    n = cast(_ResNetLayers, net)
     x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
     return cast(torch.Tensor, n.layer3(n.layer2(n.layer1(x))))
 
 
 def top(net: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """``layer4`` and the average pool: ``[B, 256, h, w]`` -> ``[B, 512]``."""
-    n = cast(Any, net)
+    n = cast(_ResNetLayers, net)
     return cast(torch.Tensor, n.avgpool(n.layer4(h)).flatten(1))
 
 
@@ -126,7 +142,7 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _state_dict_of(blob: Any, path: Path) -> dict[str, torch.Tensor]:
+def _state_dict_of(blob: object, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(blob, nn.Module):
         blob = blob.state_dict()
     if isinstance(blob, dict) and "backbone" in blob and isinstance(blob["backbone"], dict):
@@ -141,7 +157,7 @@ def _state_dict_of(blob: Any, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in blob.items()}
 
 
-def load_backbone(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+def load_backbone(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, object]]:
     """torchvision's ResNet-18 with the weights in ``path`` (a torchvision ``state_dict``, or a
     backbone pre-trained by pbrl), its classifier dropped, and the record of where it came
     from."""
@@ -176,7 +192,7 @@ def load_backbone(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, An
         )
     net.load_state_dict(state)
     drop_classifier(net)
-    info: dict[str, Any] = {
+    info: dict[str, object] = {
         "source": "file",
         "network": "torchvision.models.resnet18",
         "path": str(p.resolve()),
@@ -187,7 +203,7 @@ def load_backbone(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, An
     return net, info
 
 
-def save_backbone(net: nn.Module, info: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+def save_backbone(net: nn.Module, info: Mapping[str, object], path: str | os.PathLike[str]) -> Path:
     """Write ``{"backbone": state_dict, "info": info}`` atomically (``net`` with its ``fc``)."""
     return save_atomically({"backbone": net.state_dict(), "info": info}, path)
 
@@ -217,7 +233,7 @@ def pretrain_backbone(
     learning_rate: float = 1e-3,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, dict[str, object]]:
     """Self-supervised pre-training on task frames ``[K, S, S, 3]`` uint8 (see the module
     docstring): BatchNorm statistics, then ``steps`` autoencoder steps on ``layer4``."""
     if len(frames) < 2:
@@ -225,16 +241,17 @@ def pretrain_backbone(
     started = time.time()
     torch.manual_seed(seed)
     net = resnet18()
-    cast(Any, net).to(memory_format=torch.channels_last)
+    # Module.to documents memory_format, but its typed overloads leave it out.
+    net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     x = normalize_frames(torch.as_tensor(frames))
     below = estimate_batchnorm(net, x)
     pixels = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
     thumbs = nn.functional.adaptive_avg_pool2d(pixels, 28)  # [K, 3, 28, 28]
     decoder = nn.Linear(FEATURE_DIM, thumbs[0].numel())
-    params = [*cast(Any, net).layer4.parameters(), *decoder.parameters()]
+    params = [*cast(_ResNetLayers, net).layer4.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=learning_rate)
     gen = torch.Generator().manual_seed(seed)
-    cast(Any, net).layer4.train()
+    cast(_ResNetLayers, net).layer4.train()
     loss_v = float("nan")
     first_loss = float("nan")
     for step in range(steps):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from pbrl.rewards.base import (
     trainable_pairs,
 )
 from pbrl.rewards.nets import attention_mask, transformer
+
+if TYPE_CHECKING:
+    from pbrl.data.offline import OfflineDataset
 
 
 @dataclass
@@ -224,7 +227,7 @@ class PreferenceTransformer(ContextReward, nn.Module):
 
     # -- relabeling --------------------------------------------------------------------------
     @torch.no_grad()
-    def relabel(self, data: Any, length: int, batch_size: int = 256) -> np.ndarray:
+    def relabel(self, data: OfflineDataset, length: int, batch_size: int = 256) -> np.ndarray:
         """Reward of every transition of an :class:`~pbrl.data.offline.OfflineDataset`."""
         self.eval()
         stride = self.config.relabel_stride or max(1, length // 2)

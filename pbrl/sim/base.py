@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -66,18 +65,22 @@ class BatchedMujocoVecEnv(VecEnv):
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions)
 
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[object]:
         # One simulator serves every sub-env: each index sees the batch's attribute.
         return [getattr(self, attr_name) for _ in self._get_indices(indices)]
 
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+    def set_attr(self, attr_name: str, value: object, indices: VecEnvIndices = None) -> None:
         if indices is not None and len(list(self._get_indices(indices))) != self.num_envs:
             raise ValueError("batched backends share attributes: set them for all envs")
         setattr(self, attr_name, value)
 
     def env_method(
-        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any
-    ) -> list[Any]:
+        self,
+        method_name: str,
+        *method_args: object,
+        indices: VecEnvIndices = None,
+        **kwargs: object,
+    ) -> list[object]:
         raise NotImplementedError(
             f"{type(self).__name__} has no per-env objects to call {method_name!r} on"
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import mujoco
 import mujoco.batch
 import numpy as np
@@ -34,7 +32,7 @@ class MujocoBatchVecEnv(BatchedMujocoVecEnv):
         n_envs: int,
         num_threads: int = 0,
         max_episode_steps: int = 1000,
-        **env_kwargs: Any,
+        **env_kwargs: object,
     ) -> None:
         task = make_task(env_id, **env_kwargs)
         super().__init__(task, n_envs, max_episode_steps)

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, SupportsFloat, cast
+from typing import Any, Protocol, SupportsFloat, cast
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices
 
-if TYPE_CHECKING:
-    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+class _MujocoState(Protocol):
+    """What is read of a gymnasium MuJoCo env (``MujocoEnv`` subclasses)."""
+
+    data: mujoco.MjData
+
+    def set_state(self, qpos: np.ndarray, qvel: np.ndarray) -> None: ...
+
+    def _get_obs(self) -> np.ndarray: ...
 
 
-class TerminalStateInfo(gym.Wrapper):
+class TerminalStateInfo(gym.Wrapper[np.ndarray, np.ndarray, np.ndarray, np.ndarray]):
     """Puts the MuJoCo state of an episode's last step into its info (``terminal_qpos``,
     ``terminal_qvel``), before the VecEnv's auto-reset overwrites it."""
 
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, object]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
             # Wrapped only around envs with MuJoCo ``data`` (GymnasiumVecEnv.make).
-            data = cast("MujocoEnv", self.env.unwrapped).data
+            data = cast(_MujocoState, self.env.unwrapped).data
             info["terminal_qpos"], info["terminal_qvel"] = data.qpos.copy(), data.qvel.copy()
         return obs, reward, terminated, truncated, info
 
@@ -43,11 +53,11 @@ class GymnasiumVecEnv(DummyVecEnv):
         super().__init__([make for _ in range(n_envs)])
         self.env_id = env_id
 
-    def _mujoco(self, i: int) -> Any:
+    def _mujoco(self, i: int) -> _MujocoState:
         env = self.envs[i].unwrapped
         if not hasattr(env, "data"):
             raise TypeError(f"{self.env_id} is not a MuJoCo env: it has no simulator state")
-        return env
+        return cast(_MujocoState, env)
 
     def sim_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of every sub-env's ``qpos`` (n, nq) and ``qvel`` (n, nv)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,12 +10,12 @@ import gymnasium as gym
 import numpy as np
 
 
-def reward_factor_names(info: dict[str, Any]) -> tuple[str, ...]:
+def reward_factor_names(info: Mapping[str, object]) -> tuple[str, ...]:
     """Named scalar reward components gymnasium's MuJoCo envs put in ``info``."""
     return tuple(sorted(k for k, v in info.items() if k.startswith("reward_") and np.isscalar(v)))
 
 
-def _flat_dim(space: gym.Space[Any]) -> int:
+def _flat_dim(space: gym.Space[object]) -> int:
     """Number of scalars in one element of a space with a shape (Box, Discrete, ...)."""
     if space.shape is None:  # Dict/Tuple spaces (np.prod(None) failed with TypeError too)
         raise TypeError(f"{space} has no shape: pbrl needs an array observation/action space")
@@ -29,7 +30,7 @@ class EnvInfo:
     state_dims: tuple[int, int] | None  # (nq, nv) of a MuJoCo env, else None
 
 
-def probe_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvInfo:
+def probe_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> EnvInfo:
     """Shapes, reward-factor names and simulator-state sizes of an env, from one step."""
     import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
 

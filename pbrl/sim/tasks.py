@@ -9,13 +9,18 @@ functions both modules share are used.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import expand_model_path
 
-Array = Any  # numpy.ndarray or torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+# The formulas run on numpy arrays (mujoco_batch) or on torch tensors (mujoco_warp), never a mix.
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 # Keywords of gymnasium's MujocoEnv that only configure rendering; rendering is done from
 # recorded qpos/qvel elsewhere, so the batched backends refuse them instead of ignoring them.
@@ -55,7 +60,7 @@ class MujocoTask:
     # Position difference gymnasium turns into velocity: qpos[0] for the planar walkers.
     n_tracked: ClassVar[int] = 1
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         render = sorted(RENDER_KWARGS.intersection(kwargs))
         if render:
             raise ValueError(
@@ -89,13 +94,15 @@ class MujocoTask:
         """Positions whose change over one step gymnasium reports as velocity: (n, k)."""
         return qpos[:, 0:1]
 
-    def observation(self, xp: Any, qpos: Array, qvel: Array, cfrc_ext: Array | None) -> Array:
+    def observation(
+        self, xp: ModuleType, qpos: Array, qvel: Array, cfrc_ext: Array | None
+    ) -> Array:
         """Observations for a batch of states: (n, obs_dim)."""
         raise NotImplementedError
 
     def step_terms(
         self,
-        xp: Any,
+        xp: ModuleType,
         qpos: Array,
         qvel: Array,
         before: Array,
@@ -106,7 +113,7 @@ class MujocoTask:
         """Reward (n,), terminated (n,) and the info columns in ``info_keys`` order."""
         raise NotImplementedError
 
-    def reset_info(self, xp: Any, qpos: Array) -> list[Array]:
+    def reset_info(self, xp: ModuleType, qpos: Array) -> list[Array]:
         """Reset info columns in ``reset_info_keys`` order."""
         return [qpos[:, 0]]
 
@@ -117,7 +124,7 @@ class MujocoTask:
         qvel = self.init_qvel + rng.uniform(low=-s, high=s, size=self.nv)
         return qpos, qvel
 
-    def control_cost(self, xp: Any, action: Array) -> Array:
+    def control_cost(self, xp: ModuleType, action: Array) -> Array:
         # Computed in the action's dtype, as gymnasium does (float32 for SB3's actions).
         return self.ctrl_cost_weight * xp.square(action).sum(axis=1)
 
@@ -130,7 +137,7 @@ class HalfCheetahTask(MujocoTask):
     """``HalfCheetah-v5``: run forward; no termination."""
 
     env_id = "HalfCheetah-v5"
-    defaults: ClassVar[dict[str, Any]] = {
+    defaults = {
         "xml_file": "half_cheetah.xml",
         "frame_skip": 5,
         "forward_reward_weight": 1.0,
@@ -145,7 +152,9 @@ class HalfCheetahTask(MujocoTask):
     def obs_dim(self) -> int:
         return self.nq + self.nv - int(self.exclude_positions)
 
-    def observation(self, xp: Any, qpos: Array, qvel: Array, cfrc_ext: Array | None) -> Array:
+    def observation(
+        self, xp: ModuleType, qpos: Array, qvel: Array, cfrc_ext: Array | None
+    ) -> Array:
         pos = qpos[:, 1:] if self.exclude_positions else qpos
         return xp.concat([pos, qvel], axis=1)
 
@@ -177,7 +186,7 @@ class _PlanarWalkerTask(MujocoTask):
     )
     reset_info_keys = ("x_position", "z_distance_from_origin")
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.healthy_reward = float(self.params["healthy_reward"])
         self.terminate_when_unhealthy = bool(self.params["terminate_when_unhealthy"])
@@ -188,11 +197,13 @@ class _PlanarWalkerTask(MujocoTask):
     def obs_dim(self) -> int:
         return self.nq + self.nv - int(self.exclude_positions)
 
-    def observation(self, xp: Any, qpos: Array, qvel: Array, cfrc_ext: Array | None) -> Array:
+    def observation(
+        self, xp: ModuleType, qpos: Array, qvel: Array, cfrc_ext: Array | None
+    ) -> Array:
         pos = qpos[:, 1:] if self.exclude_positions else qpos
         return xp.concat([pos, qvel.clip(-10.0, 10.0)], axis=1)
 
-    def is_healthy(self, xp: Any, qpos: Array, qvel: Array) -> Array:
+    def is_healthy(self, xp: ModuleType, qpos: Array, qvel: Array) -> Array:
         z, angle = qpos[:, 1], qpos[:, 2]
         (zmin, zmax), (amin, amax) = self.healthy_z_range, self.healthy_angle_range
         return (zmin < z) & (z < zmax) & (amin < angle) & (angle < amax)
@@ -208,7 +219,7 @@ class _PlanarWalkerTask(MujocoTask):
         z_dist = qpos[:, 1] - self.init_qpos[1]
         return reward, terminated, [qpos[:, 0], z_dist, x_velocity, forward, -ctrl, survive]
 
-    def reset_info(self, xp: Any, qpos: Array) -> list[Array]:
+    def reset_info(self, xp: ModuleType, qpos: Array) -> list[Array]:
         return [qpos[:, 0], qpos[:, 1] - self.init_qpos[1]]
 
 
@@ -216,7 +227,7 @@ class HopperTask(_PlanarWalkerTask):
     """``Hopper-v5``: hop forward; terminates when it falls or its state blows up."""
 
     env_id = "Hopper-v5"
-    defaults: ClassVar[dict[str, Any]] = {
+    defaults = {
         "xml_file": "hopper.xml",
         "frame_skip": 4,
         "forward_reward_weight": 1.0,
@@ -230,15 +241,15 @@ class HopperTask(_PlanarWalkerTask):
         "exclude_current_positions_from_observation": True,
     }
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.healthy_state_range = tuple(map(float, self.params["healthy_state_range"]))
 
-    def is_healthy(self, xp: Any, qpos: Array, qvel: Array) -> Array:
+    def is_healthy(self, xp: ModuleType, qpos: Array, qvel: Array) -> Array:
         # gymnasium checks state_vector()[2:], i.e. qpos[2:] and all of qvel.
         smin, smax = self.healthy_state_range
-        state_ok = ((smin < qpos[:, 2:]) & (qpos[:, 2:] < smax)).all(axis=1)
-        state_ok = state_ok & ((smin < qvel) & (qvel < smax)).all(axis=1)
+        state_ok = ((smin < qpos[:, 2:]) & (qpos[:, 2:] < smax)).all(1)
+        state_ok = state_ok & ((smin < qvel) & (qvel < smax)).all(1)
         return state_ok & super().is_healthy(xp, qpos, qvel)
 
 
@@ -246,7 +257,7 @@ class Walker2dTask(_PlanarWalkerTask):
     """``Walker2d-v5``: walk forward; terminates when the torso leaves its height/angle range."""
 
     env_id = "Walker2d-v5"
-    defaults: ClassVar[dict[str, Any]] = {
+    defaults = {
         "xml_file": "walker2d_v5.xml",
         "frame_skip": 4,
         "forward_reward_weight": 1.0,
@@ -264,7 +275,7 @@ class AntTask(MujocoTask):
     """``Ant-v5``: walk forward in the plane; contact forces in observation and cost."""
 
     env_id = "Ant-v5"
-    defaults: ClassVar[dict[str, Any]] = {
+    defaults = {
         "xml_file": "ant.xml",
         "frame_skip": 5,
         "forward_reward_weight": 1.0,
@@ -293,7 +304,7 @@ class AntTask(MujocoTask):
     reset_info_keys = ("x_position", "y_position", "distance_from_origin")
     n_tracked = 2
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         p = self.params
         self.contact_cost_weight = float(p["contact_cost_weight"])
@@ -323,7 +334,9 @@ class AntTask(MujocoTask):
         lo, hi = self.contact_force_range
         return cfrc_ext.clip(lo, hi)
 
-    def observation(self, xp: Any, qpos: Array, qvel: Array, cfrc_ext: Array | None) -> Array:
+    def observation(
+        self, xp: ModuleType, qpos: Array, qvel: Array, cfrc_ext: Array | None
+    ) -> Array:
         pos = qpos[:, 2:] if self.exclude_positions else qpos
         parts = [pos, qvel]
         if self.include_cfrc_ext:
@@ -331,7 +344,7 @@ class AntTask(MujocoTask):
             parts.append(self._contact_forces(cfrc_ext[:, 1:]).reshape(qpos.shape[0], -1))
         return xp.concat(parts, axis=1)
 
-    def is_healthy(self, xp: Any, qpos: Array, qvel: Array) -> Array:
+    def is_healthy(self, xp: ModuleType, qpos: Array, qvel: Array) -> Array:
         zmin, zmax = self.healthy_z_range
         finite = xp.isfinite(qpos).all(axis=1) & xp.isfinite(qvel).all(axis=1)
         return finite & (zmin <= qpos[:, 2]) & (qpos[:, 2] <= zmax)
@@ -365,7 +378,7 @@ class AntTask(MujocoTask):
         ]
         return reward, terminated, cols
 
-    def reset_info(self, xp: Any, qpos: Array) -> list[Array]:
+    def reset_info(self, xp: ModuleType, qpos: Array) -> list[Array]:
         distance = xp.sqrt(qpos[:, 0] * qpos[:, 0] + qpos[:, 1] * qpos[:, 1])
         return [qpos[:, 0], qpos[:, 1], distance]
 
@@ -381,7 +394,7 @@ TASKS: dict[str, type[MujocoTask]] = {
 }
 
 
-def make_task(env_id: str, **kwargs: Any) -> MujocoTask:
+def make_task(env_id: str, **kwargs: object) -> MujocoTask:
     """The batch formulas of ``env_id``; ValueError names the supported ids."""
     if env_id not in TASKS:
         raise ValueError(f"unsupported env_id {env_id!r}; supported: {sorted(TASKS)}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ class MujocoWarpVecEnv(BatchedMujocoVecEnv):
         max_episode_steps: int = 1000,
         nconmax: int | None = None,
         njmax: int | None = None,
-        **env_kwargs: Any,
+        **env_kwargs: object,
     ) -> None:
         try:
             import mujoco_warp as mjw

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from pbrl.store.errors import BadInput, Conflict
 from pbrl.store.leases import LeasesMixin
@@ -21,7 +20,7 @@ _ANSWER = (
 
 class AnswersMixin(LeasesMixin):
     def answer(
-        self, lease_id: str, annotator: str, label: Any, query_id: str | None = None
+        self, lease_id: str, annotator: str, label: object, query_id: str | None = None
     ) -> Answer:
         """Record ``annotator``'s answer to the query of ``lease_id``, atomically.
 
@@ -45,7 +44,7 @@ class AnswersMixin(LeasesMixin):
         return got
 
     def answer_triplet(
-        self, lease_id: str, annotator: str, ranks: Any, triplet_id: str | None = None
+        self, lease_id: str, annotator: str, ranks: object, triplet_id: str | None = None
     ) -> list[Answer]:
         """Record ``annotator``'s ranking of the triplet of ``lease_id`` as its three pair
         answers (``ab``, ``ac``, ``bc``), in one transaction: all three or none.

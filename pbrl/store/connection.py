@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from pbrl.store import schema
 from pbrl.store.errors import NotAStore, NotWritable, check_writable
@@ -277,7 +276,7 @@ class StoreBase:
         return set(names) <= schema.tables(conn)
 
     # -- metadata ------------------------------------------------------------------------------
-    def set_meta(self, **values: Any) -> None:
+    def set_meta(self, **values: object) -> None:
         """Store string-able values (JSON for anything but str); None deletes the key."""
         with self._write() as conn:
             for key, value in values.items():

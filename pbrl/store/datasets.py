@@ -8,7 +8,7 @@ import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -128,7 +128,7 @@ class DatasetsMixin(StoreBase):
         now = time.time()
         with self._write() as conn:
             sql = "SELECT * FROM queries WHERE status='answered' AND delivered_at IS NULL"
-            args: list[Any] = []
+            args: list[str] = []
             if sources is not None:
                 sql += f" AND source IN ({','.join('?' * len(sources))})"
                 args += list(sources)

@@ -64,7 +64,7 @@ class Suggestion:
         """left / right / equal / unsure (the page's words)."""
         return SUGGESTION_WORDS.get(self.label, "unsure")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "label": None if math.isnan(self.label) else self.label,
             "word": self.word,
@@ -96,7 +96,7 @@ class Ranking:
     annotator: str
     created_at: float
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         return {
             "id": self.ranking_id,
             "run": self.run,
@@ -112,7 +112,7 @@ def factor_name(name: str) -> str:
     return name.strip().removeprefix("reward_")
 
 
-def parse_label(value: Any, strict: bool = True) -> float:
+def parse_label(value: object, strict: bool = True) -> float:
     """A person's answer (see :func:`pbrl.data.preferences.parse_label`).
 
     Strict by default: a skip must be the word ``skip``; a missing label (``None``, NaN, "")
@@ -124,7 +124,7 @@ def parse_label(value: Any, strict: bool = True) -> float:
         raise BadInput(str(exc)) from None
 
 
-def check_annotator(name: Any) -> str:
+def check_annotator(name: object) -> str:
     if not isinstance(name, str) or not ANNOTATOR.match(name.strip()):
         raise BadInput("annotator must be a name of 1 to 64 printable characters")
     return name.strip()

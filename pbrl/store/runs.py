@@ -104,7 +104,7 @@ class RunsMixin(StoreBase):
         return self._run_info(row)
 
     def check_ranking(
-        self, run: RunInfo, factors: Any, higher_is_better: Any = True
+        self, run: RunInfo, factors: object, higher_is_better: object = True
     ) -> tuple[list[str], list[bool]]:
         """``factors`` and ``higher_is_better`` as a valid ranking of ``run``'s factors:
         exactly its factors, each once, and one direction (a bool) per factor or one for all."""
@@ -146,7 +146,7 @@ class RunsMixin(StoreBase):
         return names, [bool(x) for x in flags]
 
     def set_ranking(
-        self, run: str, factors: Any, higher_is_better: Any = True, annotator: str = "cli"
+        self, run: str, factors: object, higher_is_better: object = True, annotator: str = "cli"
     ) -> Ranking:
         """Store ``annotator``'s ranking of ``run``'s reward factors (most important first),
         checked by :meth:`check_ranking`; earlier rankings stay (history), the latest counts."""

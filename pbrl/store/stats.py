@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -15,11 +15,54 @@ from pbrl.store.records import py_label
 from pbrl.store.suggestions import SuggestionsMixin
 
 
+class Agreement(TypedDict):
+    """How often two label sources agree: the fraction of ``n`` compared pairs (None: none)."""
+
+    n: int
+    agreement: float | None
+
+
+class AnnotatorStats(TypedDict):
+    answers: int
+    left: int
+    right: int
+    equal: int
+    skip: int
+    median_seconds: float | None  # from showing a pair to its answer
+    oracle: Agreement
+    others: Agreement
+
+
+class VlmHumanStats(TypedDict):
+    suggestions: int
+    unsure: int
+    answered_by_people: int
+    both_decided: int
+    agree: int
+    agreement: float | None
+    vlm_vs_oracle: Agreement
+
+
+class StoreStats(TypedDict):
+    """What ``LabelStore.stats`` reports (``python -m pbrl.label stats``, ``/api/stats``)."""
+
+    progress: dict[str, int]  # LabelStore.counts()
+    annotators: dict[str, AnnotatorStats]
+    pairwise: dict[str, Agreement]  # "<one> | <two>" -> their agreement
+    inter_annotator: Agreement
+    aggregate: str
+    aggregated_vs_oracle: Agreement
+    oracle_known: int
+    vlm_human: VlmHumanStats
+
+
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
 class StatsMixin(AnswersMixin, SuggestionsMixin):
+    # StoreStats once gui/server.py's /api/stats handler declares it (its plain dict return type
+    # refuses a TypedDict)
     def stats(self, aggregate: str = "majority") -> dict[str, Any]:
         """Progress, per-annotator counts, agreement between annotators and with the oracle.
 
@@ -30,25 +73,25 @@ class StatsMixin(AnswersMixin, SuggestionsMixin):
         rows = self.answers()
         by_query: dict[str, dict[str, float]] = defaultdict(dict)
         oracle: dict[str, float | None] = {}
-        per: dict[str, dict[str, Any]] = {}
+        per: dict[str, dict[str, int]] = {}
+        seconds: dict[str, list[float]] = defaultdict(list)
         for a in rows:
             label = py_label(a["label"])
             by_query[a["query_id"]][a["annotator"]] = label
             oracle[a["query_id"]] = a["oracle"]
             s = per.setdefault(
-                a["annotator"],
-                {"answers": 0, "left": 0, "right": 0, "equal": 0, "skip": 0, "seconds": []},
+                a["annotator"], {"answers": 0, "left": 0, "right": 0, "equal": 0, "skip": 0}
             )
             s["answers"] += 1
             s[{0.0: "left", 1.0: "right", 0.5: "equal"}.get(label, "skip")] += 1
-            s["seconds"].append(a["answered_at"] - a["shown_at"])
+            seconds[a["annotator"]].append(a["answered_at"] - a["shown_at"])
         names = sorted(per)
 
-        def rate(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+        def rate(pairs: list[tuple[float, float]]) -> Agreement:
             n = len(pairs)
             return {"n": n, "agreement": (sum(_same(x, y) for x, y in pairs) / n) if n else None}
 
-        annotators = {}
+        annotators: dict[str, AnnotatorStats] = {}
         for name in names:
             s = per[name]
             vs_oracle = [
@@ -63,14 +106,18 @@ class StatsMixin(AnswersMixin, SuggestionsMixin):
                 for other in lab
                 if other != name and not math.isnan(lab[name]) and not math.isnan(lab[other])
             ]
-            seconds = s.pop("seconds")
+            took = seconds[name]
             annotators[name] = {
-                **s,
-                "median_seconds": float(np.median(seconds)) if seconds else None,
+                "answers": s["answers"],
+                "left": s["left"],
+                "right": s["right"],
+                "equal": s["equal"],
+                "skip": s["skip"],
+                "median_seconds": float(np.median(took)) if took else None,
                 "oracle": rate(vs_oracle),
                 "others": rate(vs_others),
             }
-        pairwise = {}
+        pairwise: dict[str, Agreement] = {}
         for i, one in enumerate(names):
             for two in names[i + 1 :]:
                 both = [
@@ -95,7 +142,7 @@ class StatsMixin(AnswersMixin, SuggestionsMixin):
             for q, lab in by_query.items()
         ]
         vs_oracle = [(x, o) for x, o in aggregated if not math.isnan(x) and o is not None]
-        return {
+        out: StoreStats = {
             "progress": self.counts(),
             "annotators": annotators,
             "pairwise": pairwise,
@@ -105,13 +152,14 @@ class StatsMixin(AnswersMixin, SuggestionsMixin):
             "oracle_known": sum(o is not None for o in oracle.values()),
             "vlm_human": self._vlm_human(by_query, oracle, aggregate),
         }
+        return dict(out)
 
     def _vlm_human(
         self,
         by_query: dict[str, dict[str, float]],
         oracle: dict[str, float | None],
         aggregate: str,
-    ) -> dict[str, Any]:
+    ) -> VlmHumanStats:
         """VLM suggestions against people's answers, per pair (people's answers aggregated).
 
         ``agreement``: among pairs where the VLM's suggestion and the people's label are both

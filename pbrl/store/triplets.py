@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 
@@ -51,7 +50,7 @@ def triplet_pairs(triplet: str) -> tuple[str, ...]:
     return tuple(f"{triplet}:{name}" for name in PAIR_NAMES)
 
 
-def ranking_labels(ranks: Any) -> dict[str, float]:
+def ranking_labels(ranks: object) -> dict[str, float]:
     """The labels of a triplet's pairs (``ab``, ``ac``, ``bc``) from a person's ranking:
     ``{"a": 0, "b": 1, "c": 1}`` (0 best; equal ranks tie) or ``"skip"`` (all three NaN).
     Anything else is :class:`BadInput` naming the problem."""

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from pbrl.data import Queries, Segments
 from pbrl.envs.delivery import ACTION_DELTAS, TRUE_WEIGHTS, Board, DeliveryTables, as_board
@@ -29,6 +30,9 @@ from pbrl.regret.mdp import Solution, encode_segments, segment_stats, value_iter
 from pbrl.regret.preference import check_model, compare, utility
 from pbrl.teachers.base import Scripted
 from pbrl.teachers.scripted import TeacherConfigError
+
+if TYPE_CHECKING:
+    from stable_baselines3 import SAC
 
 FORMS = ("value", "advantage")
 
@@ -47,7 +51,7 @@ class SACCritic:
     """``Critic`` view of an SB3 SAC model: the minimum over its Q networks (SAC's own
     target), evaluated at the deterministic actor action for ``V``."""
 
-    def __init__(self, model: Any, batch_size: int = 4096) -> None:
+    def __init__(self, model: SAC, batch_size: int = 4096) -> None:
         self.model = model
         self.policy = model.policy
         self.gamma = float(model.gamma)
@@ -70,7 +74,7 @@ class SACCritic:
                     act_t = self.policy.actor(obs_t, deterministic=True)
                 else:
                     act_t = torch.as_tensor(
-                        scaled_act[i : i + self.batch_size], device=obs_t.device
+                        scaled_act[i : i + self.batch_size], device=self.policy.device
                     ).float()
                 q = torch.min(torch.cat(self.policy.critic(obs_t, act_t), dim=1), dim=1).values
                 out.append(q.cpu().numpy().astype(np.float64))
@@ -135,7 +139,7 @@ class RegretTeacher(Scripted):
             raise TeacherConfigError(f"teacher.gamma={self.gamma} is invalid: use 0 < gamma <= 1")
 
     @classmethod
-    def from_model(cls, model: Any, **kwargs: Any) -> RegretTeacher:
+    def from_model(cls, model: SAC, **kwargs: Any) -> RegretTeacher:
         """A teacher around an in-memory SB3 SAC model."""
         return cls(critic=SACCritic(model), **kwargs)
 
@@ -171,7 +175,7 @@ class DeliveryTeacher(Scripted):
     act = action index, padded steps after termination).
     """
 
-    board: Board | str | Any
+    board: Board | str | os.PathLike[str] | ArrayLike
     model: str = "regret"
     form: str = "value"
     beta: float | None = None

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -220,7 +219,7 @@ class VLMThenHuman(Teacher):
             "vlm_human_pending": float(self._people_pending()),
         }
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {
             "vlm": self.vlm.describe(),
             "routed_to_people": self.routed,
