@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.errors",),
     ("pbrl.data", "pbrl.store", "pbrl.sim", "pbrl.envs"),
     ("pbrl.regret",),  # the delivery domain's planning and preference models
-    ("pbrl.video", "pbrl.evaluation", "pbrl.rewards"),
+    ("pbrl.video", "pbrl.evaluation", "pbrl.rewards", "pbrl.envs.render"),  # renders states
     ("pbrl.gui", "pbrl.teachers"),  # the page; the human teacher may serve it
     ("pbrl.query", "pbrl.run", "pbrl.checkpoint"),
     ("pbrl.online", "pbrl.offline"),

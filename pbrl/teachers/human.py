@@ -23,11 +23,12 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import require_extra
 from pbrl.store import LabelStore, StoreError, check_writable
 from pbrl.teachers.base import Teacher
@@ -43,7 +44,7 @@ class HumanTeacher(Teacher):
         answers_per_query: int = 1,
         aggregate: str = "majority",
         task: str | None = None,
-        env_kwargs: dict[str, Any] | None = None,
+        env: EnvSpec | None = None,
         serve: bool = False,
         host: str = "127.0.0.1",
         port: int = 8000,
@@ -71,11 +72,10 @@ class HumanTeacher(Teacher):
         except StoreError as exc:
             raise TeacherConfigError(f"teacher.store: {exc}") from None
         self.answers_per_query, self.aggregate = int(answers_per_query), aggregate
-        if env_kwargs is not None and not isinstance(env_kwargs, dict):  # a DictConfig from Hydra
-            from omegaconf import OmegaConf
-
-            env_kwargs = cast(dict[str, Any], OmegaConf.to_container(env_kwargs, resolve=True))
-        self.task, self.env_kwargs = task, dict(env_kwargs or {})
+        self.task = task
+        self.env_kwargs: dict[str, Any] = {}  # the page re-renders clips with them (use_env)
+        if env is not None:
+            self.use_env(env)
         self.serve, self.host, self.port, self.token = serve, host, int(port), token
         self.rng = rng
         # Opened on first use: building the teacher (the trainer validates its config by
@@ -101,6 +101,11 @@ class HumanTeacher(Teacher):
                 ).start()
                 log.info("labeling page: %s/", self._server.url)
         return self._store
+
+    def use_env(self, env: EnvSpec) -> None:
+        """The run's env: its ``gym.make`` arguments go with each query, so the page renders
+        the clips exactly as the env was configured."""
+        self.env_kwargs = dict(env.kwargs)
 
     # -- the asynchronous teacher protocol -------------------------------------------------------
     def submit(self, queries: Queries) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries, Segments
+from pbrl.envs.spec import EnvSpec
 from pbrl.teachers.base import Teacher
 from pbrl.teachers.heron import HeronTeacher
 from pbrl.teachers.scripted import ScriptedTeacher, TeacherConfigError
@@ -97,7 +98,8 @@ class PopulationTeacher(Teacher):
             raise TeacherConfigError(f"teacher member {uid!r}: give weights or ranking, not both")
         rng = np.random.default_rng(self.rng.integers(2**63))
         if ranking is not None:
-            return HeronTeacher(ranking=list(ranking), env_id=env_id, rng=rng, **spec)
+            env = EnvSpec.of(env_id) if env_id else None
+            return HeronTeacher(ranking=list(ranking), env=env, rng=rng, **spec)
         unknown = sorted(set(spec) - set(SCRIPTED_KEYS))
         if unknown:
             raise TeacherConfigError(

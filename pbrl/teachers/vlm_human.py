@@ -37,6 +37,7 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
+from pbrl.envs.spec import EnvSpec
 from pbrl.rewards.base import RewardModel
 from pbrl.store import Suggestion
 from pbrl.teachers.base import Teacher
@@ -99,6 +100,10 @@ class VLMThenHuman(Teacher):
         self._window = {"routed": 0, "contested": 0, "vlm_labels": 0, "people_answers": 0}
 
     # -- the asynchronous teacher protocol ---------------------------------------------------
+    def use_env(self, env: EnvSpec) -> None:
+        self.vlm.use_env(env)
+        self.human.use_env(env)
+
     def set_reward_model(self, model: RewardModel | None) -> None:
         """The current reward model (None before its first fit): see ``disagreement``."""
         self._model = model
