@@ -25,14 +25,14 @@ from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import Episode
 from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
+from pbrl.envs.render import FrameCache, apply_camera
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
 from pbrl.online.pebble import EntropyReplayBuffer
 from pbrl.online.wrappers import random_rollout_pool
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import FrameReward, StateReward, kind_of
 from pbrl.rewards.dispatch import Steps, needs_labels, score_steps, scores_steps, step_fields
-from pbrl.envs.render import FrameCache, apply_camera
-from pbrl.envs.spec import EnvSpec
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.train import CONF_DIR
 from pbrl.video import StateRenderer

@@ -94,10 +94,10 @@ class HeronTeacher(Scripted):
             raise TeacherConfigError(f"teacher.margin={self.margin!r}: use one of {MARGINS}")
         if self.aggregate not in AGGREGATES:
             raise TeacherConfigError(f"teacher.aggregate={self.aggregate!r}: use {AGGREGATES}")
+        if not isinstance(self.ranking, str):
+            self._settle()
         if self.env is not None:
             self.use_env(self.env)
-        elif not isinstance(self.ranking, str):
-            self._settle()
 
     def use_env(self, env: EnvSpec) -> None:
         """The run's env: the ranking (``store``: the one stored for ``run``) is checked
