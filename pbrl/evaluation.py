@@ -96,15 +96,15 @@ def evaluate(
             result.factor_totals.setdefault(key, []).append(total)
     env.close()
     if video_path is not None and qpos:
-        from pbrl.video import StateRenderer, write_video
+        from pbrl.envs.render import shared_renderer
+        from pbrl.video import write_video
 
-        with StateRenderer(
-            env_id, width=video_size[0], height=video_size[1], **(env_kwargs or {})
-        ) as renderer:
-            frames = renderer.render_sequence(np.stack(qpos), np.stack(qvel))
-            if renderer.fps is None:  # write_video(fps=None) failed with TypeError too
-                raise TypeError(f"{env_id} declares no render_fps: cannot write a video")
-            result.video = str(write_video(frames, video_path, fps=renderer.fps))
+        # the process's renderer of this view: made once, not per evaluation
+        renderer = shared_renderer(env_id, env_kwargs, video_size[0], video_size[1])
+        frames = renderer.render_sequence(np.stack(qpos), np.stack(qvel))
+        if renderer.fps is None:  # write_video(fps=None) failed with TypeError too
+            raise TypeError(f"{env_id} declares no render_fps: cannot write a video")
+        result.video = str(write_video(frames, video_path, fps=renderer.fps))
     return result
 
 

@@ -323,12 +323,13 @@ class Recipe:
 
 
 def build_teacher(cfg: DictConfig, rng: np.random.Generator) -> Teacher:
-    """The ``teacher`` group's teacher; a bad setting is a :class:`ConfigError` naming its
-    cause."""
+    """The ``teacher`` group's teacher, given the run's env (:meth:`Teacher.use_env`); a bad
+    setting is a :class:`ConfigError` naming its cause."""
     from hydra.utils import instantiate
 
     try:
-        teacher = instantiate(cfg.teacher, rng=rng)
+        teacher = checked_teacher(instantiate(cfg.teacher, rng=rng))
+        teacher.use_env(EnvSpec.from_config(plain(cfg.env)))
     except Exception as exc:
         cause: BaseException = exc
         while cause.__cause__ is not None:
@@ -336,7 +337,7 @@ def build_teacher(cfg: DictConfig, rng: np.random.Generator) -> Teacher:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise ConfigError(str(cause)) from exc
-    return checked_teacher(teacher)
+    return teacher
 
 
 def check_label_page(cfg: DictConfig, teacher: Teacher | None) -> None:

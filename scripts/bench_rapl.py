@@ -61,6 +61,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from pbrl.data import PreferenceDataset, Segments  # noqa: E402
 from pbrl.data.triplets import new_triplet_ids, sample_triplets  # noqa: E402
 from pbrl.envs.rollouts import collect_episodes, task_success  # noqa: E402
+from pbrl.envs.spec import EnvSpec  # noqa: E402
 from pbrl.errors import make_config  # noqa: E402
 from pbrl.online.episodic import EpisodicSettings, spearman, within_spearman  # noqa: E402
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble  # noqa: E402
@@ -139,7 +140,10 @@ def bench_env(env: str, args: argparse.Namespace, seed: int, run_dir: Path) -> d
     settings = make_config(EpisodicSettings, plain(cfg.episodic), "episodic")
     reward_values = plain(cfg.reward)
     reward_values.pop("kind")
+    # the frames of a video the rewards see are the episodic recipe's, as in a run
+    reward_values.update(frame_stride=settings.frame_stride, n_frames=settings.n_frames)
     rapl_cfg = make_config(RAPLConfig, reward_values, "reward")
+    view = EnvSpec(env_id, env_kwargs, plain(cfg.env.get("camera", {})) or {})
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     n_triplets = int(args.triplets or cfg.max_feedback)
@@ -158,7 +162,7 @@ def bench_env(env: str, args: argparse.Namespace, seed: int, run_dir: Path) -> d
 
     # --- the backbone (loaded, or pre-trained here once and saved) ------------------------
     t0 = time.time()
-    encoder = VideoEncoder(rapl_cfg)
+    encoder = VideoEncoder(rapl_cfg, env=view)
     t_backbone = time.time() - t0
 
     # --- triplets ranked by the scripted teacher ------------------------------------------
@@ -225,14 +229,8 @@ def bench_env(env: str, args: argparse.Namespace, seed: int, run_dir: Path) -> d
 
     # --- pbrl's image CNN trained end to end on the same pairs and frames -----------------
     t0 = time.time()
-    image_values = {
-        "env_id": env_id,
-        "env_kwargs": env_kwargs,
-        "camera": plain(cfg.env.get("camera", {})) or {},
-        **args.image,
-    }
     torch.manual_seed(seed)
-    image = ImageRewardEnsemble(0, 0, ImageRewardConfig(**image_values))
+    image = ImageRewardEnsemble(0, 0, ImageRewardConfig(**args.image), env=view)
     fits["rlhf_cnn"] = image.fit(image_prefs, np.random.default_rng(seed))
     with torch.no_grad():
         per_step["rlhf_cnn"] = image.segment_rewards(heldout_s).mean(0).cpu().numpy()

@@ -12,11 +12,27 @@ pairs, cut from a real random-policy rollout, through real HTTP and the ``openai
 
     python scripts/bench_vlm.py                       # 200 pairs, noise 0 / 0.1 / 0.3
     python scripts/bench_vlm.py --pairs 500 --latency 0.2 --concurrency 8 --env Reacher-v5
+
+``--timing`` measures instead what image rewards cost the RL loop (issue 26): four runs of the
+online recipe in this one process, each through ``pbrl.recipes.run`` on Reacher-v5 with
+``vlm_pebble_reacher``'s settings, and writes ``D/timing.json`` with each run's wall time
+divided by SAC-true's (the true reward, nothing rendered):
+
+* ``sac_true_render``: SAC-true that also renders the state every step reached, as a frame
+  reward's run does (84 px, the env's camera, through the shared frame cache);
+* ``image_pebble``: PEBBLE on the learned image reward (``reward=image``), labels from the
+  scripted oracle (a VLM's latency is the teacher's, not the reward's);
+* ``clip``: SAC on the CLIP zero-shot reward (``reward=clip``) with a randomly initialized
+  ViT-B-32 saved locally (no weights are downloaded); without open_clip the entry says why.
+
+    python scripts/bench_vlm.py --timing --quick --out outputs/bench_vlm_timing   # <= 10 min
+    python scripts/bench_vlm.py --timing --run-steps 25000 --out D                # the exp's length
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -34,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from pbrl.data import PreferenceDataset, Queries, Segments  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
+from pbrl.envs.spec import EnvSpec  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.teachers.base import WaitPolicy, ask  # noqa: E402
 from pbrl.teachers.vlm import VLMTeacher  # noqa: E402
@@ -54,7 +71,7 @@ def label_pass(
         base_url=server.base_url,
         api_key_env=None,
         goal=GOALS.get(args.env, args.goal),
-        env_id=args.env,
+        env=EnvSpec(args.env),
         frames=args.frames,
         size=args.size,
         max_concurrency=args.concurrency,
@@ -116,9 +133,9 @@ def image_reward_return(queries: Queries, labels: np.ndarray) -> float:
     model = ImageRewardEnsemble(
         queries.first.obs.shape[-1],
         queries.first.act.shape[-1],
-        ImageRewardConfig(env_id=env_id, image_size=int(POLICY["image_size"]), camera=camera,
-                          max_updates=300),
-    )  # fmt: skip
+        ImageRewardConfig(image_size=int(POLICY["image_size"]), max_updates=300),
+        env=EnvSpec(env_id, camera=camera),
+    )
     model.fit(data, np.random.default_rng(seed))
     env = PreferenceVecEnv(make_vec_env("gymnasium", env_id, 1, seed), None, model)
     sac = SAC("MlpPolicy", env, learning_starts=500, batch_size=128, seed=seed, verbose=0,
@@ -152,6 +169,153 @@ def learned_reward_ratio(noise: float, queries: Queries, labels: np.ndarray) -> 
     return (vlm - _BASELINES["random"]) / gain if gain > 0 else math.nan
 
 
+# -- --timing: the image rewards' cost against SAC-true (issue 26) ----------------------------
+
+
+def timing_config(steps: int, seed: int, extra: list[str]) -> Any:
+    """``vlm_pebble_reacher`` at ``steps`` env steps (labels scaled with them: the exp asks
+    1400 in 25k steps), teacher oracle, evaluation cut to two episodes and no mid-run
+    checkpoint or video, so the runs differ only in the reward."""
+    from hydra import compose, initialize_config_dir
+
+    labels = max(100, round(0.056 * steps) // 100 * 100)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "+exp=vlm_pebble_reacher", "teacher=oracle", f"total_timesteps={steps}",
+                f"max_feedback={labels}", f"seed={seed}", "video.enabled=false",
+                "progress_bar=false", f"checkpoint_every={10 * steps}", "eval.n_episodes=2",
+                "eval.random_episodes=2", "eval.test_queries=0", "torch_threads=1", *extra,
+            ],
+        )  # fmt: skip
+
+
+def rendering_vec_env(image_size: int) -> Any:
+    """``PreferenceVecEnv`` that also renders the state each step reached (84 px, the env's
+    camera, through the process's frame cache, as a frame reward's run keeps it) and uses
+    the frame for nothing: SAC-true plus the rendering an image reward cannot do without."""
+    from pbrl.envs.render import shared_frames
+    from pbrl.online.wrappers import PreferenceVecEnv
+
+    class RenderingVecEnv(PreferenceVecEnv):
+        frames: Any = None
+        rendered = 0
+
+        def step_wait(self) -> Any:
+            obs, reward, dones, infos = super().step_wait()
+            if RenderingVecEnv.frames is None:
+                env = POLICY["env_spec"]
+                RenderingVecEnv.frames = shared_frames(env, image_size, 20_000)
+            qpos, qvel = self._reached(dones, infos)  # type: ignore[misc]
+            RenderingVecEnv.frames.frames(qpos, qvel)
+            RenderingVecEnv.rendered += len(qpos)
+            return obs, reward, dones, infos
+
+    return RenderingVecEnv
+
+
+def timed_run(name: str, cfg: Any, out: Path) -> tuple[float, dict[str, Any]]:
+    from pbrl import recipes
+
+    print(f"[timing] {name}: {int(cfg.total_timesteps)} steps ...", flush=True)
+    t0 = time.perf_counter()
+    summary = recipes.run(cfg, out / name)
+    wall = time.perf_counter() - t0
+    print(f"[timing] {name}: {wall:.1f} s (true return {summary['eval_true_return_mean']:.2f})",
+          flush=True)  # fmt: skip
+    return wall, summary
+
+
+def last_times(run_dir: Path) -> dict[str, float]:
+    """The run's last logged ``time/*`` figures (tb/progress.csv)."""
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "tb" / "progress.csv").open()))
+    out: dict[str, float] = {}
+    for row in rows:
+        out.update({k: float(v) for k, v in row.items() if k.startswith("time/") and v})
+    return out
+
+
+def clip_weights(out: Path) -> tuple[Path | None, str]:
+    """A randomly initialized open_clip ViT-B-32 saved under ``out`` (no download), or None
+    and why not."""
+    try:
+        import open_clip
+    except Exception as exc:  # ImportError, or its torchvision operators failing to load
+        return None, f"not measured: open_clip does not import here ({type(exc).__name__}: {exc})"
+    import torch
+
+    path = out / "clip_vit_b32_random_init.bin"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
+    return path, "ViT-B-32, randomly initialized (no weights here): the cost, not the reward"
+
+
+def timing(args: argparse.Namespace) -> dict[str, Any]:
+    """The four runs, one after another in this process; ``D/timing.json``."""
+    import yaml
+
+    import pbrl.online.trainer as trainer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.run_steps or (6000 if args.quick else 25000)
+    env_conf = yaml.safe_load((ROOT / "conf" / "env" / "reacher.yaml").read_text())
+    POLICY["env_spec"] = EnvSpec("Reacher-v5", {"reward_control_weight": 0.0},
+                                 env_conf.get("camera") or {})  # fmt: skip
+    load = os.getloadavg()
+    walls: dict[str, float] = {}
+    notes: dict[str, Any] = {}
+    walls["sac_true"], _ = timed_run("sac_true", timing_config(steps, args.seed, ["algo=sac"]), out)
+    plain_env = trainer.PreferenceVecEnv
+    renderer = rendering_vec_env(84)
+    trainer.PreferenceVecEnv = renderer  # type: ignore[misc]
+    try:
+        cfg = timing_config(steps, args.seed, ["algo=sac"])
+        walls["sac_true_render"], _ = timed_run("sac_true_render", cfg, out)
+    finally:
+        trainer.PreferenceVecEnv = plain_env  # type: ignore[misc]
+    notes["sac_true_render"] = {"frames_rendered": renderer.rendered}
+    walls["image_pebble"], summary = timed_run(
+        "image_pebble", timing_config(steps, args.seed, []), out
+    )
+    notes["image_pebble"] = {"labels": summary["num_labels"], **last_times(out / "image_pebble")}
+    weights, why = clip_weights(out)
+    clip: float | str
+    if weights is None:
+        clip = why
+    else:
+        cfg = timing_config(steps, args.seed, [
+            "algo=sac_zero_shot", "reward=clip", "max_feedback=0", "reward.model=ViT-B-32",
+            f"reward.checkpoint={weights}", "reward.image_size=224",
+            "reward.goal_prompts=[a robot arm whose tip touches the red dot]",
+            "reward.baseline_prompts=[a robot arm and a red dot]",
+        ])  # fmt: skip
+        walls["clip"], _ = timed_run("clip", cfg, out)
+        clip = walls["clip"] / walls["sac_true"]
+        notes["clip"] = why
+    base = walls["sac_true"]
+    result: dict[str, Any] = {
+        "sac_true_render": walls["sac_true_render"] / base,
+        "image_pebble": walls["image_pebble"] / base,
+        "clip": clip,
+        "image_pebble_over_sac_true_render": walls["image_pebble"] / walls["sac_true_render"],
+        "wall_s": walls,
+        "steps": steps,
+        "seed": args.seed,
+        "load_avg_before": [round(x, 2) for x in load],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "notes": notes,
+    }
+    (out / "timing.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="Reacher-v5")
@@ -172,7 +336,17 @@ def main() -> None:
         help="SAC steps per learned-reward run (0: no learned-reward column)",
     )  # fmt: skip
     parser.add_argument("--image-size", type=int, default=64, help="of the image reward model")
+    parser.add_argument(
+        "--timing", action="store_true",
+        help="time SAC-true, SAC-true + rendering, image PEBBLE and CLIP: D/timing.json",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="--timing: 6000 steps a run")
+    parser.add_argument("--run-steps", type=int, default=0, help="--timing: env steps a run")
+    parser.add_argument("--out", default="outputs/bench_vlm_timing", help="--timing: folder D")
     args = parser.parse_args()
+    if args.timing:
+        timing(args)
+        return
     POLICY.update(steps=args.policy_steps, image_size=args.image_size, seed=args.seed, env=args.env)
 
     t0 = time.monotonic()

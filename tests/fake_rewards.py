@@ -4,32 +4,38 @@ recipes in tests without training anything."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
+from pbrl.envs.spec import EnvSpec
 from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, FrameReward, StateReward
 from pbrl.teachers.base import Teacher
 
 
 @dataclass
 class FakeConfig:
-    env_id: str = ""  # filled from the run's env (frame rewards render it)
-    env_kwargs: dict = field(default_factory=dict)
-    camera: dict = field(default_factory=dict)
+    """No settings: what a frame reward renders is the run's env (``env``)."""
 
 
 class _Fake(nn.Module):
-    """Built like every registered reward: ``cls(obs_dim, act_dim, config, device)``."""
+    """Built like every registered reward: ``cls(obs_dim, act_dim, config, device)``, and
+    ``env=`` for the kinds that render it."""
 
     def __init__(
-        self, obs_dim: int = 0, act_dim: int = 0, config: FakeConfig | None = None, device="cpu"
+        self,
+        obs_dim: int = 0,
+        act_dim: int = 0,
+        config: FakeConfig | None = None,
+        device="cpu",
+        env: EnvSpec | None = None,
     ) -> None:
         super().__init__()
         self.config = config or FakeConfig()
+        self.env = env
         self.device = torch.device(device)
         self.fits = 0
 
@@ -73,9 +79,10 @@ class MeanPixelReward(_Fake, FrameReward):
 
     def __init__(self, *args, image_size: int = 16, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from pbrl.rewards.frame_cache import FrameCache
+        from pbrl.envs.render import FrameCache
 
-        self.env_id, self.image_size = self.config.env_id, image_size
+        assert self.env is not None, "a frame reward is given the run's env"
+        self.env_id, self.image_size = self.env.id, image_size
         self._frames = FrameCache(self.env_id, image_size, capacity=0)
 
     @property

@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pbrl.errors",),
     ("pbrl.data", "pbrl.store", "pbrl.sim", "pbrl.envs"),
     ("pbrl.regret",),  # the delivery domain's planning and preference models
-    ("pbrl.video", "pbrl.evaluation", "pbrl.rewards"),
+    ("pbrl.video", "pbrl.evaluation", "pbrl.rewards", "pbrl.envs.render"),  # renders states
     ("pbrl.teachers",),
     ("pbrl.gui",),  # the labeling page: above the teachers, so no teacher can start it
     ("pbrl.query", "pbrl.run", "pbrl.checkpoint"),

@@ -17,6 +17,7 @@ from torch import nn
 
 from pbrl.data import PreferenceDataset, Queries, Segments
 from pbrl.data.offline import Episode, OfflineDataset
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError, make_config
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards import clip as clip_module
@@ -74,9 +75,14 @@ class TinyClip(nn.Module):
         return out
 
 
-def tiny_reward(config: ClipRewardConfig, seed: int = 0, **kw) -> ClipReward:
+REACHER = EnvSpec("Reacher-v5")  # the run's env, as the reward is handed it
+
+
+def tiny_reward(
+    config: ClipRewardConfig, seed: int = 0, env: EnvSpec | None = REACHER, **kw
+) -> ClipReward:
     enc = TinyClip(seed=seed, **kw)
-    return ClipReward(0, 0, config, "cpu", encoder=enc, tokenizer=enc.tokenize)
+    return ClipReward(0, 0, config, "cpu", env, encoder=enc, tokenizer=enc.tokenize)
 
 
 def config(**kw) -> ClipRewardConfig:
@@ -84,7 +90,6 @@ def config(**kw) -> ClipRewardConfig:
         "goal_prompts": ["a robot arm touching the ball"],
         "baseline_prompts": ["a robot arm"],
         "alpha": 0.5,
-        "env_id": "Reacher-v5",
         "image_size": 48,
         "batch_size": 16,
     }
@@ -271,7 +276,7 @@ def test_missing_or_unset_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file.*huggingface-cli download"):
         ClipReward(0, 0, config(checkpoint=str(tmp_path / "nope.bin")))
     with pytest.raises(ConfigError, match="reward.checkpoint is not set"):
-        make_reward_model({"kind": "clip", **asdict(config())}, 3, 1)
+        make_reward_model({"kind": "clip", **asdict(config())}, 3, 1, env=REACHER)
 
 
 def test_open_clip_missing_is_one_clear_error(tmp_path, monkeypatch):
@@ -305,13 +310,21 @@ def test_frames_of_the_wrong_shape_or_type(frames, needle):
         ({"goal_prompts": []}, "goal_prompts is empty"),
         ({"goal_prompts": ["ok", " "]}, "empty prompt"),
         ({"image_size": 0}, "image_size=0 must be positive"),
-        ({"camera": {"zoom": 2}}, "camera: unknown key.*zoom"),
-        ({"camera": {"lookat": [0, 1]}}, "needs 3 numbers"),
+        ({"camera": {}}, "unknown reward key.*camera"),  # the camera is the env's
     ],
 )
 def test_bad_settings_are_config_errors(values, needle):
     with pytest.raises(ConfigError, match=needle):
         make_config(ClipRewardConfig, {**asdict(config()), **values}, "reward")
+
+
+@pytest.mark.parametrize(
+    "camera, needle",
+    [({"zoom": 2}, "env.camera: unknown key.*zoom"), ({"lookat": [0, 1]}, "needs 3 numbers")],
+)
+def test_a_bad_env_camera_is_a_config_error(camera, needle):
+    with pytest.raises(ConfigError, match=needle):
+        EnvSpec("Reacher-v5", camera=camera)
 
 
 def test_identical_goal_and_baseline_prompts_are_a_config_error():
@@ -431,7 +444,7 @@ def test_offline_relabel_scores_the_state_each_transition_reached():
 
 def test_segments_must_carry_states_of_the_same_env():
     segs = rollout_segments("Reacher-v5", n=1, t=2)
-    model = tiny_reward(config(env_id="InvertedPendulum-v5"))
+    model = tiny_reward(config(), env=EnvSpec("InvertedPendulum-v5"))
     with pytest.raises(ValueError, match="from Reacher-v5"):
         model.segment_returns(segs)
     segs.qpos = None
@@ -441,7 +454,7 @@ def test_segments_must_carry_states_of_the_same_env():
 
 def test_camera_settings_reach_the_renderer():
     camera = {"distance": 3.0, "elevation": -10, "lookat": [0, 0, 1.0]}
-    model = tiny_reward(config(env_id="Humanoid-v5", image_size=32, camera=camera))
+    model = tiny_reward(config(image_size=32), env=EnvSpec("Humanoid-v5", camera=camera))
     assert model.camera == {"distance": 3.0, "elevation": -10.0, "lookat": [0.0, 0.0, 1.0]}
     assert model.frames is not None
     r = model.frames.renderer()
@@ -489,16 +502,18 @@ def test_clip_experiments_compose_into_valid_reward_configs(name, tmp_path):
     assert cfg.name == name and cfg.reward.kind == "clip"
     values = OmegaConf.to_container(cfg.reward, resolve=True)
     values.pop("kind")
-    reward = make_config(ClipRewardConfig, values, "reward")
-    assert reward.env_id == cfg.env.id and reward.goal_prompts
+    settings = make_config(ClipRewardConfig, values, "reward")
+    env = EnvSpec.from_config(OmegaConf.to_container(cfg.env, resolve=True))
+    reward = tiny_reward(settings, env=env)
+    assert reward.env_id == cfg.env.id and settings.goal_prompts
     # frames are rendered with the env group's camera and gym.make arguments
     assert reward.camera == OmegaConf.to_container(cfg.env.camera) != {}
     assert reward.env_kwargs == OmegaConf.to_container(cfg.env.kwargs)
     assert cfg.max_feedback == 0  # zero-shot: no labels
     if name == "clip_humanoid_kneeling":
         assert cfg.env.id == "Humanoid-v5" and cfg.algo.sb3 == "sac"
-        assert reward.goal_prompts == ["a humanoid robot kneeling"]
-        assert reward.baseline_prompts == ["a humanoid robot"]
+        assert settings.goal_prompts == ["a humanoid robot kneeling"]
+        assert settings.baseline_prompts == ["a humanoid robot"]
         assert reward.env_kwargs == {"terminate_when_unhealthy": False}
 
 
@@ -524,9 +539,9 @@ def test_reward_group_registers_clip():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["reward=clip", "env=reacher"])
     values = OmegaConf.to_container(cfg.reward, resolve=True)
-    assert values["env_id"] == "Reacher-v5" and values["checkpoint"] == ""
+    assert "env_id" not in values and values["checkpoint"] == ""  # the env is the run's
     with pytest.raises(ConfigError, match="goal_prompts is empty"):
-        make_reward_model(values, 3, 1)
+        make_reward_model(values, 3, 1, env=REACHER)
 
 
 # -- online -----------------------------------------------------------------------------------
@@ -537,9 +552,9 @@ class InjectedClip(ClipReward):
 
     scored: list[tuple[int, ...]] = []  # shapes of the frame batches scored (class-wide)
 
-    def __init__(self, obs_dim, act_dim, config, device="cpu", **_):
+    def __init__(self, obs_dim, act_dim, config, device="cpu", env=None, **_):
         enc = TinyClip()
-        super().__init__(obs_dim, act_dim, config, device, encoder=enc, tokenizer=enc.tokenize)
+        super().__init__(obs_dim, act_dim, config, device, env, encoder=enc, tokenizer=enc.tokenize)
 
     def frame_reward(self, frames):
         InjectedClip.scored.append(tuple(frames.shape))
@@ -644,10 +659,10 @@ def test_sac_learns_what_the_goal_prompt_describes():
         baseline_prompts=["the arm"],
         alpha=0.5,
         image_size=48,
-        camera=camera,
     )
     enc = SideClip()
-    model = ClipReward(0, 0, cfg, encoder=enc, tokenizer=enc.tokenize)
+    env = EnvSpec("Reacher-v5", camera=camera)
+    model = ClipReward(0, 0, cfg, env=env, encoder=enc, tokenizer=enc.tokenize)
 
     # the reward sees the arm's side: left 1, up or down 1/sqrt(2), right ~0.1
     def score_states(model, qpos, qvel):
@@ -707,14 +722,16 @@ def test_random_init_open_clip_runs_the_pipeline(tmp_path):
     pp = Preprocess.of(model)
     assert pp.size == (224, 224) and pp.mean == pytest.approx(CLIP_MEAN)
     cfg = config(image_size=64, batch_size=4)
-    reward = ClipReward(0, 0, cfg, encoder=model, tokenizer=tokenizer)
+    reward = ClipReward(0, 0, cfg, env=REACHER, encoder=model, tokenizer=tokenizer)
     segs = rollout_segments("Reacher-v5", n=2, t=3)
     returns = reward.segment_returns(segs)
     assert returns.shape == (1, 2) and torch.isfinite(returns).all()
     # the real loader: weights from a local file
     weights = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(model.state_dict(), weights)
-    loaded = ClipReward(0, 0, config(image_size=64, batch_size=4, checkpoint=str(weights)))
+    loaded = ClipReward(
+        0, 0, config(image_size=64, batch_size=4, checkpoint=str(weights)), env=REACHER
+    )
     torch.testing.assert_close(loaded.segment_returns(segs), returns, atol=1e-4, rtol=0)
     with pytest.raises(ConfigError, match="not an open_clip model"):
         load_open_clip("ViT-Nope", str(weights))
@@ -722,7 +739,7 @@ def test_random_init_open_clip_runs_the_pipeline(tmp_path):
 
 def test_humanoid_frames_render_at_the_configured_size():
     segs = rollout_segments("Humanoid-v5", n=1, t=2)
-    model = tiny_reward(config(env_id="Humanoid-v5", image_size=40))
+    model = tiny_reward(config(image_size=40), env=EnvSpec("Humanoid-v5"))
     assert model.frames is not None and model.frames.renderer().width == 40 == model.image_size
     assert model.segment_returns(segs).shape == (1, 1)
     model.close()

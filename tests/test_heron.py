@@ -9,6 +9,7 @@ import pytest
 
 import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
 from pbrl.data import Queries, Segments
+from pbrl.envs.spec import EnvSpec
 from pbrl.teachers.heron import HeronTeacher, heron_compare
 from pbrl.teachers.scripted import TeacherConfigError
 
@@ -108,7 +109,7 @@ def test_running_margin_remembers_earlier_batches():
         ({"ranking": ["forward"], "sigma": -1.0}, "use σ >= 0"),
         ({"ranking": ["forward"], "higher_is_better": [True, False]}, "2 values for 1"),
         ({"ranking": ["forward"], "margin": "pool"}, "teacher.margin"),
-        ({"ranking": ["speed"], "env_id": "HalfCheetah-v5"}, "its factors are ctrl, forward"),
+        ({"ranking": ["speed"], "env": EnvSpec("HalfCheetah-v5")}, "its factors are ctrl, forward"),
     ],
 )
 def test_bad_settings_are_one_line(kwargs, match):

@@ -18,7 +18,9 @@ import pytest
 
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
+from pbrl.envs.spec import EnvSpec
 from pbrl.label import main as label_main
+from pbrl.run import build_teacher
 from pbrl.sim.probe import probe_env
 from pbrl.store import (
     SCHEMA_VERSION,
@@ -344,7 +346,7 @@ def test_cli_sets_and_prints_the_ranking(
 def test_teacher_without_a_stored_ranking_says_where_to_give_it(tmp_path: Path) -> None:
     db = tmp_path / "labels" / "new.sqlite"  # not there yet: created, with the run registered
     with pytest.raises(TeacherConfigError) as exc:
-        HeronTeacher("store", ranking_from=str(db), run="heron_hopper", env_id=ENV)
+        HeronTeacher("store", ranking_from=str(db), run="heron_hopper", env=EnvSpec(ENV))
     msg = str(exc.value)
     assert "\n" not in msg and "nobody has ranked the factors of run 'heron_hopper'" in msg
     assert f"python -m pbrl.label serve --store {db}" in msg
@@ -352,12 +354,13 @@ def test_teacher_without_a_stored_ranking_says_where_to_give_it(tmp_path: Path) 
     assert f"pbrl.label ranking --db {db} --run heron_hopper --set ctrl,forward,survive" in msg
     assert LabelStore(db, readonly=True).run("heron_hopper").factors == FACTORS  # page can show it
     with pytest.raises(TeacherConfigError, match="list the reward factors"):
-        HeronTeacher("survive", env_id=ENV)
-    with pytest.raises(TeacherConfigError, match="needs teacher.env_id"):
-        HeronTeacher("store", ranking_from=str(db), run="heron_hopper")
+        HeronTeacher("survive", env=EnvSpec(ENV))
+    unplaced = HeronTeacher("store", ranking_from=str(db), run="heron_hopper")  # no env yet
+    with pytest.raises(TeacherConfigError, match="was not given"):
+        unplaced(hopper_queries(2, length=5, run="heron_hopper"))
     LabelStore(db).set_ranking("heron_hopper", list(FACTORS), True, "alice")
     with pytest.raises(TeacherConfigError, match="ranks the factors of Hopper-v5, not Walker2d"):
-        HeronTeacher("store", ranking_from=str(db), run="heron_hopper", env_id="Walker2d-v5")
+        HeronTeacher("store", ranking_from=str(db), run="heron_hopper", env=EnvSpec("Walker2d-v5"))
 
 
 def test_teacher_with_the_stored_ranking_labels_as_the_config_ranking(tmp_path: Path) -> None:
@@ -368,9 +371,10 @@ def test_teacher_with_the_stored_ranking_labels_as_the_config_ranking(tmp_path: 
     queries = hopper_queries(40, length=20, run="heron_hopper")
 
     stored = HeronTeacher(
-        "store", sigma=[0.5, 0.5, 0.0], ranking_from=str(db.path), run="heron_hopper", env_id=ENV
+        "store", sigma=[0.5, 0.5, 0.0], ranking_from=str(db.path), run="heron_hopper"
     )
-    config = HeronTeacher(order, sigma=[0.5, 0.5, 0.0], higher_is_better=higher, env_id=ENV)
+    stored.use_env(EnvSpec.of(ENV))  # as a run hands it its env
+    config = HeronTeacher(order, sigma=[0.5, 0.5, 0.0], higher_is_better=higher, env=EnvSpec(ENV))
     labels = stored(queries)
     np.testing.assert_array_equal(labels, config(queries))
     assert np.isfinite(labels).sum() >= 20  # most pairs decided: the comparison is not vacuous
@@ -383,8 +387,9 @@ def test_teacher_with_the_stored_ranking_labels_as_the_config_ranking(tmp_path: 
     # A different stored ranking changes the labels (the store is really read).
     db.set_ranking("heron_hopper", ["ctrl", "forward", "survive"], True, "bob")
     other = HeronTeacher(
-        "store", sigma=[0.5, 0.5, 0.0], ranking_from=str(db.path), run="heron_hopper", env_id=ENV
-    )
+        "store", sigma=[0.5, 0.5, 0.0], ranking_from=str(db.path), run="heron_hopper",
+        env=EnvSpec(ENV),
+    )  # fmt: skip
     assert other.ranking == ["ctrl", "forward", "survive"]
     assert not np.array_equal(other(queries), labels, equal_nan=True)
 
@@ -392,7 +397,6 @@ def test_teacher_with_the_stored_ranking_labels_as_the_config_ranking(tmp_path: 
 def test_hydra_teacher_ranking_store_override(tmp_path: Path) -> None:
     """``+exp=heron_hopper teacher.ranking=store``: run name and store from the exp name."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     from pbrl.errors import ConfigError
     from pbrl.train import validate
@@ -406,6 +410,6 @@ def test_hydra_teacher_ranking_store_override(tmp_path: Path) -> None:
         validate(cfg)  # what `python -m pbrl.train` runs first: one line, exit 2
     LabelStore(db).set_ranking("heron_hopper", ["forward", "survive", "ctrl"], True, "alice")
     validate(cfg)
-    teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
+    teacher = build_teacher(cfg, np.random.default_rng(0))
     assert teacher.ranking == ["forward", "survive", "ctrl"]
     assert list(teacher.sigmas) == [0.1, 0.2, 0.5]  # the official sigmas, one per level

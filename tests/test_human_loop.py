@@ -23,12 +23,12 @@ pytest.importorskip("uvicorn", reason="the web stack is not installed: pip insta
 httpx = pytest.importorskip("httpx", reason="pip install httpx")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from test_label_store import pair_queries  # noqa: E402  (tests/ is on sys.path)
 
 from pbrl.data import PreferenceDataset  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.gui.server import BackgroundServer  # noqa: E402
+from pbrl.run import build_teacher  # noqa: E402
 from pbrl.store import LabelStore, labels_ranks  # noqa: E402
 from pbrl.teachers.base import WaitPolicy, wait_for  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
@@ -243,7 +243,7 @@ def test_hydra_builds_the_human_teacher_from_config(tmp_path: Path) -> None:
                 "config", overrides=[*chosen, f"teacher.store={store}", "feedback.min_labels=7"]
             )
             validate(cfg)  # builds the teacher once, as pbrl.train does
-            teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
+            teacher = build_teacher(cfg, np.random.default_rng(0))  # given the run's env
             assert isinstance(teacher, HumanTeacher)
             assert teacher.env_kwargs == {} and cfg.wait.timeout_s == 600
     assert not store.exists()

@@ -25,13 +25,14 @@ from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import Episode
 from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
+from pbrl.envs.render import FrameCache, apply_camera
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
 from pbrl.online.pebble import EntropyReplayBuffer
 from pbrl.online.wrappers import random_rollout_pool
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model
 from pbrl.rewards.base import FrameReward, StateReward, kind_of
 from pbrl.rewards.dispatch import Steps, needs_labels, score_steps, scores_steps, step_fields
-from pbrl.rewards.frame_cache import FrameCache, apply_camera
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble
 from pbrl.train import CONF_DIR
 from pbrl.video import StateRenderer
@@ -45,9 +46,12 @@ def pool() -> TrajectoryPool:
     return random_rollout_pool("Reacher-v5", 200)
 
 
+REACHER = EnvSpec("Reacher-v5", camera=TOP_DOWN)  # what the run's env hands the reward
+
+
 def make_model(**kwargs) -> ImageRewardEnsemble:  # type: ignore[no-untyped-def]
-    settings = {"env_id": "Reacher-v5", "image_size": SIZE, "camera": TOP_DOWN, **kwargs}
-    return ImageRewardEnsemble(10, 2, ImageRewardConfig(**settings))
+    config = ImageRewardConfig(**{"image_size": SIZE, **kwargs})
+    return ImageRewardEnsemble(10, 2, config, env=REACHER)
 
 
 def reference_frames(segments: Segments) -> np.ndarray:
@@ -153,13 +157,17 @@ def test_frames_are_rendered_once_per_state(pool):
     states = np.unique(
         np.concatenate([both.qpos[:, 1:], both.qvel[:, 1:]], -1).reshape(-1, 8), axis=0
     )
+    renders = cache.renders  # the process's cache of this view: others may have used it
     model.segment_returns(both)
-    assert cache.renders == len(states) and len(cache) == len(states)
-    model.preference_probs(q.first, q.second)
+    assert cache.renders - renders == len(states) and len(cache) >= len(states)
+    assert model.memo.scored == len(both.mask.nonzero()[0])  # scored in one batch
+    model.preference_probs(q.first, q.second)  # the same version: scores from the memo
+    assert model.memo.scored == len(both.mask.nonzero()[0]) and model.memo.hits > 0
+    hits = cache.hits
     model.fit(PreferenceDataset(q, oracle_labels(q)), rng)
-    model.accuracy(PreferenceDataset(q, oracle_labels(q)))
-    assert cache.renders == len(states)  # nothing rendered again
-    assert cache.hits >= 3 * len(states)
+    model.accuracy(PreferenceDataset(q, oracle_labels(q)))  # a new version: scored again
+    assert cache.renders - renders == len(states)  # nothing rendered again
+    assert cache.hits - hits >= 2 * len(states)
     # frames are exactly what a fresh renderer draws
     frames, index = cache.segment_frames(q.first)
     np.testing.assert_array_equal(frames[index[3, 2]], reference_frames(q.first[3])[0, 3])
@@ -189,15 +197,18 @@ def test_declared_kind_and_registration():
     with pytest.raises(ValueError, match=r"uint8 frames \[B, 32, 32, 3\]"):
         model.frame_reward(torch.zeros(2, 64, 64, 3, dtype=torch.uint8))
     assert REWARD_MODELS["image"] == (ImageRewardEnsemble, ImageRewardConfig)
-    built = make_reward_model({"kind": "image", "env_id": "Reacher-v5", "image_size": 48}, 10, 2)
+    built = make_reward_model({"kind": "image", "image_size": 48}, 10, 2, env=REACHER)
     assert isinstance(built, ImageRewardEnsemble) and built.image_size == 48
+    assert built.env is REACHER and built.camera == TOP_DOWN
+    with pytest.raises(ConfigError, match="renders the env's states"):
+        make_reward_model({"kind": "image"}, 10, 2)  # no env given
+    with pytest.raises(ConfigError, match="env_id"):  # the env is the run's, not the config's
+        make_reward_model({"kind": "image", "env_id": "Reacher-v5"}, 10, 2, env=REACHER)
 
 
 @pytest.mark.parametrize(
     ("values", "needle"),
     [
-        ({"env_id": ""}, "reward.env_id is empty"),
-        ({"camera": {"zoom": 2}}, "unknown key(s) zoom"),
         ({"image_size": 8}, "too small for the conv layers"),
         ({"head": "attention"}, "reward.head='attention'"),
         ({"channels": [8], "kernels": [3, 3]}, "one entry per conv layer"),
@@ -205,7 +216,7 @@ def test_declared_kind_and_registration():
 )
 def test_bad_settings_are_config_errors(values, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
-        make_reward_model({"kind": "image", "env_id": "Reacher-v5", **values}, 10, 2)
+        make_reward_model({"kind": "image", **values}, 10, 2, env=REACHER)
 
 
 def test_save_load_round_trip(pool, tmp_path):
@@ -216,6 +227,7 @@ def test_save_load_round_trip(pool, tmp_path):
     model.save(tmp_path / "reward_model.pt")
     loaded = load_reward_model(tmp_path / "reward_model.pt")
     assert isinstance(loaded, ImageRewardEnsemble) and loaded.config == model.config
+    assert loaded.env.view == REACHER.view
     frames, _ = model.frame_cache.segment_frames(q.first)
     torch.testing.assert_close(loaded.frame_reward(frames), model.frame_reward(frames))
     for a, b in zip(loaded.optimizer.state_dict()["state"].values(),
@@ -410,7 +422,8 @@ def test_exps_compose():
         offline = compose("config", overrides=["+exp=offline_vlm_iql_hopper"])
     assert online.reward.kind == offline.reward.kind == "image"
     assert online.teacher._target_ == offline.teacher._target_ == "pbrl.teachers.vlm.VLMTeacher"
-    assert online.reward.camera == TOP_DOWN | {"elevation": -90, "azimuth": 90, "lookat": [0, 0, 0]}
+    assert online.env.camera == TOP_DOWN | {"elevation": -90, "azimuth": 90, "lookat": [0, 0, 0]}
+    assert "camera" not in online.reward and "env_id" not in online.teacher  # the run's env
     assert online.feedback.segment_length == offline.feedback.segment_length == 1
     assert offline.algo.name == "iql" and offline.dataset.tie_threshold == 0
 

@@ -22,6 +22,7 @@ from pbrl.data.triplets import (
     triplets_from_dataset,
 )
 from pbrl.envs.rollouts import collect_episodes, task_success
+from pbrl.envs.spec import EnvSpec
 from pbrl.envs.sweep import ZONE_Y, expert_action, sweep_reward_from_qpos
 from pbrl.errors import ConfigError
 from pbrl.rewards.ot import cosine_cost, ot_similarity, ot_step_rewards, sinkhorn
@@ -263,7 +264,7 @@ def test_sweep_and_pusher_render_from_stored_state():
         assert not np.array_equal(a, r.render(q2, v))
     pusher = compose_cfg("rapl_pusher").env
     with StateRenderer("Pusher-v5", 64, 64) as r:
-        from pbrl.rewards.frame_cache import apply_camera
+        from pbrl.envs.render import apply_camera
 
         apply_camera(r, dict(pusher.camera))
         r.env.reset(seed=0)
@@ -337,7 +338,7 @@ def test_backbone_files_load_and_bad_ones_are_one_clear_error(tmp_path, backbone
         assert torch.equal(value, saved[key]), key
     assert "fc.weight" not in net.state_dict()
     with pytest.raises(ConfigError, match="no such file"):
-        RAPLConfig(env_id="pbrl/Sweep-v0", backbone_weights=str(tmp_path / "missing.pth"))
+        RAPLConfig(backbone_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(BackboneError, match="no such file"):
         load_backbone(tmp_path / "missing.pth")
     state = resnet18().state_dict()
@@ -357,21 +358,23 @@ def test_backbone_files_load_and_bad_ones_are_one_clear_error(tmp_path, backbone
     with pytest.raises(BackboneError, match="cannot be read") as e:
         load_backbone(tmp_path / "junk.pth")
     assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="env_id is empty"):
-        RAPLConfig()
+    with pytest.raises(ConfigError, match="renders the env's states"):
+        RAPLReward(0, 0, RAPLConfig())  # the env is the run's: none given
     with pytest.raises(ConfigError, match="train_cost"):
-        RAPLConfig(env_id="pbrl/Sweep-v0", train_cost="manhattan")
+        RAPLConfig(train_cost="manhattan")
+
+
+SWEEP = EnvSpec("pbrl/Sweep-v0")  # the run's env, as the reward is handed it
 
 
 def small_rapl(backbone_file: Path) -> RAPLReward:
     cfg = RAPLConfig(
-        env_id="pbrl/Sweep-v0",
         image_size=64,
         backbone_weights=str(backbone_file),
         frame_stride=25,
         epochs=3,
     )
-    return RAPLReward(0, 0, cfg)
+    return RAPLReward(0, 0, cfg, env=SWEEP)
 
 
 def test_rapl_reward_fits_scores_and_refuses_bad_input(tmp_path, backbone_file):
@@ -602,8 +605,8 @@ def test_aligned_encoder_ranks_held_out_sweep_videos_better_than_the_unaligned_o
     pool = collect_episodes("pbrl/Sweep-v0", 90, 0, rng)
     heldout = collect_episodes("pbrl/Sweep-v0", 40, 500, rng)
     demos = collect_episodes("pbrl/Sweep-v0", 5, 900, rng, (0.0, 0.0))
-    cfg = RAPLConfig(env_id="pbrl/Sweep-v0", frame_stride=5, pretrain_dir=str(tmp_path))
-    encoder = VideoEncoder(cfg)
+    cfg = RAPLConfig(frame_stride=5, pretrain_dir=str(tmp_path))
+    encoder = VideoEncoder(cfg, env=SWEEP)
     q = sample_triplets(pool, 60, rng)
     prefs = PreferenceDataset(q, TripletTeacher()(q))
     rho = {}

@@ -15,6 +15,7 @@ import pbrl.envs  # noqa: F401  (registers pbrl/Sweep-v0)
 from pbrl.data import PreferenceDataset
 from pbrl.data.triplets import sample_triplets, triplets_from_dataset
 from pbrl.envs.rollouts import collect_episodes
+from pbrl.envs.spec import EnvSpec
 from pbrl.online.episodic import within_spearman
 from pbrl.rewards import REWARD_MODELS
 from pbrl.rewards.base import FrameReward, kind_of
@@ -99,15 +100,14 @@ def test_rlhf_linear_is_a_frame_reward_and_training_leaves_the_backbone_frozen(
     assert kind_of(LinearHeadReward) is FrameReward
     assert scores_steps(LinearHeadReward) and scores_episodes(LinearHeadReward)
     assert not uses_demonstrations(LinearHeadReward)
+    env = EnvSpec("pbrl/Sweep-v0", ONE_BLOCK)
     common = {
-        "env_id": "pbrl/Sweep-v0",
-        "env_kwargs": ONE_BLOCK,
         "image_size": 64,
         "backbone_weights": str(backbone_file),
         "frame_stride": 10,
         "epochs": 3,
     }
-    encoder = VideoEncoder(RAPLConfig(**common))
+    encoder = VideoEncoder(RAPLConfig(**common), env=env)
     before = {k: v.clone() for k, v in encoder.backbone.state_dict().items()}
     rng = np.random.default_rng(0)
     q = sample_triplets(pool, 8, rng)

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pbrl import recipes
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
 from pbrl.rewards import REWARD_MODELS
 from pbrl.rewards.dispatch import Steps, score_steps
@@ -69,7 +70,7 @@ def test_a_fake_step_reward_drives_the_online_recipe(exp, kind, fakes, tmp_path,
         buffer = pickle.load(fh)
     n = buffer.pos
     fields = {k: v[:n, 0] for k, v in buffer.step_fields.items()}
-    model = REWARD_MODELS[kind][0](0, 0, FakeConfig(env_id=str(cfg.env.id)))
+    model = REWARD_MODELS[kind][0](0, 0, FakeConfig(), env=EnvSpec(str(cfg.env.id)))
     expected = score_steps(
         model, Steps(buffer.observations[:n, 0], buffer.actions[:n, 0], **fields)
     )

@@ -37,7 +37,7 @@ from pbrl.gui.server import BackgroundServer, create_app  # noqa: E402
 from pbrl.label import main as label_main  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.rewards import RewardEnsemble, RewardModelConfig  # noqa: E402
-from pbrl.run import wait_policy  # noqa: E402
+from pbrl.run import build_teacher, wait_policy  # noqa: E402
 from pbrl.store import SCHEMA_VERSION, BadInput, LabelStore, Suggestion  # noqa: E402
 from pbrl.teachers.base import WaitPolicy, wait_for  # noqa: E402
 from pbrl.teachers.human import HumanTeacher  # noqa: E402
@@ -397,7 +397,7 @@ def test_config_builds_the_teacher_and_rejects_bad_settings(tmp_path: Path) -> N
                         "teacher.vlm.wait_for_round=true", "teacher.human.poll_s=0.5"):  # fmt: skip
                 with pytest.raises(ConfigCompositionException, match=old.split("=")[0]):
                     compose("config", overrides=[*overrides, old])
-        teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
+        teacher = build_teacher(cfg, np.random.default_rng(0))  # given the run's env
         assert isinstance(teacher, VLMThenHuman) and teacher.route == "unsure"
         assert teacher.vlm.goal.startswith("the tip of the two-link robot arm")
         for group in (cfg.teacher, cfg.teacher.vlm, cfg.teacher.human):

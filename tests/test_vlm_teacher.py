@@ -26,15 +26,16 @@ import pytest
 import yaml
 from conftest import TINY, with_overrides
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 from support.vlm import RecordingMockVLM
 
 from pbrl.data import Queries
 from pbrl.data.pool import TrajectoryPool
 from pbrl.data.preferences import oracle_labels
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
 from pbrl.online.wrappers import random_rollout_pool
+from pbrl.run import build_teacher
 from pbrl.teachers.base import WaitPolicy, ask, wait_for
 from pbrl.teachers.vlm import (
     VLMTeacher,
@@ -74,7 +75,7 @@ def make_teacher(server: RecordingMockVLM, tmp_path: Path, **kwargs) -> VLMTeach
         "base_url": server.base_url,
         "api_key_env": None,
         "goal": GOAL,
-        "env_id": "Reacher-v5",
+        "env": EnvSpec("Reacher-v5"),
         "size": 64,
         "cache": str(tmp_path / "vlm.sqlite"),
         "max_concurrency": 4,
@@ -487,12 +488,14 @@ def test_frame_modes(reacher_pool, vlm, tmp_path, frames):
 def test_camera_from_the_env_group(reacher_pool, vlm, tmp_path):
     queries = queries_from(reacher_pool, 2)
     top_down = {"distance": 0.55, "elevation": -90, "azimuth": 90, "lookat": [0, 0, 0]}
-    default, above = make_teacher(vlm, tmp_path), make_teacher(vlm, tmp_path, camera=top_down)
+    above_env = EnvSpec("Reacher-v5", camera=top_down)
+    default, above = make_teacher(vlm, tmp_path), make_teacher(vlm, tmp_path, env=above_env)
+    assert above.camera == above_env.camera and default.camera == {}
     assert default.segment_images(queries.first) != above.segment_images(queries.first)
     default.close()
     above.close()
-    with pytest.raises(ConfigError, match="teacher.camera"):
-        make_teacher(vlm, tmp_path, camera={"zoom": 2.0})
+    with pytest.raises(ConfigError, match="env.camera"):
+        make_teacher(vlm, tmp_path, env=EnvSpec("Reacher-v5", camera={"zoom": 2.0}))
 
 
 def test_classic_control_is_drawn_from_observations(vlm, tmp_path):
@@ -500,7 +503,7 @@ def test_classic_control_is_drawn_from_observations(vlm, tmp_path):
     queries = queries_from(pool, 6)
     images = render_segment_images(queries.first, ImageSpec(size=64))
     assert len(images) == 6 and all(len(i) == 1 for i in images)
-    teacher = make_teacher(vlm, tmp_path, env_id="pbrl/Pendulum-v1", goal="upright")
+    teacher = make_teacher(vlm, tmp_path, env=EnvSpec("pbrl/Pendulum-v1"), goal="upright")
     labels = label(teacher, queries)
     teacher.close()
     oracle = oracle_labels(queries)
@@ -518,11 +521,12 @@ def test_config_has_a_goal_for_every_configured_env():
             overrides=["env=pendulum", "teacher=vlm", "teacher.probe=false",
                        "teacher.api_key_env=null"],
         )  # fmt: skip
-    teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))
+    teacher = build_teacher(cfg, np.random.default_rng(0))  # the run's env: its goal
     assert teacher.goal == goals["pbrl/Pendulum-v1"] and teacher.cache_path is not None
+    assert teacher.env_id == "pbrl/Pendulum-v1" and "env_id" not in cfg.teacher
     teacher.close()
     with pytest.raises(ConfigError, match="teacher.goal"):  # an env without a goal
-        VLMTeacher(model="m", goals=goals, env_id="Swimmer-v5", probe=False, api_key_env=None)
+        VLMTeacher(model="m", goals=goals, env=EnvSpec("Swimmer-v5"), probe=False, api_key_env=None)
 
 
 def test_score_rendered_scores_this_process_renders_only_while_the_server_runs(reacher_pool):
@@ -579,7 +583,7 @@ def test_the_mock_command_serves_until_stopped_and_prints_a_train_line(reacher_p
         overrides = [*argv[3:], f"teacher.cache={tmp_path / 'vlm.sqlite'}", "teacher.size=64"]
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        teacher = instantiate(cfg.teacher, rng=np.random.default_rng(0))  # probes the mock
+        teacher = build_teacher(cfg, np.random.default_rng(0))  # probes the mock
         try:
             labels = label(teacher, queries_from(reacher_pool, 6))
         finally:

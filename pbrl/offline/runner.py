@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pbrl.checkpoint import PROGRESS
 from pbrl.data import PreferenceDataset
 from pbrl.data.offline import OfflineDataset, load_dataset, load_preferences, with_ties
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError, closest, make_config
 from pbrl.evaluation import EvalResult
 from pbrl.offline import bc, cpl, dtr, iql, oppo, vpl_iql
@@ -129,6 +130,7 @@ def learn_reward(
     path: Path,
     segment_length: int,
     device: torch.device,
+    env: EnvSpec | None = None,
 ) -> tuple[LearnedReward, dict[str, float]]:
     """The ``reward`` group's model fit on the labels (or the run's saved one) and every
     transition relabeled by it; returns the fit's metrics (none for a saved model)."""
@@ -142,7 +144,7 @@ def learn_reward(
                 "use a fresh run directory or the reward group it was trained with"
             )
     else:
-        model = make_reward_model(values, data.obs_dim, data.act_dim, device)
+        model = make_reward_model(values, data.obs_dim, data.act_dim, device, env)
         t0 = time.time()
         metrics = {**model.fit(labels, rng), "fit_time_s": time.time() - t0}
         model.save(path)
@@ -282,6 +284,7 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, object]:
             ckpt_dir / "reward_model.pt",
             segment_length,
             device,
+            ctx.env,
         )
         corr = true_reward_corr(reward.rewards, true_data.rewards)
         if corr is not None:

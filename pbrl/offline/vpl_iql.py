@@ -265,11 +265,12 @@ def rollout_user(
     env.close()
     out.reached = {k: float(np.mean(v)) for k, v in ends.items()}
     if video_path is not None and qpos:
-        from pbrl.video import StateRenderer, write_video
+        from pbrl.envs.render import shared_renderer
+        from pbrl.video import write_video
 
-        with StateRenderer(env_id, width=video_size[0], height=video_size[1], **env_kwargs) as rr:
-            frames = rr.render_sequence(np.stack(qpos), np.stack(qvel))
-            out.video = str(write_video(frames, video_path, fps=rr.fps or 20.0))
+        rr = shared_renderer(env_id, env_kwargs, video_size[0], video_size[1])
+        frames = rr.render_sequence(np.stack(qpos), np.stack(qvel))
+        out.video = str(write_video(frames, video_path, fps=rr.fps or 20.0))
     return out
 
 

@@ -156,17 +156,12 @@ class QueryVideos:
     def __call__(self, queries: Queries, round_: int) -> None:
         if self.per_round <= 0 or queries.first.qpos is None:
             return
-        from pbrl.video import (
-            StateRenderer,
-            clip_fps,
-            segment_frames,
-            side_by_side,
-            write_video,
-        )
+        from pbrl.envs.render import shared_renderer
+        from pbrl.video import clip_fps, segment_frames, side_by_side, write_video
 
-        if self.renderer is None:
+        if self.renderer is None:  # the process's renderer of this view (pbrl.envs.render)
             w, h = self.size
-            self.renderer = StateRenderer(self.env_id, width=w, height=h, **self.env_kwargs)
+            self.renderer = shared_renderer(self.env_id, self.env_kwargs, w, h)
         renderer = self.renderer
         for j in range(min(self.per_round, len(queries))):
             frames = side_by_side(
@@ -178,9 +173,7 @@ class QueryVideos:
             self.videos.append(str(write_video(frames, path, fps=clip_fps(None, renderer))))
 
     def close(self) -> None:
-        if self.renderer is not None:
-            self.renderer.close()
-            self.renderer = None
+        self.renderer = None  # shared: other users of the view keep it
 
 
 class ProgressCallback(BaseCallback):

@@ -98,9 +98,9 @@ class EpisodicSettings:
     eps_max: float = 1.0  # the env's scripted expert's otherwise (random only without one)
     demos: str = "expert"  # expert: n_demos expert episodes | preferred: triplets' winners
     n_demos: int = 5
-    frame_stride: int = 1  # every k-th frame enters the OT reward (reward.frame_stride reads it)
+    frame_stride: int = 1  # every k-th frame enters the OT reward (passed to the reward)
     # -- RAPL paper settings (issue 23) --
-    n_frames: int = 0  # > 0: this many evenly spaced frames instead (reward.n_frames reads it)
+    n_frames: int = 0  # > 0: this many evenly spaced frames instead (passed to the reward)
     triplet_min_gap: float = 0.0  # > 0: triplets' returns differ pairwise by >= this x range
     equal_fraction: float = 0.0  # share of equal triplets (ranked all equal by the teacher)
 
@@ -406,7 +406,10 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
         within = state["heldout_within"]
         with_demos = uses_demonstrations(reward_model)
     else:
-        reward_model = make_reward_model(plain(cfg.reward), env.obs_dim, env.act_dim, device, env)
+        video = {"frame_stride": episodic.frame_stride, "n_frames": episodic.n_frames}
+        reward_model = make_reward_model(
+            plain(cfg.reward), env.obs_dim, env.act_dim, device, env, video=video
+        )
         # a per-frame reward (reward=image) is trained on the triplets' pairs, needs no demos
         with_demos = uses_demonstrations(reward_model)
         if with_demos and episodic.demos == "expert":

@@ -15,7 +15,7 @@ import torch
 
 from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError, closest, make_config
-from pbrl.rewards.base import FactorReward, RewardModel
+from pbrl.rewards.base import EpisodeReward, FactorReward, FrameReward, RewardModel
 from pbrl.rewards.clip import ClipReward, ClipRewardConfig
 from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
 from pbrl.rewards.factor import FactorRewardConfig, FactorRewardModel
@@ -46,12 +46,15 @@ def make_reward_model(
     device: str | torch.device = "cpu",
     env: EnvSpec | None = None,
     factor_names: Sequence[str] = (),
+    video: Mapping[str, int] | None = None,
 ) -> RewardModel:
     """A fresh reward model from the ``reward`` config group (``kind`` + config fields).
 
-    ``env``: the run's environment; a model that renders it (a frame or episode reward) takes
-    the env id, its ``gym.make`` arguments and the camera from there unless the config sets
-    them, and a factor reward reads its reward factors (or ``factor_names``, given alone)."""
+    ``env``: the run's environment. A model that renders it (a frame or episode reward) takes
+    the env id, its ``gym.make`` arguments and the camera from there (no config holds them); a
+    factor reward reads its reward factors (or ``factor_names``, given alone). ``video``: the
+    episodic recipe's frame subsampling of whole videos (``frame_stride``, ``n_frames``), for
+    the rewards that read it (RAPL, the linear head)."""
     values = dict(values)
     kind = str(values.pop("kind", "ensemble"))
     if kind not in REWARD_MODELS:
@@ -60,16 +63,19 @@ def make_reward_model(
             f"of {', '.join(REWARD_MODELS)}"
         )
     cls, config_cls = REWARD_MODELS[kind]
-    if env is not None:
-        names = {f.name for f in fields(config_cls)}
-        given = {"env_id": env.id, "env_kwargs": dict(env.kwargs), "camera": dict(env.camera)}
-        for key, value in given.items():
-            if key in names and not values.get(key):
-                values[key] = value
-        factor_names = factor_names or env.factor_names
+    names = {f.name for f in fields(config_cls)}
+    values.update({k: v for k, v in (video or {}).items() if k in names})
     config = make_config(config_cls, values, "reward")
+    if issubclass(cls, (FrameReward, EpisodeReward)):
+        if env is None:
+            raise ConfigError(
+                f"reward.kind={kind} renders the env's states: it needs the run's env "
+                "(make_reward_model(..., env=EnvSpec(...)))"
+            )
+        return cls(obs_dim, act_dim, config, device, env=env)  # type: ignore[no-any-return]
     if issubclass(cls, FactorReward):
-        return cls(obs_dim, act_dim, config, device, factor_names)  # type: ignore[no-any-return]
+        names_ = tuple(factor_names) or (env.factor_names if env is not None else ())
+        return cls(obs_dim, act_dim, config, device, names_)  # type: ignore[no-any-return]
     model: RewardModel = cls(obs_dim, act_dim, config, device)
     return model
 

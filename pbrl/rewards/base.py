@@ -36,7 +36,7 @@ from pbrl.data import PreferenceDataset, Segments
 
 if TYPE_CHECKING:
     from pbrl.data.offline import OfflineDataset
-    from pbrl.rewards.frame_cache import FrameCache
+    from pbrl.envs.render import FrameCache
 
 
 class RewardModel(ABC):
@@ -139,6 +139,12 @@ class FrameReward(RewardModel):
     @abstractmethod
     def relabel(self, data: OfflineDataset, length: int = 0) -> np.ndarray:
         """Reward of every transition of an offline dataset (its states rendered)."""
+
+    def state_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """Reward ``[K]`` (float32) of the frames of ``K`` states (``qpos [K, nq]``,
+        ``qvel [K, nv]``), rendered through ``frame_cache``; a model may keep scores."""
+        frames = self.frame_cache.frames(qpos, qvel)
+        return self.frame_reward(torch.from_numpy(frames)).float().cpu().numpy()
 
 
 class EpisodeReward(RewardModel):

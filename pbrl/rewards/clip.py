@@ -30,9 +30,10 @@ from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
+from pbrl.envs.render import FrameCache, shared_frames
+from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import NOTHING_TO_FIT, FrameReward, ZeroShot, save_atomically
-from pbrl.rewards.frame_cache import FrameCache, check_camera
 
 # The normalisation of OpenAI's CLIP, which open_clip uses for its LAION models too; an
 # encoder that says otherwise (open_clip's ``visual.preprocess_cfg``) wins.
@@ -195,16 +196,11 @@ class ClipRewardConfig:
 
     model: str = "ViT-B-32"  # open_clip model name (open_clip.list_models())
     checkpoint: str = ""  # local open_clip weights file, e.g. open_clip_pytorch_model.bin
-    env_id: str = ""  # the env whose frames are scored (the config sets ${env.id})
-    env_kwargs: dict[str, Any] = field(default_factory=dict)  # its gym.make arguments
     goal_prompts: list[str] = field(default_factory=list)
     baseline_prompts: list[str] = field(default_factory=list)
     alpha: float = 0.5  # goal-baseline regularisation: 0 = plain cosine similarity
     image_size: int = 224  # frames are rendered square, this many pixels
     batch_size: int = 64  # frames per encoder pass
-    # free-camera overrides: distance, elevation, azimuth, lookat [x, y, z] (on robots that
-    # move, x and y follow the robot); the config takes the env group's camera
-    camera: dict[str, Any] = field(default_factory=dict)
     cache_frames: int = 0  # rendered frames kept for segment_returns (LRU; 150 kB at 224 px)
 
     def __post_init__(self) -> None:
@@ -228,11 +224,6 @@ class ClipRewardConfig:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be positive")
         if self.cache_frames < 0:
             raise ConfigError(f"reward.cache_frames={self.cache_frames} must be >= 0")
-        try:
-            self.camera = check_camera(self.camera)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.env_kwargs = dict(self.env_kwargs or {})
 
 
 def _prompts(value: Any, name: str) -> list[str]:
@@ -304,18 +295,21 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         act_dim: int,
         config: ClipRewardConfig,
         device: str | torch.device = "cpu",
+        env: EnvSpec | None = None,
         *,
         encoder: ClipEncoder | None = None,
         tokenizer: Tokenizer | None = None,
     ) -> None:
-        """``obs_dim``/``act_dim`` are unused (the factory's signature). ``encoder`` and
-        ``tokenizer`` replace open_clip (both or neither); otherwise ``config.model`` is
-        loaded from ``config.checkpoint``."""
+        """``obs_dim``/``act_dim`` are unused (the factory's signature). ``env``: the env
+        whose states it renders (its id, ``gym.make`` arguments and camera; without it the
+        model scores frames only). ``encoder`` and ``tokenizer`` replace open_clip (both or
+        neither); otherwise ``config.model`` is loaded from ``config.checkpoint``."""
         super().__init__()
         self.config = cfg = config
+        self.env = env
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.device = torch.device(device)
-        self.env_id = cfg.env_id
+        self.env_id = env.id if env is not None else ""
         self.image_size = int(cfg.image_size)
         if (encoder is None) != (tokenizer is None):
             raise TypeError("pass both encoder and tokenizer, or neither (open_clip)")
@@ -339,10 +333,8 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         # renders the states it scores; keeps cache_frames of them (0 by default: CLIP's
         # frames are large, 150 kB at 224 px, and a zero-shot run rarely scores a state twice)
         self.frames: FrameCache | None = None
-        if cfg.env_id:
-            self.frames = FrameCache(
-                cfg.env_id, cfg.image_size, cfg.camera, cfg.env_kwargs, cfg.cache_frames
-            )
+        if env is not None:
+            self.frames = shared_frames(env, cfg.image_size, cfg.cache_frames)
 
     def _text(self, tokenizer: Tokenizer, prompts: Sequence[str]) -> torch.Tensor:
         tokens = tokenizer(list(prompts))
@@ -372,19 +364,21 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
     def frame_cache(self) -> FrameCache:
         """The renderer of this reward's frames (keeps ``cache_frames`` of them: 0 by default)."""
         if self.frames is None:
-            raise ValueError("ClipReward has no env_id: set reward.env_id (the config: ${env.id})")
+            raise ValueError(
+                "ClipReward was given no env: pass env=EnvSpec(...) (a run passes its own)"
+            )
         return self.frames
 
     # -- segments ----------------------------------------------------------------------------
     @property
     def camera(self) -> dict[str, Any]:
-        """Free-camera overrides the frames are rendered with."""
-        return self.config.camera
+        """Free-camera overrides the frames are rendered with (the env's)."""
+        return dict(self.env.camera) if self.env is not None else {}
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
         """The env's ``gym.make`` arguments for rendering."""
-        return self.config.env_kwargs
+        return dict(self.env.kwargs) if self.env is not None else {}
 
     @torch.no_grad()
     def segment_returns(self, segments: Segments) -> torch.Tensor:
@@ -394,7 +388,9 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         224 px), each distinct state once."""
         frames_cache = self.frames
         if frames_cache is None:
-            raise ValueError("ClipReward has no env_id: set reward.env_id (the config: ${env.id})")
+            raise ValueError(
+                "ClipReward was given no env: pass env=EnvSpec(...) (a run passes its own)"
+            )
         n, t = segments.mask.shape
         out = torch.zeros(n, device=self.device)
         rows_per_pass = max(1, FRAMES_IN_MEMORY // max(t, 1))
@@ -416,7 +412,9 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         """Reward of every transition of an offline dataset: the frame reward of the state it
         reached (as online). ``length`` is unused (a frame needs no context)."""
         if self.frames is None:
-            raise ValueError("ClipReward has no env_id: set reward.env_id (the config: ${env.id})")
+            raise ValueError(
+                "ClipReward was given no env: pass env=EnvSpec(...) (a run passes its own)"
+            )
         return self.frames.relabel(data, self.frame_reward, self.config.batch_size, "a CLIP reward")
 
     # -- the rest of RewardModel ----------------------------------------------------------------
@@ -425,9 +423,7 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         return dict(NOTHING_TO_FIT)
 
     def close(self) -> None:
-        """Free the renderers."""
-        if self.frames is not None:
-            self.frames.close()
+        """Nothing to free: frames and renderers are the process's (pbrl.envs.render)."""
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """The config only (the weights stay in ``config.checkpoint``), and the goal
@@ -437,6 +433,7 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
             "obs_dim": self.obs_dim,
             "act_dim": self.act_dim,
             "config": asdict(self.config),
+            "env": None if self.env is None else self.env.view,
             "goal": self.goal.cpu(),
         }
         save_atomically(blob, path)
@@ -451,10 +448,12 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         tokenizer: Tokenizer | None = None,
     ) -> ClipReward:
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-        config = ClipRewardConfig(**blob["config"])
+        env, values = saved_env(blob)
+        config = ClipRewardConfig(**values)
         model = cls(
-            blob["obs_dim"], blob["act_dim"], config, device, encoder=encoder, tokenizer=tokenizer
-        )
+            blob["obs_dim"], blob["act_dim"], config, device, env,
+            encoder=encoder, tokenizer=tokenizer,
+        )  # fmt: skip
         saved = blob["goal"].to(model.device)
         cos = float(torch.dot(unit(saved), unit(model.goal)))
         if not math.isclose(cos, 1.0, abs_tol=1e-3):

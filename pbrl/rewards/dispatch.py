@@ -127,8 +127,7 @@ def _score(model: RewardModel, s: Steps) -> np.ndarray:
                 f"{type(model).__name__} scores rendered frames of the simulator state, which "
                 "this env or dataset does not expose: use a MuJoCo env (e.g. env=reacher)"
             )
-        frames = model.frame_cache.frames(s.qpos, s.qvel)
-        return model.frame_reward(torch.from_numpy(frames)).float().cpu().numpy()
+        return model.state_rewards(s.qpos, s.qvel)
     if isinstance(model, FactorReward):
         if s.factors is None:
             raise ConfigError(

@@ -55,7 +55,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -65,9 +65,10 @@ from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.triplets import Triplets, triplets_from_dataset
+from pbrl.envs.render import FrameCache, shared_frames
+from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, save_atomically
-from pbrl.rewards.frame_cache import FrameCache, check_camera
 from pbrl.rewards.ot import COSTS, ot_similarity, ot_step_rewards
 from pbrl.rewards.resnet import (
     FEATURE_DIM,
@@ -88,12 +89,10 @@ class RAPLInputError(ConfigError):
 @dataclass
 class EncoderConfig:
     """The frozen backbone and the frames it sees (shared by RAPL and the linear-head RLHF
-    baseline, :mod:`pbrl.rewards.rlhf_linear`)."""
+    baseline, :mod:`pbrl.rewards.rlhf_linear`). What it renders is the run's
+    :class:`~pbrl.envs.spec.EnvSpec`; ``frame_stride``/``n_frames`` are the episodic recipe's
+    (``episodic.frame_stride``, ``episodic.n_frames``: it passes them)."""
 
-    env_id: str = ""  # the env whose states are rendered (the config sets ${env.id})
-    env_kwargs: dict[str, Any] = field(default_factory=dict)  # its gym.make arguments
-    # free-camera overrides: distance, elevation, azimuth, lookat [x, y, z] ({}: default view)
-    camera: dict[str, Any] = field(default_factory=dict)
     image_size: int = 112  # square frames (RAPL: 112 x 112)
     backbone_weights: str = ""  # a torchvision resnet18 state_dict; "": pre-train one here
     pretrain_dir: str = "outputs/backbones"  # backbones pre-trained here are saved/found here
@@ -111,11 +110,6 @@ class EncoderConfig:
     cache_features: int = 50_000  # backbone features kept, by simulator state (2 kB each)
 
     def __post_init__(self) -> None:
-        if not self.env_id:
-            raise ConfigError(
-                "reward.env_id is empty: the reward renders that env's states "
-                "(conf/reward/rapl.yaml sets env_id: ${env.id})"
-            )
         for name in ("image_size", "frame_stride", "batch_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"reward.{name}={getattr(self, name)} must be positive")
@@ -132,11 +126,6 @@ class EncoderConfig:
                 "of a torchvision resnet18 state_dict (.pth), or leave it empty to pre-train "
                 "a backbone here"
             )
-        try:
-            self.camera = check_camera(self.camera)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        self.env_kwargs = dict(self.env_kwargs or {})
 
 
 @dataclass
@@ -200,12 +189,22 @@ class VideoEncoder:
     """The frozen backbone and what feeds it: rendered frames of simulator states and their
     512-d features, cached by state (several reward heads may share one encoder)."""
 
-    def __init__(self, config: EncoderConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        device: str | torch.device = "cpu",
+        env: EnvSpec | None = None,
+    ) -> None:
+        if env is None:
+            raise ConfigError(
+                "the RAPL video encoder renders the env's states: give it the run's env "
+                "(env=EnvSpec(id, kwargs, camera); a run passes its own)"
+            )
         self.config = cfg = config
+        self.env = env
         self.device = torch.device(device)
-        self.frame_cache = FrameCache(
-            cfg.env_id, cfg.image_size, cfg.camera, cfg.env_kwargs, capacity=0
-        )
+        # features are what is kept (cache_features), not frames
+        self.frame_cache = shared_frames(env, cfg.image_size, capacity=0)
         self.backbone, self.info = self._backbone()
         # channels-last: about 2x faster convolutions on CPUs (measured here)
         cast(Any, self.backbone).to(self.device, memory_format=torch.channels_last).eval()
@@ -219,12 +218,16 @@ class VideoEncoder:
         """Where a backbone pre-trained here with these settings is saved."""
         cfg = self.config
         view = json.dumps(
-            {"kwargs": cfg.env_kwargs, "camera": cfg.camera, "episodes": cfg.pretrain_episodes},
+            {
+                "kwargs": self.env.kwargs,
+                "camera": self.env.camera,
+                "episodes": cfg.pretrain_episodes,
+            },
             sort_keys=True,
             default=str,
         )
         tag = hashlib.sha256(view.encode()).hexdigest()[:8]
-        env = re.sub(r"[^A-Za-z0-9]+", "_", cfg.env_id).strip("_")
+        env = re.sub(r"[^A-Za-z0-9]+", "_", self.env.id).strip("_")
         name = f"{env}_{cfg.image_size}px_tv_ae{cfg.pretrain_steps}_s{cfg.pretrain_seed}_{tag}.pt"
         return Path(cfg.pretrain_dir) / name
 
@@ -238,14 +241,14 @@ class VideoEncoder:
             return load_backbone(path)
         log.info(
             "RAPL: no reward.backbone_weights; pre-training a backbone on %s frames (%d steps)",
-            cfg.env_id,
+            self.env.id,
             cfg.pretrain_steps,
         )
         frames = self.rollout_frames(cfg.pretrain_episodes, cfg.pretrain_seed)
         net, info = pretrain_backbone(
             frames, cfg.pretrain_steps, cfg.pretrain_batch_size, seed=cfg.pretrain_seed
         )
-        info["env_id"] = cfg.env_id
+        info["env_id"] = self.env.id
         save_backbone(net, info, path)
         _, loaded = load_backbone(path)  # the record of the saved file (path, digest)
         return drop_classifier(net), loaded
@@ -257,7 +260,7 @@ class VideoEncoder:
 
         import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
 
-        env = gym.make(self.config.env_id, **self.config.env_kwargs)
+        env = gym.make(self.env.id, **self.env.kwargs)
         env.action_space.seed(seed)
         data = cast(Any, env.unwrapped).data
         qpos, qvel = [], []
@@ -333,10 +336,10 @@ class VideoEncoder:
         padded steps hold the last valid state), every ``frame_stride``-th step."""
         if segments.qpos is None or segments.qvel is None:
             raise RAPLInputError("segments carry no qpos/qvel: the RAPL reward renders them")
-        if segments.env_id and segments.env_id != self.config.env_id:
+        if segments.env_id and segments.env_id != self.env.id:
             raise RAPLInputError(
                 f"segments are from {segments.env_id}, the RAPL reward renders "
-                f"{self.config.env_id} (reward.env_id)"
+                f"{self.env.id} (env.id)"
             )
         n, t = segments.mask.shape
         steps = np.broadcast_to(np.arange(t), (n, t))
@@ -348,7 +351,8 @@ class VideoEncoder:
         return self.state_features(qpos, qvel).reshape(n, steps.shape[1], FEATURE_DIM)
 
     def close(self) -> None:
-        self.frame_cache.close()
+        """Forget the kept features (frames and renderers are the process's)."""
+        self._cache.clear()
 
 
 class RAPLReward(EpisodeReward, nn.Module):
@@ -363,16 +367,17 @@ class RAPLReward(EpisodeReward, nn.Module):
         act_dim: int,
         config: RAPLConfig | None = None,
         device: str | torch.device = "cpu",
+        env: EnvSpec | None = None,
         encoder: VideoEncoder | None = None,
     ) -> None:
+        """``env``: the env whose states are rendered (or ``encoder``'s, when one is shared)."""
         super().__init__()
-        if config is None:
-            raise ConfigError("RAPLReward needs a RAPLConfig naming env_id")
-        self.config = cfg = config
+        self.config = cfg = config or RAPLConfig()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)  # kept for the interface
-        self.env_id, self.image_size = cfg.env_id, cfg.image_size
         self.device = torch.device(device)
-        self.encoder = encoder if encoder is not None else VideoEncoder(cfg, self.device)
+        self.encoder = encoder if encoder is not None else VideoEncoder(cfg, self.device, env)
+        self.env = self.encoder.env
+        self.env_id, self.image_size = self.env.id, cfg.image_size
         self.head = nn.Linear(FEATURE_DIM, cfg.embed_dim)
         self.register_buffer("demo_features", torch.zeros(0, 0, FEATURE_DIM))
         self.demos_given = False  # set_demonstrations() was called (else: preferred videos)
@@ -540,6 +545,7 @@ class RAPLReward(EpisodeReward, nn.Module):
                 "obs_dim": self.obs_dim,
                 "act_dim": self.act_dim,
                 "config": asdict(self.config),
+                "env": self.env.view,
                 "backbone": self.backbone_info,
                 "head": self.head.state_dict(),
                 "demo_features": self.demo_features.cpu(),
@@ -552,11 +558,11 @@ class RAPLReward(EpisodeReward, nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RAPLReward:
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-        config = dict(blob["config"])
+        env, config = saved_env(blob)
         backbone = blob["backbone"]
         if backbone.get("path"):
             config["backbone_weights"] = backbone["path"]
-        model = cls(blob["obs_dim"], blob["act_dim"], RAPLConfig(**config), device)
+        model = cls(blob["obs_dim"], blob["act_dim"], RAPLConfig(**config), device, env)
         digest = model.backbone_info.get("sha256")
         if backbone.get("sha256") and digest != backbone["sha256"]:
             raise ConfigError(

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
-from pbrl.errors import ConfigError
+from pbrl.envs.render import FrameCache
+from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.rewards.base import NOTHING_TO_FIT, FrameReward, save_atomically, trainable_pairs
-from pbrl.rewards.frame_cache import FrameCache
 from pbrl.rewards.rapl import EncoderConfig, VideoEncoder
 from pbrl.rewards.resnet import FEATURE_DIM
 
@@ -50,16 +50,17 @@ class LinearHeadReward(FrameReward, nn.Module):
         act_dim: int,
         config: LinearRewardConfig | None = None,
         device: str | torch.device = "cpu",
+        env: EnvSpec | None = None,
         encoder: VideoEncoder | None = None,
     ) -> None:
+        """``env``: the env whose states are rendered (or ``encoder``'s, when one is shared)."""
         super().__init__()
-        if config is None:
-            raise ConfigError("LinearHeadReward needs a LinearRewardConfig naming env_id")
-        self.config = cfg = config
+        self.config = cfg = config or LinearRewardConfig()
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        self.env_id, self.image_size = cfg.env_id, cfg.image_size
         self.device = torch.device(device)
-        self.encoder = encoder if encoder is not None else VideoEncoder(cfg, self.device)
+        self.encoder = encoder if encoder is not None else VideoEncoder(cfg, self.device, env)
+        self.env = self.encoder.env
+        self.env_id, self.image_size = self.env.id, cfg.image_size
         self.head = nn.Linear(FEATURE_DIM, 1)
         self.to(self.device)
         self.optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.learning_rate)
@@ -166,6 +167,7 @@ class LinearHeadReward(FrameReward, nn.Module):
                 "obs_dim": self.obs_dim,
                 "act_dim": self.act_dim,
                 "config": asdict(self.config),
+                "env": self.env.view,
                 "backbone": self.encoder.info,
                 "head": self.head.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -178,10 +180,10 @@ class LinearHeadReward(FrameReward, nn.Module):
         cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
     ) -> LinearHeadReward:
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-        config = dict(blob["config"])
+        env, config = saved_env(blob)
         if blob["backbone"].get("path"):
             config["backbone_weights"] = blob["backbone"]["path"]
-        model = cls(blob["obs_dim"], blob["act_dim"], LinearRewardConfig(**config), device)
+        model = cls(blob["obs_dim"], blob["act_dim"], LinearRewardConfig(**config), device, env)
         model.head.load_state_dict(blob["head"])
         model.optimizer.load_state_dict(blob["optimizer"])
         return model

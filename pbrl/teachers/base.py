@@ -12,8 +12,8 @@ teacher holds. Labels: 0 first preferred, 1 second, 0.5 equal, NaN skip.
 How long a run waits is the run's decision, not the teacher's: a :class:`WaitPolicy` (block
 until n labels, or until every query asked is answered; wait up to t; or don't wait) is
 applied by :func:`wait_for`, the only loop that waits. Optional abilities are declared here
-with no-op defaults (``stats``, ``describe``, ``set_reward_model``, ``show_eval_video``,
-``where``), so a run calls them on any teacher without asking what it is.
+with no-op defaults (``use_env``, ``stats``, ``describe``, ``set_reward_model``,
+``show_eval_video``, ``where``), so a run calls them on any teacher without asking what it is.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pbrl.data import PreferenceDataset, Queries
 from pbrl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pbrl.envs.spec import EnvSpec
     from pbrl.rewards.base import RewardModel
 
 
@@ -58,6 +59,11 @@ class Teacher(ABC):
         """Release what the teacher holds (a connection, threads, renderers)."""
 
     # -- declared abilities: no-ops unless a teacher has them --------------------------------
+    def use_env(self, env: EnvSpec) -> None:  # noqa: B027  (an optional hook)
+        """The run's environment, once, right after the teacher is built (a teacher that
+        renders states, reads reward factors or names the task takes what it needs; its
+        config holds no env details). A bad fit is a :class:`ConfigError`."""
+
     def stats(self) -> dict[str, float]:
         """Figures about the answers collected last (``preferences/<name>``)."""
         return {}

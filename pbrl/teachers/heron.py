@@ -32,12 +32,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 
 from pbrl.data import Queries, Segments
+from pbrl.envs.spec import EnvSpec
 from pbrl.store import LabelStore, Ranking, StoreError, factor_name
 from pbrl.teachers.base import Scripted
 from pbrl.teachers.scripted import TeacherConfigError
@@ -77,31 +78,48 @@ class HeronTeacher(Scripted):
     higher_is_better: bool | Sequence[bool] = True  # per level (factors are reward terms)
     margin: str = "batch"  # batch | running | buffer: std this batch, so far, over the buffer
     aggregate: str = "sum"  # sum | mean of a factor over a segment's valid steps
-    env_id: str | None = None  # to check the ranking's names against the env's factors
-    env_kwargs: dict[str, Any] | None = None
+    env: EnvSpec | None = None  # the run's (use_env): the ranking is checked against its factors
     ranking_from: str | None = None  # label store holding the ranking (ranking: store)
     run: str | None = None  # the run whose stored ranking to use (ranking: store)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
     def __post_init__(self) -> None:
-        available: tuple[str, ...] | None = None
-        if self.env_id:
+        self.ranking_id: int | None = None  # the store's ranking row (ranking: store)
+        if isinstance(self.ranking, str) and self.ranking != "store":
+            raise TeacherConfigError(
+                f"teacher.ranking={self.ranking!r}: list the reward factors, most important "
+                "first (teacher.ranking=[a,b,c]), or use teacher.ranking=store"
+            )
+        if self.margin not in MARGINS:
+            raise TeacherConfigError(f"teacher.margin={self.margin!r}: use one of {MARGINS}")
+        if self.aggregate not in AGGREGATES:
+            raise TeacherConfigError(f"teacher.aggregate={self.aggregate!r}: use {AGGREGATES}")
+        if not isinstance(self.ranking, str):
+            self._settle()
+        if self.env is not None:
+            self.use_env(self.env)
+
+    def use_env(self, env: EnvSpec) -> None:
+        """The run's env: the ranking (``store``: the one stored for ``run``) is checked
+        against the reward factors it reports."""
+        self.env = env
+        available = env.factor_names
+        if env.obs_dim == 0:  # a spec made by hand, not probed
             from pbrl.sim.probe import probe_env
 
-            available = probe_env(self.env_id, dict(self.env_kwargs or {})).factor_names
-        self.ranking_id: int | None = None  # the store's ranking row (ranking: store)
+            available = probe_env(env.id, dict(env.kwargs)).factor_names
         if isinstance(self.ranking, str):
-            if self.ranking != "store":
-                raise TeacherConfigError(
-                    f"teacher.ranking={self.ranking!r}: list the reward factors, most important "
-                    "first (teacher.ranking=[a,b,c]), or use teacher.ranking=store"
-                )
             stored = self._stored_ranking(available)
             self.ranking, self.higher_is_better = (
                 list(stored.factors),
                 list(stored.higher_is_better),
             )
             self.ranking_id = stored.ranking_id
+            self._settle()
+        self.check_factors(available)
+
+    def _settle(self) -> None:
+        """Check the ranking and its per-level settings; start the running moments."""
         self.ranking = [str(r) for r in self.ranking]
         k = len(self.ranking)
         if k == 0:
@@ -114,12 +132,6 @@ class HeronTeacher(Scripted):
         if not np.all(np.isfinite(self.sigmas)) or np.any(self.sigmas < 0):
             raise TeacherConfigError(f"teacher.sigma={list(self.sigmas)}: use σ >= 0 per level")
         self.directions = self._per_level("higher_is_better", self.higher_is_better, bool)
-        if self.margin not in MARGINS:
-            raise TeacherConfigError(f"teacher.margin={self.margin!r}: use one of {MARGINS}")
-        if self.aggregate not in AGGREGATES:
-            raise TeacherConfigError(f"teacher.aggregate={self.aggregate!r}: use {AGGREGATES}")
-        if available is not None:
-            self.check_factors(available)
         # running moments of each factor's segment totals (margin: running)
         self._count = 0
         self._mean = np.zeros(k)
@@ -128,7 +140,7 @@ class HeronTeacher(Scripted):
         self.last_levels: np.ndarray = np.zeros(0, int)  # deciding level of the last batch
         self.level_counts = np.zeros(k + 1, np.int64)  # all batches: per level, then undecided
 
-    def _stored_ranking(self, available: tuple[str, ...] | None) -> Ranking:
+    def _stored_ranking(self, available: tuple[str, ...]) -> Ranking:
         """The latest ranking of run ``self.run`` in store ``self.ranking_from``. Without one,
         the run is registered there (so the page can show its factors) and the error says
         where to give it."""
@@ -137,10 +149,8 @@ class HeronTeacher(Scripted):
                 "teacher.ranking=store needs teacher.ranking_from (the label store) and "
                 "teacher.run (the run name the ranking was given for)"
             )
-        if available is None:
-            raise TeacherConfigError(
-                "teacher.ranking=store needs teacher.env_id: the run's factors come from its env"
-            )
+        assert self.env is not None
+        env_id = self.env.id
         path, run = Path(self.ranking_from).expanduser(), str(self.run)
         try:
             if path.is_file():
@@ -151,10 +161,10 @@ class HeronTeacher(Scripted):
                 finally:
                     store.close()
                 if stored is not None and info is not None:
-                    if info.env_id != self.env_id:
+                    if info.env_id != env_id:
                         raise TeacherConfigError(
                             f"teacher.ranking=store: run {run!r} in {path} ranks the factors "
-                            f"of {info.env_id}, not {self.env_id}: set teacher.run to this "
+                            f"of {info.env_id}, not {env_id}: set teacher.run to this "
                             "run's own name"
                         )
                     log.info(
@@ -169,14 +179,9 @@ class HeronTeacher(Scripted):
                         ),
                     )
                     return stored
-            kwargs = self.env_kwargs
-            if kwargs is not None and not isinstance(kwargs, dict):  # a DictConfig from Hydra
-                from omegaconf import OmegaConf
-
-                kwargs = cast(dict[str, Any], OmegaConf.to_container(kwargs, resolve=True))
             store = LabelStore(path)
             try:
-                store.register_run(run, self.env_id or "", available, kwargs)
+                store.register_run(run, env_id, available, dict(self.env.kwargs))
             finally:
                 store.close()
         except StoreError as exc:
@@ -254,6 +259,11 @@ class HeronTeacher(Scripted):
         return self.sigmas * std
 
     def __call__(self, queries: Queries) -> np.ndarray:
+        if isinstance(self.ranking, str):
+            raise TeacherConfigError(
+                "teacher.ranking=store: the ranking is read for the run's env, which this "
+                "teacher was not given (HeronTeacher(env=EnvSpec(...)); a run gives its own)"
+            )
         z1, z2 = self.totals(queries.first), self.totals(queries.second)
         margins = self.margins(np.concatenate([z1, z2]))
         labels, self.last_levels = heron_compare(z1, z2, margins, self.directions)

@@ -23,11 +23,12 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import require_extra
 from pbrl.store import LabelStore, StoreError, check_writable
 from pbrl.teachers.base import Teacher
@@ -43,7 +44,7 @@ class HumanTeacher(Teacher):
         answers_per_query: int = 1,
         aggregate: str = "majority",
         task: str | None = None,
-        env_kwargs: dict[str, Any] | None = None,
+        env: EnvSpec | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         if not store:
@@ -52,7 +53,7 @@ class HumanTeacher(Teacher):
             raise TeacherConfigError(f"teacher.answers_per_query={answers_per_query}: use >= 1")
         if aggregate not in ("majority", "first"):
             raise TeacherConfigError(f"teacher.aggregate={aggregate!r}: use majority or first")
-        # the labeling page (served here or by `pbrl.label serve`) is the gui extra
+        # the labeling page (served by the run or by `pbrl.label serve`) is the gui extra
         require_extra("gui", ("fastapi", "uvicorn"), "teacher=human (its labeling page)")
         self.store_path = Path(store).expanduser()
         try:
@@ -60,11 +61,10 @@ class HumanTeacher(Teacher):
         except StoreError as exc:
             raise TeacherConfigError(f"teacher.store: {exc}") from None
         self.answers_per_query, self.aggregate = int(answers_per_query), aggregate
-        if env_kwargs is not None and not isinstance(env_kwargs, dict):  # a DictConfig from Hydra
-            from omegaconf import OmegaConf
-
-            env_kwargs = cast(dict[str, Any], OmegaConf.to_container(env_kwargs, resolve=True))
-        self.task, self.env_kwargs = task, dict(env_kwargs or {})
+        self.task = task
+        self.env_kwargs: dict[str, Any] = {}  # the page re-renders clips with them (use_env)
+        if env is not None:
+            self.use_env(env)
         self.rng = rng
         # Opened on first use: building the teacher (the run's config check builds it) must
         # not create files.
@@ -82,6 +82,11 @@ class HumanTeacher(Teacher):
             if self.task:
                 self._store.set_meta(task=self.task)
         return self._store
+
+    def use_env(self, env: EnvSpec) -> None:
+        """The run's env: its ``gym.make`` arguments go with each query, so the page renders
+        the clips exactly as the env was configured."""
+        self.env_kwargs = dict(env.kwargs)
 
     # -- the asynchronous teacher protocol -------------------------------------------------------
     def submit(self, queries: Queries) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries, Segments
+from pbrl.envs.spec import EnvSpec
 from pbrl.teachers.base import Teacher
 from pbrl.teachers.heron import HeronTeacher
 from pbrl.teachers.scripted import ScriptedTeacher, TeacherConfigError
@@ -72,7 +73,7 @@ class PopulationTeacher(Teacher):
         self,
         members: Sequence[Mapping[str, Any]],
         rng: np.random.Generator | None = None,
-        env_id: str | None = None,
+        env: EnvSpec | None = None,
     ) -> None:
         self.rng = rng if rng is not None else np.random.default_rng()
         if not members:
@@ -87,17 +88,25 @@ class PopulationTeacher(Teacher):
             if uid in self.ids:
                 raise TeacherConfigError(f"teacher.members: id {uid!r} is used twice")
             self.ids.append(uid)
-            self.members.append(self._member(uid, spec, env_id))
+            self.members.append(self._member(uid, spec))
         self._answered: list[PreferenceDataset] = []
         self.last_annotators = np.zeros(0, dtype=str)
+        if env is not None:
+            self.use_env(env)
 
-    def _member(self, uid: str, spec: dict[str, Any], env_id: str | None) -> Any:
+    def use_env(self, env: EnvSpec) -> None:
+        """The run's env, for members that check their ranking against its factors."""
+        for member in self.members:
+            if isinstance(member, Teacher):
+                member.use_env(env)
+
+    def _member(self, uid: str, spec: dict[str, Any]) -> Any:
         weights, ranking = spec.pop("weights", None), spec.pop("ranking", None)
         if weights is not None and ranking is not None:
             raise TeacherConfigError(f"teacher member {uid!r}: give weights or ranking, not both")
         rng = np.random.default_rng(self.rng.integers(2**63))
         if ranking is not None:
-            return HeronTeacher(ranking=list(ranking), env_id=env_id, rng=rng, **spec)
+            return HeronTeacher(ranking=list(ranking), rng=rng, **spec)
         unknown = sorted(set(spec) - set(SCRIPTED_KEYS))
         if unknown:
             raise TeacherConfigError(

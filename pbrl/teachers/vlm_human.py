@@ -36,6 +36,7 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset
 from pbrl.data.preferences import Queries
+from pbrl.envs.spec import EnvSpec
 from pbrl.rewards.base import RewardModel
 from pbrl.store import Suggestion
 from pbrl.teachers.base import Teacher
@@ -104,6 +105,10 @@ class VLMThenHuman(Teacher):
         self.human.show_page(url)
 
     # -- the asynchronous teacher protocol ---------------------------------------------------
+    def use_env(self, env: EnvSpec) -> None:
+        self.vlm.use_env(env)
+        self.human.use_env(env)
+
     def set_reward_model(self, model: RewardModel | None) -> None:
         """The current reward model (None before its first fit): see ``disagreement``."""
         self._model = model

@@ -8,9 +8,10 @@ chosen by :class:`ImageSpec`:
   as that many separate images;
 * ``strip``: the same ``num_frames`` states side by side as one image (time runs left to right).
 
-MuJoCo segments are re-rendered from ``qpos``/``qvel`` with :class:`pbrl.video.StateRenderer`,
-from the env group's camera (``camera:`` in ``conf/env/*.yaml``, the one the frame rewards
-use; e.g. Reacher from above, where the default view shows the target a few pixels wide).
+MuJoCo segments are re-rendered from ``qpos``/``qvel`` through the process's shared renderer
+of the run's env (:func:`pbrl.envs.render.shared_frames`: its ``gym.make`` arguments and the
+env group's camera, ``camera:`` in ``conf/env/*.yaml``, the one the frame rewards use; e.g.
+Reacher from above, where the default view shows the target a few pixels wide).
 The two classic-control tasks pbrl configures (``pbrl/Pendulum-v1``,
 ``pbrl/MountainCarContinuous-v0``) have no MuJoCo state and gymnasium draws them with pygame,
 which pbrl does not depend on: they are drawn here from the observation (which is their whole
@@ -32,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from pbrl.data import Segments
+from pbrl.envs.render import close_renderers, shared_frames
+from pbrl.envs.spec import EnvSpec
 from pbrl.errors import ConfigError
-from pbrl.rewards.frame_cache import apply_camera, check_camera
-from pbrl.video import StateRenderer
 
 FRAME_MODES = ("last", "k", "strip")
 
@@ -173,25 +174,20 @@ CLASSIC_DRAWERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
 }
 
 
-def checked_camera(camera: Any) -> dict[str, Any]:
-    """``teacher.camera`` as a plain dict (the same keys as the frame rewards' camera)."""
-    try:
-        return check_camera(camera, "teacher.camera")
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def check_renderable(env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """A :class:`ConfigError` unless segments of ``env_id`` can be shown to a VLM."""
+def check_renderable(env: EnvSpec) -> None:
+    """A :class:`ConfigError` unless segments of ``env`` can be shown to a VLM."""
+    env_id = env.id
     if env_id in CLASSIC_DRAWERS:
         return
-    from pbrl.sim.probe import probe_env
+    state_dims = env.state_dims
+    if env.obs_dim == 0:  # a spec made by hand, not probed
+        from pbrl.sim.probe import probe_env
 
-    try:
-        info = probe_env(env_id, env_kwargs)
-    except Exception as exc:  # an unknown id, bad kwargs: named by gymnasium
-        raise ConfigError(f"teacher=vlm: cannot make {env_id!r} to render it: {exc}") from None
-    if info.state_dims is None:
+        try:
+            state_dims = probe_env(env_id, dict(env.kwargs)).state_dims
+        except Exception as exc:  # an unknown id, bad kwargs: named by gymnasium
+            raise ConfigError(f"teacher=vlm: cannot make {env_id!r} to render it: {exc}") from None
+    if state_dims is None:
         raise ConfigError(
             f"teacher=vlm cannot render {env_id}: it re-renders MuJoCo states (qpos/qvel) or "
             f"draws {', '.join(sorted(CLASSIC_DRAWERS))}; use one of those envs"
@@ -199,19 +195,13 @@ def check_renderable(env_id: str, env_kwargs: dict[str, Any] | None = None) -> N
 
 
 class SegmentImager:
-    """Renders segments to the PNG images a VLM is shown (one renderer per env id, created on
-    first use in the calling thread)."""
+    """Renders segments to the PNG images a VLM is shown, through the calling thread's shared
+    renderer of the env (``env``'s ``gym.make`` arguments and camera; the segments name the
+    env id)."""
 
-    def __init__(
-        self,
-        spec: ImageSpec,
-        env_kwargs: dict[str, Any] | None = None,
-        camera: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, spec: ImageSpec, env: EnvSpec | None = None) -> None:
         self.spec = spec
-        self.env_kwargs = dict(env_kwargs or {})
-        self.camera = dict(camera or {})  # free-camera overrides (conf/env/*.yaml `camera:`)
-        self._renderers: dict[str, StateRenderer] = {}
+        self.env = env
 
     def _frames(self, segments: Segments, i: int) -> list[np.ndarray]:
         idx = state_indices(segments.mask[i], self.spec)
@@ -232,12 +222,14 @@ class SegmentImager:
             )
         if not segments.env_id:
             raise ConfigError("segments carry no env_id: the VLM teacher cannot render them")
-        renderer = self._renderers.get(segments.env_id)
-        if renderer is None:
-            renderer = StateRenderer(segments.env_id, size, size, **self.env_kwargs)
-            apply_camera(renderer, self.camera)
-            self._renderers[segments.env_id] = renderer
-        return list(renderer.render_sequence(segments.qpos[i, idx], segments.qvel[i, idx]))
+        env = self.env
+        view = EnvSpec(
+            segments.env_id,
+            dict(env.kwargs) if env is not None else {},
+            dict(env.camera) if env is not None else {},
+        )
+        frames = shared_frames(view, size).frames(segments.qpos[i, idx], segments.qvel[i, idx])
+        return list(frames)
 
     def images(self, segments: Segments, i: int) -> list[bytes]:
         """PNG bytes of what is shown for segment row ``i`` (one image, or ``num_frames``)."""
@@ -256,22 +248,14 @@ class SegmentImager:
         return [self.images(segments, i) for i in range(len(segments))]
 
     def close(self) -> None:
-        """Close the renderers (from the thread that created them)."""
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        """Close this thread's shared renderers (call it from a render thread of its own
+        that renders no more: other users in the thread would lose theirs)."""
+        close_renderers()
 
 
 def render_segment_images(
-    segments: Segments,
-    spec: ImageSpec | None = None,
-    env_kwargs: dict[str, Any] | None = None,
-    camera: dict[str, Any] | None = None,
+    segments: Segments, spec: ImageSpec | None = None, env: EnvSpec | None = None
 ) -> list[list[bytes]]:
-    """The images of every segment row, rendered in the calling thread (e.g. to register an
-    oracle score per image with the mock server)."""
-    imager = SegmentImager(spec or ImageSpec(), env_kwargs, camera)
-    try:
-        return imager.all_images(segments)
-    finally:
-        imager.close()
+    """The images of every segment row, rendered in the calling thread with its shared
+    renderer (e.g. to register an oracle score per image with the mock server)."""
+    return SegmentImager(spec or ImageSpec(), env).all_images(segments)

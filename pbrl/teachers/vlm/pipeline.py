@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pbrl.data import Queries
+from pbrl.envs.spec import EnvSpec
 from pbrl.teachers.vlm.cache import AnswerCache, cache_key
 from pbrl.teachers.vlm.client import ChatEndpoint, GiveUp
 from pbrl.teachers.vlm.figures import Tally
@@ -48,8 +49,6 @@ class PairLabeler:
         *,
         goal: str,
         spec: ImageSpec,
-        env_kwargs: dict[str, Any],
-        camera: dict[str, Any],
         endpoint: ChatEndpoint,
         cache_path: Path | None,
         max_concurrency: int,
@@ -60,7 +59,7 @@ class PairLabeler:
         finish: Finish,
     ) -> None:
         self.goal, self.spec = goal, spec
-        self.env_kwargs, self.camera = env_kwargs, camera
+        self.env: EnvSpec | None = None  # the run's (VLMTeacher.use_env): renders its states
         self.endpoint, self.cache_path = endpoint, cache_path
         self.max_concurrency = max_concurrency
         self.analysis_max_tokens, self.label_max_tokens = analysis_max_tokens, label_max_tokens
@@ -104,7 +103,7 @@ class PairLabeler:
     # -- the render thread ---------------------------------------------------------------------
     def _render_round(self, index: int, queries: Queries) -> None:
         if self._imager is None:
-            self._imager = SegmentImager(self.spec, self.env_kwargs, self.camera)
+            self._imager = SegmentImager(self.spec, self.env)
         for row in range(len(queries)):
             if self._stop.is_set():
                 return

@@ -18,13 +18,14 @@ import numpy as np
 
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.preferences import oracle_labels
+from pbrl.envs.spec import EnvSpec
 from pbrl.store import StoreError, check_writable
 from pbrl.teachers.base import Teacher
 from pbrl.teachers.scripted import TeacherConfigError
 from pbrl.teachers.vlm.cache import DEFAULT_CACHE
 from pbrl.teachers.vlm.client import ChatEndpoint, api_key
 from pbrl.teachers.vlm.figures import Tally
-from pbrl.teachers.vlm.images import ImageSpec, check_renderable, checked_camera
+from pbrl.teachers.vlm.images import ImageSpec, check_renderable
 from pbrl.teachers.vlm.pipeline import PairLabeler
 
 ANNOTATOR = "vlm"
@@ -33,8 +34,10 @@ ANNOTATOR = "vlm"
 class VLMTeacher(Teacher):
     """``teacher=vlm``: see :mod:`pbrl.teachers.vlm` and ``conf/teacher/vlm.yaml``.
 
-    ``goal`` is the task's text goal; when it is empty, ``goals[env_id]`` is used (the config
-    keeps one per environment). ``api_key_env`` names the environment variable holding the key
+    ``goal`` is the task's text goal; when it is empty, ``goals[env.id]`` is used (the config
+    keeps one per environment). ``env``: the run's environment (its id picks the goal, its
+    ``gym.make`` arguments and camera render the frames); a run hands it over with
+    :meth:`use_env`, so the config holds none of it. ``api_key_env`` names the environment variable holding the key
     (``null`` for servers without authentication, e.g. a local vLLM). ``cache=null`` disables
     the answer cache. The teacher never waits: ``collect`` returns what is answered, and the
     run's ``wait`` settings say how long to wait for the rest.
@@ -47,9 +50,7 @@ class VLMTeacher(Teacher):
         api_key_env: str | None = "OPENAI_API_KEY",
         goal: str | None = None,
         goals: Mapping[str, str] | None = None,
-        env_id: str | None = None,
-        env_kwargs: Mapping[str, Any] | None = None,
-        camera: Mapping[str, Any] | None = None,
+        env: EnvSpec | None = None,
         frames: str = "last",
         num_frames: int = 4,
         size: int = 224,
@@ -75,11 +76,10 @@ class VLMTeacher(Teacher):
                 "http://localhost:8000/v1 (vLLM) or https://api.openai.com/v1"
             )
         self.model, self.base_url = str(model), str(base_url).rstrip("/")
-        self.env_id = env_id
-        self.env_kwargs = _plain_dict(env_kwargs)
-        self.goal = self._resolve_goal(goal, _plain_dict(goals), env_id)
+        self.given_goal, self.goals = goal, _plain_dict(goals)
+        self.env: EnvSpec | None = None
+        self.goal = str(goal) if goal else ""  # or the env's, from goals (use_env)
         self.spec = ImageSpec(frames, int(num_frames), int(size))
-        self.camera = checked_camera(_plain_dict(camera))
         for name, value, low in (
             ("max_concurrency", max_concurrency, 1),
             ("max_retries", max_retries, 0),
@@ -114,8 +114,6 @@ class VLMTeacher(Teacher):
                 check_writable(self.cache_path)  # at start, not at the first answer
             except StoreError as exc:
                 raise TeacherConfigError(f"teacher.cache: {exc}") from None
-        if env_id:
-            check_renderable(env_id, self.env_kwargs)
         self.api_key = api_key(api_key_env)
         self._stop = threading.Event()
         self.figures = Tally()
@@ -138,8 +136,6 @@ class VLMTeacher(Teacher):
         self._labeler = PairLabeler(  # starts threads and opens the cache on first submit
             goal=self.goal,
             spec=self.spec,
-            env_kwargs=self.env_kwargs,
-            camera=self.camera,
             endpoint=self.endpoint,
             cache_path=self.cache_path,
             max_concurrency=self.max_concurrency,
@@ -159,6 +155,28 @@ class VLMTeacher(Teacher):
         self.transcripts: dict[str, tuple[str, str]] = {}  # query id -> (analysis, label reply)
         # query id -> labeled / unsure / identical / failed (set before collect() returns it)
         self.outcomes: dict[str, str] = {}
+        if env is not None:
+            self.use_env(env)
+
+    def use_env(self, env: EnvSpec) -> None:
+        """The env whose states are shown: picks the goal text (unless ``goal`` was given)
+        and renders with its ``gym.make`` arguments and camera."""
+        check_renderable(env)
+        self.env = env
+        self.goal = self._resolve_goal(self.given_goal, self.goals, env.id)
+        self._labeler.goal, self._labeler.env = self.goal, env
+
+    @property
+    def env_id(self) -> str | None:
+        return None if self.env is None else self.env.id
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        return {} if self.env is None else dict(self.env.kwargs)
+
+    @property
+    def camera(self) -> dict[str, Any]:
+        return {} if self.env is None else dict(self.env.camera)
 
     # -- settings ------------------------------------------------------------------------------
     @staticmethod
@@ -181,6 +199,8 @@ class VLMTeacher(Teacher):
             raise RuntimeError("VLMTeacher is closed")
         if not len(queries):
             return
+        if not self.goal:
+            self.goal = self._labeler.goal = self._resolve_goal(None, self.goals, None)
         self._labeler.start()
         with self._lock:
             self._rounds.append(queries)
@@ -268,7 +288,7 @@ class VLMTeacher(Teacher):
         (e.g. to register oracle scores with :class:`pbrl.teachers.vlm.mock.MockVLM`)."""
         from pbrl.teachers.vlm.images import render_segment_images
 
-        return render_segment_images(segments, self.spec, self.env_kwargs, self.camera)
+        return render_segment_images(segments, self.spec, self.env)
 
 
 def _plain_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:

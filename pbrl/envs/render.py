@@ -1,22 +1,33 @@
-"""Rendered frames of simulator states, kept so each state is rendered once per run.
+"""One offscreen renderer per process, and frames of simulator states rendered once.
 
-Frame rewards (:class:`pbrl.rewards.base.FrameReward`) score images of the states a
-trajectory went through. Rendering is their cost (software OpenGL here: ~1 ms a frame at
-64 px), and the same states come back again and again: a state reached online is scored
-as the agent steps, then appears in many candidate query segments (windows overlap), in
-the labeled pairs every training epoch, and in PEBBLE's relabeling of the replay buffer.
+Everything in a run that draws stored MuJoCo states — frame rewards (image CNN, CLIP), RAPL's
+and the linear-head reward's video encoder, the VLM teacher's images — renders through here:
 
-:class:`FrameCache` keys each frame by the bytes of its ``(qpos, qvel)`` — rendering is a
-function of the state alone (:class:`~pbrl.video.StateRenderer` places the camera from the
-rendered state only) — and keeps the most recently used ``capacity`` frames (LRU) in one
-preallocated uint8 array. Whatever asks for frames (the online loop, a reward model's
-``segment_returns`` or ``fit``, a relabeling pass) asks for a whole batch; the misses are
+* :func:`shared_renderer` hands out one :class:`~pbrl.video.StateRenderer` per (env id,
+  ``gym.make`` arguments, size, camera) and thread (an OpenGL context belongs to the thread that
+  made it), so two users of the same view in a process draw with the same renderer.
+* :func:`shared_frames` hands out one :class:`FrameCache` per (env id, arguments, camera, size):
+  a state rendered while stepping is served from memory to query selection, reward training,
+  relabeling and the teacher, whoever asks first. It lives while someone holds it.
+
+The env facts come from the run's :class:`~pbrl.envs.spec.EnvSpec` (id, kwargs, camera), never
+from a reward's or teacher's config.
+
+Rendering is the cost (software OpenGL here: ~1 ms a frame at 64 px), and the same states come
+back again and again: a state reached online is scored as the agent steps, then appears in many
+candidate query segments (windows overlap), in the labeled pairs every training epoch, and in
+PEBBLE's relabeling of the replay buffer. :class:`FrameCache` keys each frame by the bytes of
+its ``(qpos, qvel)`` — rendering is a function of the state alone (the renderer places the
+camera from the rendered state only) — and keeps the most recently used ``capacity`` frames
+(LRU) in one uint8 array. Whatever asks for frames asks for a whole batch; the misses are
 rendered in one pass.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,35 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pbrl.data import Segments
+from pbrl.envs.spec import check_camera
 from pbrl.errors import ConfigError
 
 if TYPE_CHECKING:  # MuJoCo and ffmpeg load when the first frame is rendered
     import torch
 
     from pbrl.data.offline import OfflineDataset
+    from pbrl.envs.spec import EnvSpec
     from pbrl.video import StateRenderer
-
-CAMERA_KEYS = ("distance", "elevation", "azimuth", "lookat")
-
-
-def check_camera(camera: Mapping[str, Any] | None, where: str = "reward.camera") -> dict[str, Any]:
-    """Free-camera overrides as a plain dict; unknown keys or a malformed ``lookat`` raise
-    ``ValueError`` naming them."""
-    out = dict(camera or {})
-    unknown = sorted(set(out) - set(CAMERA_KEYS))
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {', '.join(unknown)}: use {', '.join(CAMERA_KEYS)}"
-        )
-    if "lookat" in out:
-        lookat = [float(v) for v in out["lookat"]]
-        if len(lookat) != 3:
-            raise ValueError(f"{where}.lookat={out['lookat']} needs 3 numbers [x, y, z]")
-        out["lookat"] = lookat
-    for key in ("distance", "elevation", "azimuth"):
-        if key in out:
-            out[key] = float(out[key])
-    return out
 
 
 def apply_camera(renderer: StateRenderer, camera: Mapping[str, Any] | None) -> None:
@@ -69,8 +60,9 @@ def apply_camera(renderer: StateRenderer, camera: Mapping[str, Any] | None) -> N
 class FrameCache:
     """Frames ``[S, S, 3]`` uint8 of one environment's states, rendered on demand, LRU-kept.
 
-    ``renders`` counts frames rendered, ``hits`` frames served from the cache. A renderer is
-    made per thread (an OpenGL context belongs to one thread).
+    ``renders`` counts frames rendered, ``hits`` frames served from the cache. Each thread
+    draws with its shared renderer (:func:`shared_renderer`). Users normally get the process's
+    cache of a view from :func:`shared_frames`; constructed directly it is a private one.
     """
 
     def __init__(
@@ -95,24 +87,30 @@ class FrameCache:
         self._bank: np.ndarray | None = None  # [capacity, S, S, 3], allocated on first store
         self._free: list[int] = []
         self._lock = threading.RLock()
-        self._renderers: dict[int, StateRenderer] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
 
     # -- rendering ---------------------------------------------------------------------------
     def renderer(self) -> StateRenderer:
-        """This thread's renderer of ``env_id`` at ``image_size`` with the camera set."""
-        from pbrl.video import StateRenderer
+        """This thread's shared renderer of ``env_id`` at ``image_size`` with the camera set
+        (:func:`shared_renderer`)."""
+        s = self.image_size
+        return shared_renderer(self.env_id, self.env_kwargs, s, s, self.camera)
 
-        me = threading.get_ident()
+    def reserve(self, capacity: int) -> None:
+        """Keep at least ``capacity`` frames from now on (a second user that needs more)."""
         with self._lock:
-            r = self._renderers.get(me)
-            if r is None or r._closed:
+            extra = int(capacity) - self.capacity
+            if extra <= 0:
+                return
+            if self._bank is not None:
                 s = self.image_size
-                r = self._renderers[me] = StateRenderer(self.env_id, s, s, **self.env_kwargs)
-                apply_camera(r, self.camera)
-            return r
+                bank = np.empty((int(capacity), s, s, 3), dtype=np.uint8)
+                bank[: self.capacity] = self._bank
+                self._bank = bank
+                self._free = list(range(int(capacity) - 1, self.capacity - 1, -1)) + self._free
+            self.capacity = int(capacity)
 
     def relabel(
         self,
@@ -214,8 +212,68 @@ class FrameCache:
         return frames, index
 
     def close(self) -> None:
-        """Free the renderers (each in its own thread's context; this thread's here)."""
+        """Drop the kept frames (the shared renderers stay: other users may draw with them;
+        :func:`close_renderers` frees a thread's)."""
         with self._lock:
-            renderers, self._renderers = self._renderers, {}
-        for r in renderers.values():
-            r.close()
+            self._rows.clear()
+            self._bank, self._free = None, []
+
+
+# -- the process's renderers and frame caches ------------------------------------------------
+
+_renderers: dict[tuple[Any, ...], StateRenderer] = {}
+_frames: weakref.WeakValueDictionary[tuple[Any, ...], FrameCache] = weakref.WeakValueDictionary()
+_registry_lock = threading.Lock()
+
+
+def _key(mapping: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(mapping or {}), sort_keys=True, default=str)
+
+
+def shared_renderer(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None,
+    width: int,
+    height: int,
+    camera: Mapping[str, Any] | None = None,
+) -> StateRenderer:
+    """The calling thread's renderer of ``env_id`` (made with ``env_kwargs``) at ``width`` x
+    ``height`` with the free-camera overrides ``camera``: the same object for every caller
+    asking for the same view in this thread; made on first use."""
+    from pbrl.video import StateRenderer
+
+    cam = check_camera(camera)
+    key = (threading.get_ident(), env_id, _key(env_kwargs), int(width), int(height), _key(cam))
+    with _registry_lock:
+        renderer = _renderers.get(key)
+        if renderer is None or renderer._closed:
+            renderer = StateRenderer(env_id, int(width), int(height), **dict(env_kwargs or {}))
+            apply_camera(renderer, cam)
+            _renderers[key] = renderer
+        return renderer
+
+
+def close_renderers() -> None:
+    """Close the shared renderers this thread made (a thread that renders no more, e.g. a
+    teacher's render thread when the teacher closes)."""
+    me = threading.get_ident()
+    with _registry_lock:
+        mine = [k for k in _renderers if k[0] == me]
+        closing = [_renderers.pop(k) for k in mine]
+    for renderer in closing:
+        renderer.close()
+
+
+def shared_frames(env: EnvSpec, image_size: int, capacity: int = 0) -> FrameCache:
+    """The process's frame cache of ``env``'s states (its id, ``gym.make`` arguments and
+    camera) at ``image_size`` pixels, keeping at least ``capacity`` frames: every user of that
+    view gets the same cache while one holds it, so each state is rendered once."""
+    cam = check_camera(env.camera)
+    key = (env.id, _key(env.kwargs), int(image_size), _key(cam))
+    with _registry_lock:
+        cache = _frames.get(key)
+        if cache is None:
+            cache = FrameCache(env.id, int(image_size), cam, env.kwargs, int(capacity))
+            _frames[key] = cache
+    cache.reserve(capacity)
+    return cache
