@@ -18,6 +18,7 @@ from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.offline import OfflineDataset, load_dataset
 from pbrl.errors import ConfigError
 from pbrl.offline import vpl_iql
+from pbrl.offline.common import LearnedReward
 from pbrl.query import QuerySelector, information_gain, select_for_user
 from pbrl.recipes import run as run_config
 from pbrl.rewards import RewardEnsemble, VPLConfig, VPLReward, load_reward_model
@@ -335,6 +336,32 @@ def test_latent_separates_users_who_disagree(goals: OfflineDataset) -> None:
     shared = model.infer(data)  # one latent for both: at most one user served
     one = [model.user_accuracy(PreferenceDataset(test[rows], y[rows]), shared) for y in (ya, yb)]
     assert sum(one) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_z_conditioned_policy_reaches_each_users_own_goal(goals: OfflineDataset) -> None:
+    """Fails if the policy ignores z: one policy on s ⊕ z must end at alice's goal under her
+    latent and at bob's under his (a policy blind to z goes to one place for both)."""
+    torch.manual_seed(0)
+    data = labeled(goals, 400)
+    model = VPLReward(4, 2, VPLConfig(hidden=64, updates=600))
+    model.fit(data, np.random.default_rng(0))
+    hidden = goals.with_rewards(np.full(len(goals), np.nan, np.float32))
+    reward = LearnedReward(model, relabel_dataset(model, hidden, 10))
+    cfg = vpl_iql.VPLIQLConfig(hidden=128)  # conf/algo/vpl_iql.yaml's reward_scale: none
+    assert cfg.reward_scale == "none"
+    steps = 5000
+    trainer = vpl_iql.build(cfg, hidden, data, reward, steps, torch.device("cpu"), 0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        trainer.train(trainer.sample(gen))
+    ends = {}
+    for user, goal in (("alice", "goal_a"), ("bob", "goal_b")):
+        ev = vpl_iql.rollout_user(trainer.agent_for(user), "pbrl/TwoGoal-v0", {}, 5, 100)
+        assert ev.reached[goal] >= 0.8, (user, ev.reached)
+        ends[user] = ev.reached
+    # each ends at their own goal, so the policy told the two latents apart
+    assert ends["alice"]["goal_b"] == 0.0 and ends["bob"]["goal_a"] == 0.0
 
 
 # -- the benchmark -------------------------------------------------------------------------------
