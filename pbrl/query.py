@@ -36,7 +36,8 @@ def entropy_scores(probs: np.ndarray) -> np.ndarray:
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-12, 1 - 1e-12)
+    # float64: in float32 1 - 1e-12 is 1.0, and a saturated pair's entropy was 0 * log 0 = nan
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
     return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 

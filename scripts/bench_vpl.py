@@ -11,7 +11,8 @@ seed and method:
   both; BT-per-user each user's own);
 * ``goal_rate``: the fraction of evaluation episodes of the offline IQL policy that end at that
   user's goal (VPL: one policy on s ⊕ z, z inferred from the user's 16 labels; BT-pooled: one
-  policy for both; BT-per-user: a policy per user);
+  policy for both; BT-per-user: a policy per user); ``goal_any``: the fraction that are at it
+  at some step (maze2d-style success);
 * ``labels``: the user's labels.
 
 ``queries.json``: VPL's held-out accuracy per user at growing label budgets, labels chosen
@@ -68,6 +69,7 @@ class Settings:
     bt_hidden: int = 128
     iql_steps: int = 8000
     iql_hidden: int = 256
+    iql_reward_scale: str = "none"  # conf/algo/vpl_iql.yaml's; "returns" was the earlier setting
     eval_episodes: int = 20
     query_budgets: tuple[int, ...] = (16, 32, 64, 128)  # labels per user at each measurement
     query_updates: int = 400  # VPL gradient steps after each added batch (warm start)
@@ -161,8 +163,9 @@ def fit_bt(labels: PreferenceDataset, s: Settings, seed: int) -> RewardEnsemble:
 
 
 def iql_config(s: Settings) -> vpl_iql.VPLIQLConfig:
-    # conf/algo/vpl_iql.yaml's settings (expectile 0.7, β 3, γ 0.95), for every method alike
-    return vpl_iql.VPLIQLConfig(hidden=s.iql_hidden)
+    # conf/algo/vpl_iql.yaml's settings (expectile 0.7, β 3, γ 0.95, rewards unscaled in
+    # [0, 1]), for every method alike
+    return vpl_iql.VPLIQLConfig(hidden=s.iql_hidden, reward_scale=s.iql_reward_scale)
 
 
 def train(trainer: Any, steps: int, seed: int) -> Any:
@@ -172,9 +175,11 @@ def train(trainer: Any, steps: int, seed: int) -> Any:
     return trainer
 
 
-def goal_rate(agent: Any, user: str, s: Settings, seed: int) -> float:
+def goal_rates(agent: Any, user: str, s: Settings, seed: int) -> dict[str, float]:
+    """The fraction of episodes that end at the user's goal (``goal_rate``) and that reach it
+    at some step (``goal_any``, maze2d's success)."""
     ev = vpl_iql.rollout_user(agent, ENV_ID, {}, s.eval_episodes, 10_000 + seed)
-    return ev.reached[USERS[user]]
+    return {"goal_rate": ev.reached[USERS[user]], "goal_any": ev.reached_any[USERS[user]]}
 
 
 def run_method(method: str, data: OfflineDataset, seed: int, s: Settings) -> dict[str, Any]:
@@ -195,7 +200,7 @@ def run_method(method: str, data: OfflineDataset, seed: int, s: Settings) -> dic
             z = trainer.latent(u)  # from 16 of u's labels, as the policy acts
             out[u] = {
                 "disagree_acc": model.user_accuracy(test[u], z),
-                "goal_rate": goal_rate(trainer.agent_for(u), u, s, seed),
+                **goal_rates(trainer.agent_for(u), u, s, seed),
             }
     elif method == "bt_pooled":
         model = fit_bt(labels, s, seed)
@@ -206,7 +211,7 @@ def run_method(method: str, data: OfflineDataset, seed: int, s: Settings) -> dic
         for u in USERS:
             out[u] = {
                 "disagree_acc": model.accuracy(test[u]),
-                "goal_rate": goal_rate(trainer.agent(), u, s, seed),
+                **goal_rates(trainer.agent(), u, s, seed),
             }
     else:
         for u in USERS:
@@ -218,7 +223,7 @@ def run_method(method: str, data: OfflineDataset, seed: int, s: Settings) -> dic
             )
             out[u] = {
                 "disagree_acc": model.accuracy(test[u]),
-                "goal_rate": goal_rate(trainer.agent(), u, s, seed),
+                **goal_rates(trainer.agent(), u, s, seed),
             }
     for u in USERS:
         out[u]["labels"] = int(np.sum(labels.annotator == u))
@@ -313,15 +318,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any], queries: dict[str, Any]) -> str:
-    lines = ["| method | user | disagree_acc | goal_rate | labels |", "|---|---|---|---|---|"]
+    lines = [
+        "| method | user | disagree_acc | goal_rate | goal_any | labels |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(xs: list[float], fmt: str) -> str:
+        return f"{np.mean(xs):{fmt}} ({', '.join(f'{x:.2f}' for x in xs)})"
+
     for m, by_seed in results.items():
         for u in USERS:
             acc = [r[u]["disagree_acc"] for r in by_seed.values()]
             goal = [r[u]["goal_rate"] for r in by_seed.values()]
+            anyg = [r[u].get("goal_any", float("nan")) for r in by_seed.values()]
             n = [r[u]["labels"] for r in by_seed.values()]
             lines.append(
-                f"| {m} | {u} | {np.mean(acc):.3f} ({', '.join(f'{a:.2f}' for a in acc)}) | "
-                f"{np.mean(goal):.2f} ({', '.join(f'{g:.2f}' for g in goal)}) | {n[0]} |"
+                f"| {m} | {u} | {cell(acc, '.3f')} | {cell(goal, '.2f')} | {cell(anyg, '.2f')} "
+                f"| {n[0]} |"
             )
     lines += [
         "",

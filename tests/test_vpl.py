@@ -18,6 +18,7 @@ from pbrl.data import PreferenceDataset, Queries
 from pbrl.data.offline import OfflineDataset, load_dataset
 from pbrl.errors import ConfigError
 from pbrl.offline import vpl_iql
+from pbrl.offline.common import LearnedReward
 from pbrl.query import QuerySelector, information_gain, select_for_user
 from pbrl.recipes import run as run_config
 from pbrl.rewards import RewardEnsemble, VPLConfig, VPLReward, load_reward_model
@@ -337,6 +338,32 @@ def test_latent_separates_users_who_disagree(goals: OfflineDataset) -> None:
     assert sum(one) == pytest.approx(1.0, abs=1e-9)
 
 
+@pytest.mark.slow
+def test_z_conditioned_policy_reaches_each_users_own_goal(goals: OfflineDataset) -> None:
+    """Fails if the policy ignores z: one policy on s ⊕ z must end at alice's goal under her
+    latent and at bob's under his (a policy blind to z goes to one place for both)."""
+    torch.manual_seed(0)
+    data = labeled(goals, 400)
+    model = VPLReward(4, 2, VPLConfig(hidden=64, updates=600))
+    model.fit(data, np.random.default_rng(0))
+    hidden = goals.with_rewards(np.full(len(goals), np.nan, np.float32))
+    reward = LearnedReward(model, relabel_dataset(model, hidden, 10))
+    cfg = vpl_iql.VPLIQLConfig(hidden=128)  # conf/algo/vpl_iql.yaml's reward_scale: none
+    assert cfg.reward_scale == "none"
+    steps = 5000
+    trainer = vpl_iql.build(cfg, hidden, data, reward, steps, torch.device("cpu"), 0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        trainer.train(trainer.sample(gen))
+    ends = {}
+    for user, goal in (("alice", "goal_a"), ("bob", "goal_b")):
+        ev = vpl_iql.rollout_user(trainer.agent_for(user), "pbrl/TwoGoal-v0", {}, 5, 100)
+        assert ev.reached[goal] >= 0.8, (user, ev.reached)
+        ends[user] = ev.reached
+    # each ends at their own goal, so the policy told the two latents apart
+    assert ends["alice"]["goal_b"] == 0.0 and ends["bob"]["goal_a"] == 0.0
+
+
 # -- the benchmark -------------------------------------------------------------------------------
 
 
@@ -366,3 +393,62 @@ def test_bench_vpl_reuses_finished_runs(tmp_path, monkeypatch) -> None:  # type:
     assert set(out) == {"vpl", "bt_pooled", "bt_per_user"}
     assert set(out["vpl"]["0"]) == {"alice", "bob"}
     assert set(out["vpl"]["0"]["bob"]) == {"disagree_acc", "goal_rate", "labels"}
+
+
+# -- the labeling page ---------------------------------------------------------------------------
+
+
+def test_page_shows_each_annotators_z_spread_after_each_answer(goals, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A reward=vpl model announced in the store (by the human teacher): every progress the
+    page's API returns carries the annotator's posterior spread, updated after each answer."""
+    pytest.importorskip("fastapi", reason="the web stack is not installed: pip install -e .[gui]")
+    pytest.importorskip("httpx", reason="pip install httpx")
+    from fastapi.testclient import TestClient
+
+    from pbrl.gui.server import create_app
+    from pbrl.store import LabelStore
+    from pbrl.teachers.human import HumanTeacher
+
+    torch.manual_seed(0)
+    model = VPLReward(4, 2, TINY_VPL)
+    model.fit(labeled(goals, 24), np.random.default_rng(0))
+    q = goals.sample_queries(5, 10, np.random.default_rng(3))
+    store = LabelStore(tmp_path / "labels.sqlite")
+    store.add_queries(q, source="vpl-page", needed=2)
+    pop = PopulationTeacher(TWO_USERS, rng=np.random.default_rng(0))
+    truth = {u: pop.label(q, annotator=u).labels for u in pop.ids}
+    teacher = HumanTeacher(store=str(store.path))
+    with TestClient(create_app(store.path, prerender=0)) as c:
+        # no latent reward announced (or another kind of model): no spread
+        assert c.get("/api/status", params={"annotator": "alice"}).json()["progress"]["z"] is None
+        teacher.set_reward_model(RewardEnsemble(4, 2))
+        assert "latent_reward" not in store.meta()
+        teacher.set_reward_model(model)
+        assert Path(store.meta()["latent_reward"]).is_file()
+        prior = c.get("/api/status", params={"annotator": "alice"}).json()["progress"]["z"]
+        assert prior == {"spread": 1.0, "labels": 0}
+        assert c.get("/api/status").json()["progress"]["z"] is None  # no annotator: none
+        lease = c.post("/api/next", json={"annotator": "alice"}).json()["lease"]
+        spreads = []
+        for k in range(1, 6):
+            row = int(np.flatnonzero(q.query_id == lease["query_id"])[0])
+            label = "skip" if k == 3 else truth["alice"][row]
+            r = c.post(
+                "/api/answer",
+                json={"annotator": "alice", "lease_id": lease["lease_id"], "label": label},
+            ).json()
+            z, lease = r["progress"]["z"], r["lease"]
+            decided = k - (k >= 3)  # the skip tells nothing about z
+            mine = store.annotator_labels("alice")
+            assert mine is not None and len(mine) == k and z["labels"] == decided
+            _, log_var = model.posterior(mine)
+            assert z["spread"] == pytest.approx(float(np.exp(0.5 * log_var).mean()), abs=1e-4)
+            assert 0.0 < z["spread"] and math.isfinite(z["spread"])
+            spreads.append(z["spread"])
+        assert len(set(spreads)) > 1  # it moves as she answers
+        # bob's latent is his own: nothing yet
+        bob = c.post("/api/next", json={"annotator": "bob"}).json()["progress"]["z"]
+        assert bob == {"spread": 1.0, "labels": 0}
+        undone = c.post("/api/undo", json={"annotator": "alice"}).json()["progress"]["z"]
+        assert undone["labels"] == 3 and undone["spread"] == spreads[-2]
+    teacher.close()

@@ -4,7 +4,9 @@ Routes (all JSON bodies and answers; every error is a 4xx with a ``detail`` mess
 
 =========================  ==================================================================
 ``GET  /``                 the labeling page; ``/stats`` the agreement view
-``GET  /api/status``       task, progress (``?annotator=`` adds "your count"), eval video
+``GET  /api/status``       task, progress (``?annotator=`` adds "your count" and, with a
+                           latent reward announced (reward=vpl), ``z``: how sure the model is
+                           about your latent, ``{spread, labels}``), eval video
 ``POST /api/next``         ``{annotator}`` -> the lease on the next pair (or ``null``); a
                            lease carries the pair's VLM ``suggestion`` (label word, analysis,
                            model) or ``null``, and ``triplet``: ``null``, or for the three
@@ -62,6 +64,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pbrl.gui.clips import SIDES, ClipCache, RenderError, default_cache_dir
+from pbrl.gui.latent import LatentSpread
 from pbrl.store import (
     AGGREGATES,
     QUERY_ID,
@@ -367,6 +370,13 @@ def create_app(
             "triplet": triplet_json(lease),
         }
 
+    spread = LatentSpread(db)
+
+    def progress(annotator: str | None) -> dict[str, Any]:
+        """The store's counts; ``z``: with a latent reward announced (reward=vpl), how sure it
+        is about ``annotator``'s latent (``{spread, labels}``), else null."""
+        return {**db.counts(annotator), "z": spread(annotator)}
+
     def next_for(annotator: str) -> dict[str, Any] | None:
         lease = db.lease(annotator, lease_s, triplets=True)
         if lease is not None:
@@ -395,7 +405,7 @@ def create_app(
         return {
             "task": meta.get("task") or default_task(env_id),
             "env_id": env_id,
-            "progress": db.counts(annotator.strip() if annotator else None),
+            "progress": progress(annotator.strip() if annotator else None),
             "eval_video": eval_video,
             "lease_s": lease_s,
             "server_time": time.time(),
@@ -404,7 +414,7 @@ def create_app(
     @app.post("/api/next")
     def next_query(body: AnnotatorBody) -> dict[str, Any]:
         annotator = check_annotator(body.annotator)
-        return {"lease": next_for(annotator), "progress": db.counts(annotator)}
+        return {"lease": next_for(annotator), "progress": progress(annotator)}
 
     @app.post("/api/answer")
     def answer(body: AnswerBody) -> dict[str, Any]:
@@ -419,7 +429,7 @@ def create_app(
                 "label": None if math.isnan(got.label) else got.label,
             },
             "lease": next_for(annotator),
-            "progress": db.counts(annotator),
+            "progress": progress(annotator),
         }
 
     @app.post("/api/answer_triplet")
@@ -429,7 +439,7 @@ def create_app(
         return {
             "answer": triplet_answer_json(got),
             "lease": next_for(annotator),
-            "progress": db.counts(annotator),
+            "progress": progress(annotator),
         }
 
     def triplet_answer_json(answers: list[Answer]) -> dict[str, Any]:
@@ -455,7 +465,7 @@ def create_app(
                 "triplet": triplet_answer_json(answers) if len(answers) == 3 else None,
             },
             "lease": lease_json(lease),
-            "progress": db.counts(annotator),
+            "progress": progress(annotator),
         }
 
     @app.post("/api/renew")

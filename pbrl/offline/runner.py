@@ -34,7 +34,7 @@ from pbrl.offline import bc, cpl, dtr, iql, oppo, vpl_iql
 from pbrl.offline.common import LearnedReward, OfflineAlgoConfig, OfflineTrainer, require_labels
 from pbrl.rewards import REWARD_MODELS, load_reward_model, make_reward_model, reward_kind_name
 from pbrl.rewards.base import RewardModel
-from pbrl.rewards.dispatch import relabel_dataset, state_reward_fn
+from pbrl.rewards.dispatch import has_latent, relabel_dataset, state_reward_fn
 from pbrl.run import Progress, Recipe, RunContext, label_stats, plain
 from pbrl.teachers.base import Teacher, WaitPolicy, ask
 
@@ -291,6 +291,8 @@ def run(ctx: RunContext, config: OfflineAlgoConfig) -> dict[str, object]:
             reward_metrics["true_reward_corr"] = corr
         for k, v in reward_metrics.items():
             writer.add_scalar(f"reward_model/{k}", v, 0)
+        if ctx.teacher is not None and has_latent(reward.model):
+            ctx.teacher.set_reward_model(reward.model)  # teacher=human: the page shows z spread
     reward_model: RewardModel | None = None if reward is None else reward.model
     reward_fn = state_reward_fn(reward_model)  # evaluation's learned return, where it has one
 

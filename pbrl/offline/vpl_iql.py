@@ -40,6 +40,9 @@ from pbrl.rewards.dispatch import Steps, as_latent, has_latent, score_steps_unde
 class VPLIQLConfig(IQLConfig):
     name: str = "vpl_iql"
     gamma: float = 0.95  # 50-step goal reaching: a 20-step horizon learns in a few thousand steps
+    # the learned rewards stay in [0, 1] (minmax): "returns" (x 1000 / return range) saturated
+    # the advantage weights, and the policy chased the reward's slope past the goal (docs/vpl.md)
+    reward_scale: str = "none"
     latents_per_user: int = 8  # latents per annotator in the policy's bank (random context sets)
     reward_kinds: ClassVar[tuple[str, ...]] = ("vpl",)
 
@@ -208,17 +211,20 @@ def build(
 
 @dataclass
 class UserEval:
-    """One user's episodes: true returns, and the fraction of episodes that ended at each
-    ``info["at_<name>"]`` flag the env reports (e.g. ``at_goal_a``)."""
+    """One user's episodes: true returns, the fraction of episodes that ended at each
+    ``info["at_<name>"]`` flag the env reports (e.g. ``at_goal_a``: ``reached``), and the
+    fraction in which it held at any step (maze2d-style success: ``reached_any``)."""
 
     returns: list[float] = field(default_factory=list)
     reached: dict[str, float] = field(default_factory=dict)
+    reached_any: dict[str, float] = field(default_factory=dict)
     video: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "return_mean": float(np.mean(self.returns)) if self.returns else None,
             "reached": dict(self.reached),
+            "reached_any": dict(self.reached_any),
             "video": self.video,
         }
 
@@ -232,12 +238,14 @@ def rollout_user(
     video_path: Path | None = None,
     video_size: tuple[int, int] = (240, 240),
 ) -> UserEval:
-    """``n_episodes`` of ``agent``; which ``at_*`` flags held at each episode's end."""
+    """``n_episodes`` of ``agent``; which ``at_*`` flags held at each episode's end, and which
+    held at some step."""
     import pbrl.envs  # noqa: F401  (registers pbrl/ environments)
 
     env = gym.make(env_id, **env_kwargs)
     out = UserEval()
     ends: dict[str, list[float]] = {}
+    anywhere: dict[str, list[float]] = {}
     qpos: list[np.ndarray] = []
     qvel: list[np.ndarray] = []
     mj = getattr(env.unwrapped, "data", None)
@@ -246,6 +254,7 @@ def rollout_user(
         agent.reset()
         done, ret = False, 0.0
         info: dict[str, Any] = {}
+        seen: dict[str, float] = {}
         while not done:
             if ep == 0 and mj is not None:
                 qpos.append(mj.qpos.copy())
@@ -255,6 +264,9 @@ def rollout_user(
                 act = np.clip(act, env.action_space.low, env.action_space.high)
             obs, r, term, trunc, info = env.step(act)
             ret, done = ret + float(r), term or trunc
+            for k, v in info.items():
+                if k.startswith("at_") and np.ndim(v) == 0:
+                    seen[k[3:]] = max(seen.get(k[3:], 0.0), float(v))
         if ep == 0 and mj is not None:
             qpos.append(mj.qpos.copy())
             qvel.append(mj.qvel.copy())
@@ -262,8 +274,11 @@ def rollout_user(
         for k, v in info.items():
             if k.startswith("at_") and np.ndim(v) == 0:
                 ends.setdefault(k[3:], []).append(float(v))
+        for k, v in seen.items():
+            anywhere.setdefault(k, []).append(v)
     env.close()
     out.reached = {k: float(np.mean(v)) for k, v in ends.items()}
+    out.reached_any = {k: float(np.mean(v)) for k, v in anywhere.items()}
     if video_path is not None and qpos:
         from pbrl.envs.render import shared_renderer
         from pbrl.video import write_video

@@ -141,6 +141,32 @@ class DatasetsMixin(StoreBase):
             )
             return self._dataset(rows, answers, aggregate)
 
+    def annotator_labels(self, annotator: str) -> PreferenceDataset | None:
+        """``annotator``'s live answers, one row per answer, oldest first (None: none yet)."""
+        conn = self._conn()
+        conn.execute("BEGIN")  # one consistent snapshot
+        try:
+            mine = conn.execute(
+                "SELECT * FROM answers WHERE retracted_at IS NULL AND annotator=?"
+                " ORDER BY answered_at, id",
+                (annotator,),
+            ).fetchall()
+            ids = list(dict.fromkeys(a["query_id"] for a in mine))
+            rows = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows += conn.execute(
+                    f"SELECT * FROM queries WHERE id IN ({','.join('?' * len(chunk))})"
+                    " ORDER BY seq",
+                    chunk,
+                ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        answers: dict[str, list[sqlite3.Row]] = defaultdict(list)
+        for a in mine:
+            answers[a["query_id"]].append(a)
+        return self._dataset(rows, answers, "per-annotator")
+
     def uncollected(self, sources: Sequence[str]) -> int:
         """Queries submitted under ``sources`` that no trainer has collected yet."""
         if not sources:

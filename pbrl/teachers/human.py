@@ -147,6 +147,18 @@ class HumanTeacher(Teacher):
             eval_video_at=time.time(),
         )
 
+    def set_reward_model(self, model: Any) -> None:
+        """A latent reward (``reward=vpl``) is saved beside the store and announced (meta
+        ``latent_reward``): the page shows each annotator how sure it is about their z
+        (:mod:`pbrl.gui.latent`). Other reward models are not announced."""
+        from pbrl.rewards.dispatch import has_latent
+
+        if model is None or not has_latent(model):
+            return
+        path = self.store_path.with_name(self.store_path.stem + "_latent_reward.pt")
+        model.save(path)  # written atomically: the page never reads a half-written file
+        self.store.set_meta(latent_reward=str(path.resolve()))
+
     def _fallback_source(self) -> str:
         if not self.sources:
             return f"teacher-{uuid.uuid4().hex[:8]}"

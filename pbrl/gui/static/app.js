@@ -20,6 +20,13 @@ function showProgress(p) {
   $("total").textContent = p.total;
   $("pending").textContent = p.pending;
   $("mine").textContent = p.mine;
+  // reward=vpl: how sure the model is about this annotator's latent (1.0 = the prior)
+  const z = p.z;
+  $("zspread-box").hidden = !z;
+  if (z) {
+    $("zspread").textContent = z.spread.toFixed(2);
+    $("zspread-box").title = `posterior std of your latent z from ${z.labels} labels (prior 1.0; smaller = surer)`;
+  }
 }
 
 // -- the pair -------------------------------------------------------------------------------
