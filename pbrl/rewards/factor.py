@@ -53,6 +53,7 @@ class FactorRewardConfig:
     max_updates: int | None = None  # cap on gradient steps per round
     offset: str = "none"  # none | max: shift rewards so the largest labeled step's is 0
     normalize: bool = False  # divide by the std of the labeled steps' rewards (rm-normalize)
+    offset_margin: float = 0.0  # offset: max puts the largest labeled reward at -margin x std
 
     def __post_init__(self) -> None:
         if self.offset not in OFFSETS:
@@ -103,7 +104,9 @@ class FactorRewardModel(FactorReward, nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         self.register_buffer("in_mean", torch.zeros(n_in))
-        self.register_buffer("in_std", torch.ones(n_in))
+        # before the first fit every input reads 0: the reward is a constant, not an arbitrary
+        # function of unscaled inputs (MountainCar's goal is 100)
+        self.register_buffer("in_std", torch.full((n_in,), float("inf")))
         self.register_buffer("in_count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("in_sum", torch.zeros(n_in, dtype=torch.float64))
         self.register_buffer("in_sumsq", torch.zeros(n_in, dtype=torch.float64))
@@ -194,7 +197,8 @@ class FactorRewardModel(FactorReward, nn.Module):
         with torch.no_grad():
             raw = self._raw(valid)
             if cfg.offset == "max":
-                self.shift.copy_(raw.max())
+                spread = raw.std() if len(raw) > 1 else torch.zeros(())
+                self.shift.copy_(raw.max() + cfg.offset_margin * spread)
             else:
                 self.shift.copy_(raw.mean() if cfg.normalize else torch.zeros(()))
             if cfg.normalize and len(raw) > 1:
