@@ -53,11 +53,14 @@ class FactorRewardConfig:
     max_updates: int | None = None  # cap on gradient steps per round
     offset: str = "none"  # none | max: shift rewards so the largest labeled step's is 0
     normalize: bool = False  # divide by the std of the labeled steps' rewards (rm-normalize)
+    normalize_to: float = 1.0  # with normalize: the labeled steps' rewards get this std
     offset_margin: float = 0.0  # offset: max puts the largest labeled reward at -margin x std
 
     def __post_init__(self) -> None:
         if self.offset not in OFFSETS:
             raise ConfigError(f"reward.offset={self.offset!r}: use one of {OFFSETS}")
+        if self.normalize_to <= 0 or self.offset_margin < 0:
+            raise ConfigError("reward.normalize_to must be > 0 and reward.offset_margin >= 0")
         if self.hidden <= 0 or self.n_layers < 0 or self.batch_size <= 0:
             raise ConfigError("reward.hidden and reward.batch_size must be > 0, n_layers >= 0")
 
@@ -202,7 +205,7 @@ class FactorRewardModel(FactorReward, nn.Module):
             else:
                 self.shift.copy_(raw.mean() if cfg.normalize else torch.zeros(()))
             if cfg.normalize and len(raw) > 1:
-                self.scale.copy_(raw.std().clamp_min(1e-6))
+                self.scale.copy_(raw.std().clamp_min(1e-6) / cfg.normalize_to)
         return metrics
 
     def _standardize(self, valid: torch.Tensor) -> None:
