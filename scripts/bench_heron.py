@@ -16,7 +16,8 @@ HERON's run of its seed, whose comparison count it copies.
   code runs it (``+exp=heron_mountaincar``: transition pairs from the replay buffer); BT on
   partial return over transition pairs, as many comparisons as HERON induced; BT on partial
   return with 400 labels of 50-step segments; HERON with the ranking reversed
-  (action > goal). Columns: goal rate over 20 evaluation episodes, true return, mean action²
+  (action > goal); pbrl's variant in which the learned reward is a small per-step cost
+  (``+exp=heron_mountaincar_costs``), with the official and the reversed ranking. Columns: goal rate over 20 evaluation episodes, true return, mean action²
   per step, comparisons used, wall time.
 * ``hopper`` (PPO, 8 envs, official ranking forward > survive > ctrl, σ (0.1, 0.2, 0.5) over
   the buffer): the true reward; HERON with the learned reward driving the policy (the paper);
@@ -45,6 +46,9 @@ STEPS = {"mountaincar": 50_000, "hopper": 300_000, "steer": 300_000}
 QUICK_STEPS = {"mountaincar": 20_000, "hopper": 50_000, "steer": 50_000}
 PPO = ["n_envs=8"]
 BT_TRANSITIONS = ["teacher=oracle", "reward=small", "reward.max_epochs=1"]
+REVERSED = ["teacher.ranking=[action,goal]", "teacher.sigma=[1.0,0.0]"]
+COSTS = "HERON, steps cost (pbrl variant)"
+COSTS_REVERSED = "HERON, steps cost, reversed"
 
 
 def variants(table: str) -> dict[str, tuple[str, list[str]]]:
@@ -65,11 +69,9 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
                     "feedback.batch_size=50",
                 ],
             ),
-            "HERON, reward shifted <= 0": ("heron_mountaincar", ["reward.offset=max"]),
-            "HERON reversed (action > goal)": (
-                "heron_mountaincar",
-                ["teacher.ranking=[action,goal]", "teacher.sigma=[1.0,0.0]"],
-            ),
+            "HERON reversed (action > goal)": ("heron_mountaincar", REVERSED),
+            COSTS: ("heron_mountaincar_costs", []),
+            COSTS_REVERSED: ("heron_mountaincar_costs", REVERSED),
         }
     if table == "hopper":
         return {
@@ -210,6 +212,20 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
             out.append(
                 f"- reversed ranking stays in the valley (goal rate <= 0.1): "
                 f"{rev['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
+            )
+        costs, costs_rev = means.get(COSTS, {}), means.get(COSTS_REVERSED, {})
+        if costs and true:
+            target = 0.8 * true["goal rate"]
+            ok = costs["goal rate"] >= target and true["goal rate"] > 0
+            out.append(
+                f"- {COSTS} goal rate >= 0.8x the true reward's: {costs['goal rate']:.2f} vs "
+                f"{target:.2f} -> {'met' if ok else 'NOT met'}"
+            )
+        if costs_rev:
+            ok = costs_rev["goal rate"] <= 0.1
+            out.append(
+                f"- {COSTS_REVERSED} stays in the valley (goal rate <= 0.1): "
+                f"{costs_rev['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
             )
     elif table == "hopper":
         true = means.get("true reward", {}).get("true return")

@@ -6,8 +6,9 @@ velocity, ``done``, ``a²``) through an MLP ``in -> 256 -> 256 -> 1`` (ReLU), tr
 Bradley–Terry and Adam (lr 1e-3). :class:`FactorRewardModel` is that model: ``reward(obs,
 act, factors)``, a :class:`~pbrl.rewards.base.FactorReward`. Segments score as the sum of
 their valid steps, so it trains on one-step segments (HERON's transition pairs) and on longer
-ones alike. Inputs are standardized with the statistics of the labeled steps (the factors'
-scales differ by orders of magnitude: MountainCar's goal is 100, its action cost ~0.1).
+ones alike. Inputs are standardized with the statistics of every step labeled so far (the
+factors' scales differ by orders of magnitude: MountainCar's goal is 100, its action cost
+~0.1); a column that has not varied yet reads as 0.
 
 ``offset: max`` (not in the official code) subtracts the largest reward of the labeled steps
 after each fit, so every step's reward is at most about 0: a Bradley–Terry reward is only
@@ -51,10 +52,15 @@ class FactorRewardConfig:
     acc_threshold: float = 1.0  # stop a round early once train accuracy exceeds this
     max_updates: int | None = None  # cap on gradient steps per round
     offset: str = "none"  # none | max: shift rewards so the largest labeled step's is 0
+    normalize: bool = False  # divide by the std of the labeled steps' rewards (rm-normalize)
+    normalize_to: float = 1.0  # with normalize: the labeled steps' rewards get this std
+    offset_margin: float = 0.0  # offset: max puts the largest labeled reward at -margin x std
 
     def __post_init__(self) -> None:
         if self.offset not in OFFSETS:
             raise ConfigError(f"reward.offset={self.offset!r}: use one of {OFFSETS}")
+        if self.normalize_to <= 0 or self.offset_margin < 0:
+            raise ConfigError("reward.normalize_to must be > 0 and reward.offset_margin >= 0")
         if self.hidden <= 0 or self.n_layers < 0 or self.batch_size <= 0:
             raise ConfigError("reward.hidden and reward.batch_size must be > 0, n_layers >= 0")
 
@@ -64,8 +70,12 @@ class FactorRewardModel(FactorReward, nn.Module):
     the env's order (``Segments.factor_names``)."""
 
     in_mean: torch.Tensor  # input standardization (buffers)
-    in_std: torch.Tensor
+    in_std: torch.Tensor  # inf for a column that never varied: it reads as 0
+    in_count: torch.Tensor  # running sums over every labeled step so far
+    in_sum: torch.Tensor
+    in_sumsq: torch.Tensor
     shift: torch.Tensor  # subtracted from every reward (offset: max)
+    scale: torch.Tensor  # every reward is divided by it (normalize)
 
     def __init__(
         self,
@@ -97,8 +107,14 @@ class FactorRewardModel(FactorReward, nn.Module):
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
         self.register_buffer("in_mean", torch.zeros(n_in))
-        self.register_buffer("in_std", torch.ones(n_in))
+        # before the first fit every input reads 0: the reward is a constant, not an arbitrary
+        # function of unscaled inputs (MountainCar's goal is 100)
+        self.register_buffer("in_std", torch.full((n_in,), float("inf")))
+        self.register_buffer("in_count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("in_sum", torch.zeros(n_in, dtype=torch.float64))
+        self.register_buffer("in_sumsq", torch.zeros(n_in, dtype=torch.float64))
         self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("scale", torch.ones(()))
         self.device = torch.device(device)
         self.to(self.device)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=cfg.learning_rate)
@@ -121,7 +137,7 @@ class FactorRewardModel(FactorReward, nn.Module):
                 f"the factor reward reads {len(self.factor_names)} factors "
                 f"({', '.join(self.factor_names)}) but got {factors.shape[-1]}"
             )
-        return self._raw(self._inputs(obs, act, factors)) - self.shift
+        return (self._raw(self._inputs(obs, act, factors)) - self.shift) / self.scale
 
     def _segment_factors(self, segments: Segments) -> np.ndarray:
         if segments.reward_factors is None or tuple(segments.factor_names) != self.factor_names:
@@ -167,10 +183,7 @@ class FactorRewardModel(FactorReward, nn.Module):
         )  # [N, 2, T, in]
         mask = torch.as_tensor(np.stack([q.first.mask, q.second.mask], 1), device=dev).float()
         valid = x[mask.bool()]
-        self.in_mean.copy_(valid.mean(0))
-        self.in_std.copy_(
-            valid.std(0).clamp_min(1e-6) if len(valid) > 1 else torch.ones_like(valid[0])
-        )
+        self._standardize(valid)
         y = torch.as_tensor(data.labels, device=dev, dtype=torch.float32)
         n = len(y)
         self.train()
@@ -184,10 +197,32 @@ class FactorRewardModel(FactorReward, nn.Module):
             max_updates=cfg.max_updates,
         )
         self.eval()
-        if cfg.offset == "max":
-            with torch.no_grad():
-                self.shift.copy_(self._raw(valid).max())
+        with torch.no_grad():
+            raw = self._raw(valid)
+            if cfg.offset == "max":
+                spread = raw.std() if len(raw) > 1 else torch.zeros(())
+                self.shift.copy_(raw.max() + cfg.offset_margin * spread)
+            else:
+                self.shift.copy_(raw.mean() if cfg.normalize else torch.zeros(()))
+            if cfg.normalize and len(raw) > 1:
+                self.scale.copy_(raw.std().clamp_min(1e-6) / cfg.normalize_to)
         return metrics
+
+    def _standardize(self, valid: torch.Tensor) -> None:
+        """Input statistics over every labeled step so far (running sums), not this round's
+        alone: a column that has never varied (MountainCar's goal before the flag is first
+        reached) reads as 0, so an unseen value cannot produce an arbitrary reward; once it
+        has varied its scale moves slowly from round to round."""
+        v = valid.double()
+        self.in_count += len(v)
+        self.in_sum += v.sum(0)
+        self.in_sumsq += (v * v).sum(0)
+        mean = self.in_sum / self.in_count
+        var = (self.in_sumsq / self.in_count - mean * mean).clamp_min(0.0)
+        std = var.sqrt()
+        flat = std <= 1e-6 * mean.abs().clamp_min(1.0)
+        self.in_mean.copy_(mean.float())
+        self.in_std.copy_(torch.where(flat, torch.full_like(std, float("inf")), std).float())
 
     def _step(
         self, x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, rows: torch.Tensor
@@ -203,7 +238,11 @@ class FactorRewardModel(FactorReward, nn.Module):
 
     # -- persistence -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        return {"factor_names": list(self.factor_names), "shift": float(self.shift)}
+        return {
+            "factor_names": list(self.factor_names),
+            "shift": float(self.shift),
+            "scale": float(self.scale),
+        }
 
     def save(self, path: str | os.PathLike[str]) -> None:
         save_atomically(
