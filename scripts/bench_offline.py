@@ -8,13 +8,24 @@ preference IQL with the same labels and seed (both specify the same MLP ensemble
 
     MINARI_DATASETS_PATH=... python scripts/bench_offline.py --out bench_offline
     python scripts/bench_offline.py --out bench_offline --collect   # table from finished runs
+    python scripts/bench_offline.py --quick --out bench_offline_quick  # minutes: wall times
 
-Runs whose ``summary.json`` exists are skipped, so an interrupted benchmark resumes.
+Runs whose ``summary.json`` exists are skipped, so an interrupted benchmark resumes. Wall
+time is reported per run and as the ratio to IQL-oracle's on the same dataset, seed and
+gradient steps (each run's process wall time, start-up and evaluation included; DTR's reuses
+preference IQL's reward model, so neither IQL-oracle's nor DTR's includes reward learning).
+
+``--quick`` checks the wiring and measures the wall-time ratios in minutes: every method on
+the tiny Hopper dataset (built into ``<out>/minari`` on first use, seconds of SAC), seed 0,
+2,000 gradient steps, 100 queries of 25 steps, 2 evaluation episodes, one run at a time (so
+the ratios compare runs under the same load). Its scores mean nothing (the tiny dataset has
+no expert).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -84,7 +95,39 @@ def method_overrides(method: str, a: argparse.Namespace) -> list[str]:
 
 
 def robot(dataset: str) -> str:
-    return dataset.split("_")[0]
+    return "hopper" if dataset == "tiny" else dataset.split("_")[0]
+
+
+QUICK = {
+    "datasets": ["tiny"],
+    "seeds": [0],
+    "steps": 2000,
+    "queries": 100,
+    "segment_length": 25,
+    "tie_threshold": 0.5,  # conf/dataset/tiny.yaml's
+    "eval_episodes": 2,
+    "jobs": 1,
+}
+
+
+def tiny_dataset(out: Path) -> None:
+    """The tiny Hopper medium-replay dataset in ``<out>/minari`` (built once, seconds)."""
+    store = out / "minari"
+    os.environ["MINARI_DATASETS_PATH"] = str(store)  # the runs inherit it
+    if (store / "pbrl-tiny" / "hopper" / "medium-replay-v0").exists():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "make_dataset", Path(__file__).resolve().parent / "make_dataset.py"
+    )
+    assert spec is not None and spec.loader is not None
+    make = importlib.util.module_from_spec(spec)
+    sys.modules["make_dataset"] = make
+    spec.loader.exec_module(make)
+    cfg = make.parse_args(
+        ["--preset", "tiny", "--namespace", "pbrl-tiny", "--env", "hopper"]
+        + ["--kinds", "medium-replay"]
+    )
+    make.build(cfg)
 
 
 def run_one(method: str, dataset: str, seed: int, a: argparse.Namespace, out: Path) -> Path:
@@ -141,6 +184,20 @@ def collect(out: Path, datasets: list[str], methods: list[str]) -> dict[str, Any
     return rows
 
 
+def oracle_ratio(rows: dict[str, Any], datasets: list[str], method: str) -> float | None:
+    """Mean over the runs of ``method`` of its wall time over IQL-oracle's on the same
+    dataset and seed (same gradient steps: one benchmark's runs share them)."""
+    ratios = []
+    for d in datasets:
+        oracle = {r["seed"]: r["wall_time_s"] for r in rows.get(f"{d}/iql_oracle", [])}
+        ratios += [
+            r["wall_time_s"] / oracle[r["seed"]]
+            for r in rows.get(f"{d}/{method}", [])
+            if r["seed"] in oracle
+        ]
+    return float(np.mean(ratios)) if ratios else None
+
+
 def fmt(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "—"
 
@@ -172,8 +229,12 @@ def table(out: Path, datasets: list[str], methods: list[str]) -> str:
             f"**{title}** (mean ± std over seeds of each seed's mean over evaluation episodes)",
             "",
         ]
-        lines.append("| method | " + " | ".join(datasets) + " | average | wall time / run |")
-        lines.append("|---|" + "---|" * (len(datasets) + 2))
+        lines.append(
+            "| method | "
+            + " | ".join(datasets)
+            + " | average | wall time / run | wall time / IQL-oracle's |"
+        )
+        lines.append("|---|" + "---|" * (len(datasets) + 3))
         for m in methods:
             cells, means, walls = [], [], []
             for d in datasets:
@@ -185,7 +246,12 @@ def table(out: Path, datasets: list[str], methods: list[str]) -> str:
                 walls += [r["wall_time_s"] for r in runs]
             avg = f"{np.mean(means):.1f}" if len(means) == len(datasets) else "—"
             wall = f"{np.mean(walls) / 60:.1f} min" if walls else "—"
-            lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + f" | {avg} | {wall} |")
+            ratio = oracle_ratio(rows, datasets, m)
+            lines.append(
+                f"| {LABELS.get(m, m)} | "
+                + " | ".join(cells)
+                + f" | {avg} | {wall} | {'—' if ratio is None else f'{ratio:.2f}x'} |"
+            )
     acc = []
     for m in methods:
         vals = [
@@ -230,8 +296,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     p.add_argument("--out", type=Path, default=Path("bench_offline"))
     p.add_argument("--collect", action="store_true", help="only print the table of finished runs")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="minutes: every method on the tiny Hopper dataset, seed 0, 2k steps, one at a time",
+    )
     a = p.parse_args(argv)
+    if a.quick:
+        for k, v in QUICK.items():
+            setattr(a, k, v)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.quick:
+        tiny_dataset(a.out.resolve())
     if not a.collect:
         t0 = time.time()
         # one job per (dataset, seed, method); preference IQL then DTR in one job (shared model)

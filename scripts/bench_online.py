@@ -7,8 +7,14 @@ other so they do not compete for cores) and is read back from its ``summary.json
 
 Prints a markdown table: final true return (mean ± std over seeds), its ratio to SAC-true
 measured from a random policy's return (``(R - R_random) / (R_SAC - R_random)``, so negative
-early-training returns compare sensibly), wall time and its ratio to SAC-true, peak memory;
-and writes it as CSV/markdown under --out. Finished runs are reused, so it resumes.
+early-training returns compare sensibly), wall time and its ratio to SAC-true, peak memory; then the feedback-efficiency curve (true
+return at every ``--eval-every`` steps, per seed) and each run's row, and writes them as
+CSV/markdown/JSON under --out.
+
+Finished runs are reused (``scripts/_bench.py``): a run whose ``summary.json`` exists and
+whose Hydra overrides equal this command's is read back, a run that crashed or was killed
+is rerun from scratch, and one made with other settings stops the script. So a table can be
+completed seed by seed: ``--seeds 0``, later ``--seeds 1``, then ``--seeds 0 1 2`` only reads.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,34 +56,66 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
     }
 
 
-def run(name: str, overrides: list[str], out: Path, seed: int, env_id: str, steps: int) -> dict:
+def run(
+    name: str,
+    overrides: list[str],
+    out: Path,
+    seed: int,
+    env_id: str,
+    steps: int,
+    eval_every: int,
+) -> dict:
+    """The run's ``summary.json`` (reused when finished with these overrides), plus its
+    evaluation curve as ``curve``: ``{env step: true return}``."""
     run_dir = out / f"{name}_seed{seed}"
-    summary = run_dir / "summary.json"
-    if summary.exists():  # resumable benchmark: finished runs are reused
-        return json.loads(summary.read_text())
-    cmd = [
-        sys.executable,
-        "-m",
-        "pbrl.train",
+    settings = [
         "+exp=pebble_halfcheetah",
         f"env.id={env_id}",
         f"seed={seed}",
         f"total_timesteps={steps}",
-        f"hydra.run.dir={run_dir}",
         "progress_bar=false",
         "video.queries_per_round=0",
         "eval.n_episodes=5",
         f"checkpoint_every={10 * steps}",
         f"algo.kwargs.buffer_size={steps}",
+        "video.enabled=false",
+        f"eval.every={eval_every}",
         *overrides,
     ]
-    print(f"[bench] {name} seed {seed}: {' '.join(cmd[2:])}", flush=True)
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    return json.loads(summary.read_text())
+    summary = _bench.read_json(run_dir / "summary.json")
+    hydra_overrides = run_dir / ".hydra" / "overrides.yaml"  # what Hydra saved of the command
+    stored = yaml.safe_load(hydra_overrides.read_text()) if hydra_overrides.exists() else None
+    if not _bench.finished(summary, settings, stored, run_dir):
+        _bench.clear(run_dir)  # a crashed or killed run starts again from scratch
+        cmd = [sys.executable, "-m", "pbrl.train", f"hydra.run.dir={run_dir}", *settings]
+        print(f"[bench] {name} seed {seed}: {' '.join(cmd[2:])}", flush=True)
+        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+        subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary is not None
+    return {**summary, "seed": seed, "curve": curve(run_dir, eval_every, summary)}
 
 
-def main() -> None:
+def curve(run_dir: Path, every: int, summary: dict) -> dict[int, float]:
+    """True return at each evaluation during training, from the run's TensorBoard log, and
+    the final one from its summary. SB3 writes a logged value at its next log dump (SAC:
+    every 4 episodes), so a value logged at step s is the evaluation made at
+    ``s // every * every`` (evaluations are ``every`` >= one dump interval apart)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "eval/true_return" in acc.Tags()["scalars"]:
+            for e in acc.Scalars("eval/true_return"):
+                if every > 0 and e.step // every * every > 0:
+                    points[e.step // every * every] = float(e.value)
+    points[int(summary["total_timesteps"])] = float(summary["eval_true_return_mean"])
+    return dict(sorted(points.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", type=int, default=50_000, help="env steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -81,7 +123,15 @@ def main() -> None:
     p.add_argument("--env", default="HalfCheetah-v5")
     p.add_argument("--only", nargs="*", help="subset of variants to run")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_online")
-    args = p.parse_args()
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="env steps between evaluations during training (the feedback-efficiency curve); "
+        "default steps // 5",
+    )
+    args = p.parse_args(argv)
+    eval_every = args.eval_every if args.eval_every is not None else args.steps // 5
 
     results: dict[str, list[dict]] = {}
     chosen = {
@@ -99,6 +149,7 @@ def main() -> None:
                     seed,
                     args.env,
                     args.steps,
+                    eval_every,
                 )
             )
 
@@ -108,14 +159,15 @@ def main() -> None:
     random_ret = float(np.mean([r["random_true_return_mean"] for r in all_runs]))
     base_time = np.mean([r["wall_time_s"] for r in base]) if base else float("nan")
     header = (
-        "| variant | seeds | labels | true return | ratio to SAC-true (from random) | wall time s | "
-        "wall-time ratio | reward learning s | peak RSS MB | reward-model test acc |"
+        "| variant | seeds | labels | true return | return / SAC-true's | ratio to SAC-true "
+        "(from random) | wall time s | wall-time ratio | reward learning s | peak RSS MB | "
+        "reward-model test acc |"
     )
     lines = [
         f"{args.env}, {args.steps} steps per run; random policy return {random_ret:.1f}",
         "",
         header,
-        "|" + "---|" * 10,
+        "|" + "---|" * 11,
     ]
     rows = []
     for name, runs in results.items():
@@ -128,6 +180,7 @@ def main() -> None:
             "labels": int(np.mean([r["num_labels"] for r in runs])),
             "return_mean": ret.mean(),
             "return_std": ret.std(),
+            "return_over_sac": ret.mean() / base_ret,
             "return_ratio": (ret.mean() - random_ret) / (base_ret - random_ret),
             "wall_s": wall.mean(),
             "wall_ratio": wall.mean() / base_time,
@@ -138,10 +191,11 @@ def main() -> None:
         rows.append(row)
         lines.append(
             f"| {name} | {row['seeds']} | {row['labels']} | {ret.mean():.1f} ± {ret.std():.1f} | "
-            f"{row['return_ratio']:.2f} | {row['wall_s']:.0f} | {row['wall_ratio']:.2f} | "
+            f"{row['return_over_sac']:.2f} | {row['return_ratio']:.2f} | {row['wall_s']:.0f} | {row['wall_ratio']:.2f} | "
             f"{row['reward_learning_s']:.0f} | "
             f"{row['peak_rss_mb']:.0f} | {row['test_acc']:.3f} |"
         )
+    lines += per_seed(results) + efficiency(results)
     table = "\n".join(lines)
     print(table)
     out = args.out / f"{args.env}_{args.steps}"
@@ -153,6 +207,48 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    _bench.write_json(out / "runs.json", results)
+
+
+def per_seed(results: dict[str, list[dict]]) -> list[str]:
+    """One row per run; wall-time ratio against SAC-true of the same seed."""
+    sac = {r["seed"]: r for r in results.get("SAC-true", [])}
+    lines = [
+        "",
+        "| variant | seed | true return | wall time s | over SAC-true (same seed) | "
+        "reward learning s | test acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        for r in runs:
+            base = sac.get(r["seed"])
+            ratio = f"{r['wall_time_s'] / base['wall_time_s']:.2f}x" if base else "-"
+            acc = r["reward_model_test_accuracy"]
+            lines.append(
+                f"| {name} | {r['seed']} | {r['eval_true_return_mean']:.1f} | "
+                f"{r['wall_time_s']:.0f} | {ratio} | {r.get('reward_learning_s') or 0:.0f} | "
+                f"{'-' if acc is None else format(acc, '.3f')} |"
+            )
+    return lines
+
+
+def efficiency(results: dict[str, list[dict]]) -> list[str]:
+    """The feedback-efficiency curve: true return at each evaluation step, mean over seeds
+    (per seed in brackets)."""
+    steps = sorted({s for runs in results.values() for r in runs for s in r["curve"]})
+    lines = [
+        "",
+        "| variant | " + " | ".join(f"return at {s // 1000}k" for s in steps) + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for name, runs in results.items():
+        cells = []
+        for s in steps:
+            vals = [r["curve"][s] for r in runs if s in r["curve"]]
+            each = " / ".join(f"{v:.0f}" for v in vals)
+            cells.append(f"{np.mean(vals):.0f} ({each})" if vals else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

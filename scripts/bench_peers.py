@@ -22,8 +22,14 @@ reward terms, a newer MuJoCo model file); the table says so.
 imitation's environment: ``--venv DIR`` (default ``~/.cache/pbrl/imitation-venv``) is created
 on first use with ``python -m venv DIR && DIR/bin/pip install "torch>=2.8,<2.14" imitation
 "gymnasium[mujoco]"`` (about 2 minutes); or pass an existing interpreter with
-``--imitation-python``. Finished runs are reused (``--out``), so an interrupted benchmark
-resumes.
+``--imitation-python``.
+
+Finished runs are reused (``scripts/_bench.py``): each run's record
+``<out>/<variant>_seed<seed>.json`` (written whole, with the settings that made it) is read
+back instead of rerun; a run that crashed or was killed has none and reruns from scratch; a
+record made with other settings (steps, comparisons, ``--prefppo-set``) stops the script.
+So a 5-seed table can be made in parts: ``--seeds 0 1``, later ``--seeds 2 3 4``, then
+``--seeds 0 1 2 3 4`` only reads and prints the table.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 N_ENVS = 8
@@ -155,13 +164,17 @@ def run_one(
     variant: str, seed: int, args: argparse.Namespace, out: Path, py_imitation: str
 ) -> dict:
     result = out / f"{variant.replace(' ', '_')}_seed{seed}.json"
-    if result.exists():
-        return json.loads(result.read_text())
     log = result.with_suffix(".log")
+    run_dir = out / "runs" / f"{variant.replace(' ', '_')}_seed{seed}"
+    settings = settings_of(variant, args)
+    record = _bench.read_json(result)
+    if _bench.finished(record, settings, (record or {}).get("settings"), result):
+        assert record is not None
+        return record
+    _bench.clear(result, log, run_dir)  # what a crashed or killed run left: rerun from scratch
     steps, comps = str(args.steps), str(args.comparisons)
     if variant.startswith("pbrl"):
         exp = "prefppo_halfcheetah" if "Pref" in variant else "ppo_true_reward_halfcheetah"
-        run_dir = out / "runs" / f"{variant.replace(' ', '_')}_seed{seed}"
         cmd = [
             sys.executable,
             "-m",
@@ -200,9 +213,25 @@ def run_one(
         ret = float(np.mean(json.loads(line[7:])["returns"]))
         extra = {}
     record = {"variant": variant, "seed": seed, "wall_s": wall, "return": ret, **extra}
-    result.write_text(json.dumps(record, indent=1))
+    record["settings"] = settings
+    _bench.write_json(result, record)
     print(f"[bench] {variant} seed {seed}: {wall:.0f} s, return {ret:.0f}", flush=True)
     return record
+
+
+def settings_of(variant: str, args: argparse.Namespace) -> dict:
+    """What a run's result depends on besides its variant and seed."""
+    settings = {
+        "steps": args.steps,
+        "comparisons": args.comparisons,
+        "n_envs": N_ENVS,
+        "eval_episodes": EVAL_EPISODES,
+    }
+    if variant == "pbrl PrefPPO":
+        settings["prefppo_set"] = list(args.prefppo_set)
+    if variant == "SB3 PPO-true" or variant == "pbrl PPO-true":
+        del settings["comparisons"]
+    return settings
 
 
 def table(records: list[dict], seeds: list[int]) -> str:
@@ -258,7 +287,7 @@ def table(records: list[dict], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--steps", type=int, default=200_000, help="env steps per run")
@@ -278,7 +307,7 @@ def main() -> None:
         "runs their own --out (finished runs are reused)",
     )
     p.add_argument("--out", default="bench_peers")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     variants = args.only or list(VARIANTS)
