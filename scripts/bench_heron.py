@@ -66,7 +66,7 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
                     "feedback.pairs=segments",
                     "max_feedback=400",
                     "feedback.every=2000",
-                    "feedback.batch_size=50",
+                    "feedback.queries_per_round=50",
                 ],
             ),
             "HERON reversed (action > goal)": ("heron_mountaincar", REVERSED),

@@ -32,7 +32,7 @@ from pbrl.teachers.base import Teacher, TeacherTimeout, WaitPolicy, wait_for
 @dataclass
 class FeedbackSchedule:
     every: int = 5000  # env steps between feedback rounds (B-Pref num_interact)
-    batch_size: int = 50  # queries per round (B-Pref reward_batch)
+    queries_per_round: int = 50  # queries per round (B-Pref reward_batch)
     segment_length: int = 50  # steps per segment
     first_at: int = 1000  # first round no earlier than this many env steps
     pool_size: int = 100_000  # recent env steps that segments are cut from
@@ -48,7 +48,7 @@ class FeedbackSchedule:
             raise ConfigError(f"feedback.pairs={self.pairs!r}: use segments or transitions")
         if self.pairs_per_update <= 0:
             raise ConfigError(f"feedback.pairs_per_update={self.pairs_per_update} must be > 0")
-        for name in ("every", "batch_size", "segment_length", "pool_size"):
+        for name in ("every", "queries_per_round", "segment_length", "pool_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"feedback.{name}={getattr(self, name)} must be positive")
         if self.first_at < 0 or self.min_labels < 0 or self.max_feedback < 0:
@@ -62,7 +62,7 @@ class FeedbackSchedule:
         return 0 if first >= total else 1 + (total - 1 - first) // self.every
 
     def round_size(self, asked: int) -> int:
-        return int(min(self.batch_size, self.max_feedback - asked))
+        return int(min(self.queries_per_round, self.max_feedback - asked))
 
 
 @dataclass

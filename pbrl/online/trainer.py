@@ -96,6 +96,11 @@ def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
     """Typed settings of an online run, after every check that needs no simulation: a run
     that could not learn (no feedback round fits, segments longer than an episode, too few
     labels for a first reward update) is a :class:`ConfigError`."""
+    if "batch_size" in cfg.feedback:  # renamed: batch_size means a gradient step's minibatch
+        raise ConfigError(
+            "feedback.batch_size is now feedback.queries_per_round (queries asked per round): "
+            "rename it in your config"
+        )
     algo = make_config(OnlineAlgo, plain(cfg.algo), "algo")
     schedule = make_config(
         FeedbackSchedule, {**plain(cfg.feedback), "max_feedback": cfg.max_feedback}, "feedback"
@@ -145,17 +150,17 @@ def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
             f"total_timesteps={total}: raise total_timesteps or lower those"
         )
     rounds = schedule.rounds(first, total)  # as FeedbackCallback holds them
-    asked = min(schedule.max_feedback, rounds * schedule.batch_size)
+    asked = min(schedule.max_feedback, rounds * schedule.queries_per_round)
     if asked < max(schedule.min_labels, 1):
         raise ConfigError(
-            f"only {asked} queries fit ({rounds} rounds of {schedule.batch_size}) but "
+            f"only {asked} queries fit ({rounds} rounds of {schedule.queries_per_round}) but "
             f"feedback.min_labels={schedule.min_labels} are needed before the first reward "
-            "update: raise total_timesteps or feedback.batch_size, or lower feedback.every"
+            "update: raise total_timesteps or feedback.queries_per_round, or lower feedback.every"
         )
     if asked < schedule.max_feedback:
         _warn_once(
             f"only {asked} of max_feedback={schedule.max_feedback} queries fit in "
-            f"total_timesteps={total} ({rounds} rounds of {schedule.batch_size} from step "
+            f"total_timesteps={total} ({rounds} rounds of {schedule.queries_per_round} from step "
             f"{first}, every {schedule.every})"
         )
     limit = time_limit(str(cfg.env.id), plain(cfg.env.kwargs) or {})
