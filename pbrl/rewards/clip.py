@@ -376,7 +376,7 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
         return dict(self.env.camera) if self.env is not None else {}
 
     @property
-    def env_kwargs(self) -> dict[str, Any]:
+    def env_kwargs(self) -> dict[str, object]:
         """The env's ``gym.make`` arguments for rendering."""
         return dict(self.env.kwargs) if self.env is not None else {}
 
