@@ -201,7 +201,7 @@ class MockVLM:
             h.update(part.encode())
         return int.from_bytes(h.digest()[:8], "big") / 2.0**64
 
-    def chat(self, body: dict[str, Any]) -> Answer:  # Any: untrusted JSON, checked as read
+    def chat(self, body: dict[str, Any]) -> Answer:  # parsed request JSON, checked as read
         """The answer to one chat-completions request (its JSON body): an error (a burst,
         ``error_rate``, an unknown model) or a stage-1 / stage-2 reply."""
         with self._lock:
