@@ -56,7 +56,7 @@ def check(cfg: DictConfig) -> Checked:
     return Checked(recipe, settings, teacher)
 
 
-def run(cfg: DictConfig, run_dir: str | Path, checked: Checked | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path, checked: Checked | None = None) -> dict[str, object]:
     """Run ``cfg`` into ``run_dir`` (a fresh directory, or one to resume): its summary.
     (``python -m pbrl.train`` announces the run and checks the config before this.)"""
     run_dir = Path(run_dir)

@@ -57,7 +57,7 @@ class RunSeeds:
         return self.seed + 30_000
 
 
-def plain(node: Any) -> Any:
+def plain(node: object) -> Any:
     """A config node as plain containers, interpolations resolved ({} for None)."""
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
@@ -164,7 +164,7 @@ class RunSummary:
     total_timesteps: int  # env steps online, gradient steps offline
     num_labels: int  # trainable labels (skips excluded)
     num_queries: int  # queries asked (or read from a label file)
-    teacher: dict[str, Any] | None  # the teacher's config, {"source": "file", ...}, or None
+    teacher: dict[str, object] | None  # the teacher's config, {"source": "file", ...}, or None
     eval_true_return_mean: float
     eval_true_return_std: float
     eval_learned_return_mean: float | None
@@ -174,9 +174,9 @@ class RunSummary:
     tensorboard_dir: str
     resumed: bool
     started_at: float = field(default_factory=time.time)
-    extra: dict[str, Any] = field(default_factory=dict)  # what a kind of run adds
+    extra: dict[str, object] = field(default_factory=dict)  # what a kind of run adds
 
-    def write(self, run_dir: Path) -> dict[str, Any]:
+    def write(self, run_dir: Path) -> dict[str, object]:
         out = asdict(self)
         extra, started = out.pop("extra"), out.pop("started_at")
         out.update(extra)
@@ -209,14 +209,14 @@ class Progress:
         self.t0 = self.last_t = time.time()
         self.every_n = max(1, int(self.total * every_fraction))
         self.every_s, self.last_n = every_s, self.n
-        self.postfix: dict[str, Any] = {}
+        self.postfix: dict[str, object] = {}
         self.bar: tqdm | None = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, mininterval=1.0)
 
-    def update_to(self, n: int, **postfix: Any) -> None:
+    def update_to(self, n: int, **postfix: object) -> None:
         """Progress is ``n`` of ``total``; ``postfix`` values are shown beside it."""
         n = min(int(n), self.total)
         self.postfix.update(postfix)
@@ -293,7 +293,7 @@ class RunContext:
             **values,
         )
 
-    def teacher_summary(self) -> dict[str, Any] | None:
+    def teacher_summary(self) -> dict[str, object] | None:
         """The summary's ``teacher``: its config with what it reports about itself."""
         if self.teacher is None:
             return None
@@ -319,7 +319,7 @@ class Recipe:
 
     check: Callable[[DictConfig], Any]  # -> the recipe's typed settings
     asks_teacher: Callable[[DictConfig, Any], bool]
-    run: Callable[[RunContext, Any], dict[str, Any]]
+    run: Callable[[RunContext, Any], dict[str, object]]
 
 
 def build_teacher(cfg: DictConfig, rng: np.random.Generator) -> Teacher:

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -78,6 +78,16 @@ class Episode:
         return float(np.sum(self.rewards))
 
 
+class DatasetMeta(TypedDict, total=False):
+    """:meth:`OfflineDataset.from_episodes`' keyword arguments: the dataset's own facts."""
+
+    dataset_id: str
+    env_id: str
+    ref_min_score: float | None
+    ref_max_score: float | None
+    metadata: dict[str, object]
+
+
 @dataclass
 class OfflineDataset:
     """Transitions of all episodes, concatenated in episode order.
@@ -122,7 +132,7 @@ class OfflineDataset:
 
     # -- construction --------------------------------------------------------------------
     @staticmethod
-    def from_episodes(episodes: Sequence[Episode], **meta: Any) -> OfflineDataset:
+    def from_episodes(episodes: Sequence[Episode], **meta: Unpack[DatasetMeta]) -> OfflineDataset:
         if not episodes:
             raise ValueError("OfflineDataset.from_episodes needs at least one episode")
         has_state = all(e.qpos is not None and e.qvel is not None for e in episodes)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, SupportsFloat, cast
 
 import numpy as np
 
@@ -55,7 +55,9 @@ def parse_label(value: object, strict: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"invalid label {value!r}: {choices}")
     try:
-        label = float(cast(Any, value))  # float() itself rejects what is not a number
+        label = float(
+            cast("str | SupportsFloat", value)
+        )  # float() itself rejects what is not a number
     except (TypeError, ValueError):
         raise ValueError(f"invalid label {value!r}: {choices}") from None
     if math.isnan(label):

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # MuJoCo and ffmpeg load when the first frame is rendered
     from pbrl.video import StateRenderer
 
 
-def apply_camera(renderer: StateRenderer, camera: Mapping[str, Any] | None) -> None:
+def apply_camera(renderer: StateRenderer, camera: Mapping[str, object] | None) -> None:
     """Set a renderer's free camera (before rendering; a following camera still moves its
     look-at point horizontally with the robot)."""
     cam = renderer.camera
@@ -69,7 +69,7 @@ class FrameCache:
         self,
         env_id: str,
         image_size: int,
-        camera: Mapping[str, Any] | None = None,
+        camera: Mapping[str, object] | None = None,
         env_kwargs: Mapping[str, Any] | None = None,
         capacity: int = 20_000,
     ) -> None:
@@ -221,12 +221,14 @@ class FrameCache:
 
 # -- the process's renderers and frame caches ------------------------------------------------
 
-_renderers: dict[tuple[Any, ...], StateRenderer] = {}
-_frames: weakref.WeakValueDictionary[tuple[Any, ...], FrameCache] = weakref.WeakValueDictionary()
+_renderers: dict[tuple[int, str, str, int, int, str], StateRenderer] = {}
+_frames: weakref.WeakValueDictionary[tuple[str, str, int, str], FrameCache] = (
+    weakref.WeakValueDictionary()
+)
 _registry_lock = threading.Lock()
 
 
-def _key(mapping: Mapping[str, Any] | None) -> str:
+def _key(mapping: Mapping[str, object] | None) -> str:
     return json.dumps(dict(mapping or {}), sort_keys=True, default=str)
 
 
@@ -235,7 +237,7 @@ def shared_renderer(
     env_kwargs: Mapping[str, Any] | None,
     width: int,
     height: int,
-    camera: Mapping[str, Any] | None = None,
+    camera: Mapping[str, object] | None = None,
 ) -> StateRenderer:
     """The calling thread's renderer of ``env_id`` (made with ``env_kwargs``) at ``width`` x
     ``height`` with the free-camera overrides ``camera``: the same object for every caller

@@ -18,7 +18,7 @@ from pbrl.errors import ConfigError
 CAMERA_KEYS = ("distance", "elevation", "azimuth", "lookat")
 
 
-def check_camera(camera: Mapping[str, Any] | None, where: str = "env.camera") -> dict[str, Any]:
+def check_camera(camera: Mapping[str, Any] | None, where: str = "env.camera") -> dict[str, object]:
     """Free-camera overrides as a plain dict; unknown keys or a malformed ``lookat`` raise
     ``ValueError`` naming them."""
     out = dict(camera or {})
@@ -38,7 +38,7 @@ def check_camera(camera: Mapping[str, Any] | None, where: str = "env.camera") ->
     return out
 
 
-def _json(values: Mapping[str, Any] | None) -> str:
+def _json(values: Mapping[str, object] | None) -> str:
     return json.dumps(dict(values or {}), sort_keys=True, default=str)
 
 
@@ -64,7 +64,7 @@ class EnvSpec:
 
     id: str
     kwargs: dict[str, Any] = field(default_factory=dict)  # gym.make arguments
-    camera: dict[str, Any] = field(default_factory=dict)  # free-camera overrides for frames
+    camera: dict[str, object] = field(default_factory=dict)  # free-camera overrides for frames
     obs_dim: int = 0
     act_dim: int = 0
     factor_names: tuple[str, ...] = ()  # reward factors in ``info`` (``reward_*``)
@@ -82,7 +82,7 @@ class EnvSpec:
         object.__setattr__(self, "kwargs", dict(self.kwargs or {}))
 
     @property
-    def view(self) -> dict[str, Any]:
+    def view(self) -> dict[str, object]:
         """What a renderer needs (``id``, ``kwargs``, ``camera``), as saved with a model."""
         return {"id": self.id, "kwargs": dict(self.kwargs), "camera": dict(self.camera)}
 
@@ -91,7 +91,7 @@ class EnvSpec:
         cls,
         env_id: str,
         kwargs: Mapping[str, Any] | None = None,
-        camera: Mapping[str, Any] | None = None,
+        camera: Mapping[str, object] | None = None,
     ) -> EnvSpec:
         """Probe ``env_id`` (one step) for its sizes, factors, state and time limit; once per
         process for the same arguments (the teacher's spec is the run's)."""

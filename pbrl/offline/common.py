@@ -212,7 +212,7 @@ class OfflineTrainer:
         kinds = (nn.Module, torch.optim.Optimizer, LRScheduler)
         return {k: v for k, v in vars(self).items() if isinstance(v, kinds)}
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, object]:
         state: dict[str, object] = {k: v.state_dict() for k, v in self._stateful().items()}
         state["_tensors"] = {
             k: v.detach().clone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -143,7 +143,7 @@ class QueryVideos:
     def __init__(
         self,
         env_id: str,
-        env_kwargs: dict[str, Any],
+        env_kwargs: Mapping[str, object],
         folder: Path,
         per_round: int = 2,
         size: tuple[int, int] = (240, 240),

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Protocol, cast
+from collections.abc import Mapping
+from typing import Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -47,7 +48,7 @@ def make_pool(
     env_id: str,
     n_envs: int,
     capacity: int,
-    env_kwargs: dict[str, Any] | None = None,
+    env_kwargs: Mapping[str, object] | None = None,
     run: str = "",
 ) -> TrajectoryPool:
     """An empty trajectory pool shaped for ``env_id`` (sizes, reward factors, MuJoCo state)."""

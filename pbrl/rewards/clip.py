@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,7 +226,7 @@ class ClipRewardConfig:
             raise ConfigError(f"reward.cache_frames={self.cache_frames} must be >= 0")
 
 
-def _prompts(value: Any, name: str) -> list[str]:
+def _prompts(value: str | Iterable[object] | None, name: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
@@ -371,12 +371,12 @@ class ClipReward(ZeroShot, FrameReward, nn.Module):
 
     # -- segments ----------------------------------------------------------------------------
     @property
-    def camera(self) -> dict[str, Any]:
+    def camera(self) -> dict[str, object]:
         """Free-camera overrides the frames are rendered with (the env's)."""
         return dict(self.env.camera) if self.env is not None else {}
 
     @property
-    def env_kwargs(self) -> dict[str, Any]:
+    def env_kwargs(self) -> dict[str, object]:
         """The env's ``gym.make`` arguments for rendering."""
         return dict(self.env.kwargs) if self.env is not None else {}
 

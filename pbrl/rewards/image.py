@@ -40,8 +40,9 @@ sets a top-down one (the camera is the env group's, ``env.camera``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from pbrl.rewards.base import (
     save_atomically,
     trainable_pairs,
 )
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
 
 
 @dataclass
@@ -233,7 +237,7 @@ class ImageRewardEnsemble(FrameReward, nn.Module):
         return self._frames
 
     @property
-    def camera(self) -> dict[str, Any]:
+    def camera(self) -> dict[str, object]:
         return self.env.camera
 
     # -- scoring -----------------------------------------------------------------------------
@@ -374,7 +378,9 @@ class ImageRewardEnsemble(FrameReward, nn.Module):
         self.optimizer.step()
         return loss.item() / len(losses), correct, decided
 
-    def load_state_dict(self, state: Any, strict: bool = True, assign: bool = False) -> Any:
+    def load_state_dict(
+        self, state: Mapping[str, object], strict: bool = True, assign: bool = False
+    ) -> _IncompatibleKeys:
         """As ``nn.Module``'s; the weights change, so kept scores expire."""
         out = super().load_state_dict(state, strict, assign)
         self.version += 1

@@ -57,7 +57,7 @@ import re
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -80,6 +80,9 @@ from pbrl.rewards.resnet import (
 )
 
 log = logging.getLogger("pbrl")
+
+if TYPE_CHECKING:
+    from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 
 class RAPLInputError(ConfigError):
@@ -231,7 +234,7 @@ class VideoEncoder:
         name = f"{env}_{cfg.image_size}px_tv_ae{cfg.pretrain_steps}_s{cfg.pretrain_seed}_{tag}.pt"
         return Path(cfg.pretrain_dir) / name
 
-    def _backbone(self) -> tuple[nn.Module, dict[str, Any]]:
+    def _backbone(self) -> tuple[nn.Module, dict[str, object]]:
         cfg = self.config
         if cfg.backbone_weights:
             return load_backbone(cfg.backbone_weights)
@@ -262,7 +265,7 @@ class VideoEncoder:
 
         env = gym.make(self.env.id, **self.env.kwargs)
         env.action_space.seed(seed)
-        data = cast(Any, env.unwrapped).data
+        data = cast("MujocoEnv", env.unwrapped).data
         qpos, qvel = [], []
         for ep in range(max(episodes, 1)):
             env.reset(seed=seed + ep)
@@ -385,11 +388,11 @@ class RAPLReward(EpisodeReward, nn.Module):
         self.optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.learning_rate)
         self.prob_batch_size = 256
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"backbone": self.backbone_info}
 
     @property
-    def backbone_info(self) -> dict[str, Any]:
+    def backbone_info(self) -> dict[str, object]:
         """Which backbone this reward uses (file and digest, or how it was pre-trained)."""
         return self.encoder.info
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
+from pbrl.data.offline import OfflineDataset
 from pbrl.envs.render import FrameCache
 from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.rewards.base import NOTHING_TO_FIT, FrameReward, save_atomically, trainable_pairs
@@ -66,7 +67,7 @@ class LinearHeadReward(FrameReward, nn.Module):
         self.optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.learning_rate)
         self.prob_batch_size = 256
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"backbone": self.encoder.info}
 
     @property
@@ -89,7 +90,7 @@ class LinearHeadReward(FrameReward, nn.Module):
         with torch.no_grad():
             return self.video_rewards(self.encoder.video_features(segments)).sum(-1)[None]
 
-    def relabel(self, data: Any, length: int = 0) -> np.ndarray:
+    def relabel(self, data: OfflineDataset, length: int = 0) -> np.ndarray:
         """Reward of every transition of an offline dataset (the frame of the state reached)."""
         return self.frame_cache.relabel(
             data, self.frame_reward, self.config.score_batch, "the linear-head reward"

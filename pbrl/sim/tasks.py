@@ -53,7 +53,7 @@ class MujocoTask:
     """
 
     env_id: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]]
+    defaults: ClassVar[dict[str, object]]  # keyword -> default, checked by the tests
     # Names of the per-step info entries, in gymnasium's order, and of the reset info.
     info_keys: ClassVar[tuple[str, ...]]
     reset_info_keys: ClassVar[tuple[str, ...]]

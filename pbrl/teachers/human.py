@@ -23,7 +23,6 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -62,7 +61,7 @@ class HumanTeacher(Teacher):
             raise TeacherConfigError(f"teacher.store: {exc}") from None
         self.answers_per_query, self.aggregate = int(answers_per_query), aggregate
         self.task = task
-        self.env_kwargs: dict[str, Any] = {}  # the page re-renders clips with them (use_env)
+        self.env_kwargs: dict[str, object] = {}  # the page re-renders clips with them (use_env)
         if env is not None:
             self.use_env(env)
         self.rng = rng

@@ -20,11 +20,17 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from pbrl.teachers.scripted import TeacherConfigError
+
+if TYPE_CHECKING:
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
+
+    from pbrl.teachers.vlm.prompts import ChatMessage
 
 log = logging.getLogger("pbrl")
 
@@ -103,7 +109,7 @@ class ChatEndpoint:
         self._warned: set[str] = set()
         self._client = self._make_client()
 
-    def _make_client(self) -> Any:
+    def _make_client(self) -> OpenAI:
         try:
             from openai import OpenAI
         except ImportError:
@@ -183,7 +189,7 @@ class ChatEndpoint:
         return TeacherConfigError(f"{where}: {what} failed: {type(exc).__name__}: {exc}")
 
     # -- requests ------------------------------------------------------------------------------
-    def complete(self, messages: list[dict[str, Any]], max_tokens: int | None) -> tuple[str, int]:
+    def complete(self, messages: list[ChatMessage], max_tokens: int | None) -> tuple[str, int]:
         """One chat completion at temperature 0, asked with retries and backoff: the reply's
         text and its total tokens. Raises :class:`GiveUp` when it will not be answered."""
         import openai
@@ -198,7 +204,7 @@ class ChatEndpoint:
             try:
                 response = self._client.chat.completions.create(
                     model=self.model,
-                    messages=cast(Any, messages),
+                    messages=cast("list[ChatCompletionMessageParam]", messages),
                     temperature=0,
                     timeout=self.timeout_s,
                     **extra,

@@ -27,7 +27,6 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -122,13 +121,13 @@ def draw_mountain_car(obs: np.ndarray, size: int) -> np.ndarray:
     """gymnasium's MountainCar picture: the hill sin(3x), the car on it, the flag at 0.45."""
     lo, hi = -1.2, 0.6
 
-    def height(pos: float | np.ndarray) -> Any:
+    def height(pos: float | np.ndarray) -> np.ndarray:
         return np.sin(3 * np.asarray(pos)) * 0.45 + 0.55
 
-    def to_px(pos: float | np.ndarray) -> Any:  # world x -> [0, 1)
+    def to_px(pos: float | np.ndarray) -> np.ndarray:  # world x -> [0, 1)
         return (np.asarray(pos) - lo) / (hi - lo)
 
-    def to_py(h: float | np.ndarray) -> Any:  # world height -> [0, 1)
+    def to_py(h: float | np.ndarray) -> np.ndarray:  # world height -> [0, 1)
         return 0.1 + 0.75 * np.asarray(h) / 1.1
 
     x, y = _grid(size)

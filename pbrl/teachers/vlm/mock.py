@@ -60,7 +60,7 @@ GARBAGE = "The answer is: {answer}"  # first line of a malformed reply
 DEFAULT_PORT = 8011  # the command's; MockVLM() takes a free port
 
 # an answer: HTTP status, JSON body, extra headers
-Answer = tuple[int, dict[str, Any], dict[str, str]]
+Answer = tuple[int, dict[str, object], dict[str, str]]
 
 
 class MockVLM:
@@ -201,7 +201,7 @@ class MockVLM:
             h.update(part.encode())
         return int.from_bytes(h.digest()[:8], "big") / 2.0**64
 
-    def chat(self, body: dict[str, Any]) -> Answer:
+    def chat(self, body: dict[str, Any]) -> Answer:  # parsed request JSON, checked as read
         """The answer to one chat-completions request (its JSON body): an error (a burst,
         ``error_rate``, an unknown model) or a stage-1 / stage-2 reply."""
         with self._lock:
@@ -257,7 +257,7 @@ class MockVLM:
         return 200, answer, {}
 
 
-def _error(status: int, message: str, code: str) -> dict[str, Any]:
+def _error(status: int, message: str, code: str) -> dict[str, object]:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": message, "type": kind, "code": code}}
 
@@ -266,11 +266,11 @@ class _Handler(BaseHTTPRequestHandler):
     mock: MockVLM
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
+    def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
 
     def _send(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+        self, status: int, body: dict[str, object], headers: dict[str, str] | None = None
     ) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)

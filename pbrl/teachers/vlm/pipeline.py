@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from pbrl.data import Queries
 from pbrl.envs.spec import EnvSpec
@@ -27,6 +26,7 @@ from pbrl.teachers.vlm.images import ImageSpec, SegmentImager
 from pbrl.teachers.vlm.prompts import (
     ANALYSIS,
     LABEL,
+    ChatMessage,
     analysis_messages,
     analysis_texts,
     answer_label,
@@ -161,7 +161,7 @@ class PairLabeler:
         return analysis, reply
 
     def _complete(
-        self, key: str, stage: str, messages: list[dict[str, Any]], max_tokens: int | None
+        self, key: str, stage: str, messages: list[ChatMessage], max_tokens: int | None
     ) -> str:
         """One chat completion: from the cache, or asked of the endpoint (with retries)."""
         if self._cache is not None:

@@ -15,11 +15,32 @@ from __future__ import annotations
 import base64
 import math
 import re
-from typing import Any
+from typing import Literal, TypedDict
 
 from pbrl.teachers.vlm.images import ImageSpec
 
 ANALYSIS, LABEL = "analysis", "label"  # the two stages (part of every cache key)
+
+
+class ImageURL(TypedDict):
+    url: str  # a data: URL of a PNG
+
+
+class TextPart(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(TypedDict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class ChatMessage(TypedDict):
+    """One message of a chat-completions request body (OpenAI's format)."""
+
+    role: Literal["user"]
+    content: str | list[TextPart | ImagePart]
 
 
 def _image_heading(n: int, spec: ImageSpec) -> str:
@@ -69,18 +90,18 @@ def _data_url(png: bytes) -> str:
 
 def analysis_messages(
     goal: str, images_1: list[bytes], images_2: list[bytes], spec: ImageSpec
-) -> list[dict[str, Any]]:
+) -> list[ChatMessage]:
     """Stage 1's chat messages: one user message, the texts around the PNG data URLs."""
     first, between, after = analysis_texts(goal, spec)
-    parts: list[dict[str, Any]] = [{"type": "text", "text": first}]
-    parts += [{"type": "image_url", "image_url": {"url": _data_url(b)}} for b in images_1]
-    parts.append({"type": "text", "text": between})
-    parts += [{"type": "image_url", "image_url": {"url": _data_url(b)}} for b in images_2]
-    parts.append({"type": "text", "text": after})
+    parts: list[TextPart | ImagePart] = [TextPart(type="text", text=first)]
+    parts += [ImagePart(type="image_url", image_url={"url": _data_url(b)}) for b in images_1]
+    parts.append(TextPart(type="text", text=between))
+    parts += [ImagePart(type="image_url", image_url={"url": _data_url(b)}) for b in images_2]
+    parts.append(TextPart(type="text", text=after))
     return [{"role": "user", "content": parts}]
 
 
-def label_messages(goal: str, analysis: str) -> list[dict[str, Any]]:
+def label_messages(goal: str, analysis: str) -> list[ChatMessage]:
     """Stage 2's chat messages: one text-only user message."""
     return [{"role": "user", "content": label_text(goal, analysis)}]
 

@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 
-from pbrl.data import PreferenceDataset, Queries
+from pbrl.data import PreferenceDataset, Queries, Segments
 from pbrl.data.preferences import oracle_labels
 from pbrl.envs.spec import EnvSpec
 from pbrl.store import StoreError, check_writable
@@ -171,16 +171,16 @@ class VLMTeacher(Teacher):
         return None if self.env is None else self.env.id
 
     @property
-    def env_kwargs(self) -> dict[str, Any]:
+    def env_kwargs(self) -> dict[str, object]:
         return {} if self.env is None else dict(self.env.kwargs)
 
     @property
-    def camera(self) -> dict[str, Any]:
+    def camera(self) -> dict[str, object]:
         return {} if self.env is None else dict(self.env.camera)
 
     # -- settings ------------------------------------------------------------------------------
     @staticmethod
-    def _resolve_goal(goal: str | None, goals: dict[str, Any], env_id: str | None) -> str:
+    def _resolve_goal(goal: str | None, goals: dict[str, object], env_id: str | None) -> str:
         if goal:
             return str(goal)
         if env_id and goals.get(env_id):
@@ -277,13 +277,13 @@ class VLMTeacher(Teacher):
     def total_stats(self) -> dict[str, float]:
         return self.figures.total().values(self.price_per_1k_tokens)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         """For ``summary.json``: the goal text used and the whole run's figures."""
         totals = {k: (None if math.isnan(v) else v) for k, v in self.total_stats().items()}
         return {"goal": self.goal, "totals": totals}
 
     # -- helpers for tests and the benchmark ---------------------------------------------------
-    def segment_images(self, segments: Any) -> list[list[bytes]]:
+    def segment_images(self, segments: Segments) -> list[list[bytes]]:
         """The images this teacher shows for each segment row, rendered in the calling thread
         (e.g. to register oracle scores with :class:`pbrl.teachers.vlm.mock.MockVLM`)."""
         from pbrl.teachers.vlm.images import render_segment_images
@@ -291,7 +291,7 @@ class VLMTeacher(Teacher):
         return render_segment_images(segments, self.spec, self.env)
 
 
-def _plain_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+def _plain_dict(value: Mapping[str, object] | None) -> dict[str, object]:
     """A plain dict from a mapping or a Hydra DictConfig."""
     if value is None:
         return {}
@@ -299,7 +299,7 @@ def _plain_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
         from omegaconf import DictConfig, OmegaConf
 
         if isinstance(value, DictConfig):
-            return cast(dict[str, Any], OmegaConf.to_container(value, resolve=True))
+            return cast(dict[str, object], OmegaConf.to_container(value, resolve=True))
     return dict(value)
 
 
