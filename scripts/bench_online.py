@@ -44,7 +44,7 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         f"max_feedback={labels}",
         f"algo.unsupervised_steps={unsup}",
         f"feedback.every={every}",
-        f"feedback.batch_size={max(1, labels // rounds)}",
+        f"feedback.queries_per_round={max(1, labels // rounds)}",
         f"feedback.first_at={unsup}",
     ]
     return {

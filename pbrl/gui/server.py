@@ -49,7 +49,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -263,7 +263,9 @@ def create_app(
 
     # -- access control ---------------------------------------------------------------------
     @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         if allowed_hosts is not None:
             host = request.headers.get("host", "")
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -343,7 +345,7 @@ def create_app(
         """The queries whose clips the page shows: a pair, or a triplet's ab and ac."""
         return lease.query_ids[:2]
 
-    def triplet_json(lease: Lease) -> dict[str, Any] | None:
+    def triplet_json(lease: Lease) -> dict[str, object] | None:
         if lease.triplet is None:
             return None
         ab, ac = (clip_urls(q) for q in shown_ids(lease))
@@ -353,7 +355,7 @@ def create_app(
             "clips": {"a": ab["left"], "b": ab["right"], "c": ac["right"]},
         }
 
-    def lease_json(lease: Lease | None) -> dict[str, Any] | None:
+    def lease_json(lease: Lease | None) -> dict[str, object] | None:
         if lease is None:
             return None
         suggestion = None if lease.triplet else db.suggestion(lease.query_id)
@@ -372,12 +374,12 @@ def create_app(
 
     spread = LatentSpread(db)
 
-    def progress(annotator: str | None) -> dict[str, Any]:
+    def progress(annotator: str | None) -> dict[str, object]:
         """The store's counts; ``z``: with a latent reward announced (reward=vpl), how sure it
         is about ``annotator``'s latent (``{spread, labels}``), else null."""
         return {**db.counts(annotator), "z": spread(annotator)}
 
-    def next_for(annotator: str) -> dict[str, Any] | None:
+    def next_for(annotator: str) -> dict[str, object] | None:
         lease = db.lease(annotator, lease_s, triplets=True)
         if lease is not None:
             for q in shown_ids(lease):
@@ -442,7 +444,7 @@ def create_app(
             "progress": progress(annotator),
         }
 
-    def triplet_answer_json(answers: list[Answer]) -> dict[str, Any]:
+    def triplet_answer_json(answers: list[Answer]) -> dict[str, object]:
         """A triplet's three answers (``ab``, ``ac``, ``bc``) as the ranking they say."""
         labels = {str(a.role): a.label for a in answers}
         return {
@@ -485,7 +487,7 @@ def create_app(
         return db.stats(aggregate)
 
     # -- rankings of reward factors (HERON) ----------------------------------------------------
-    def run_json(run: RunInfo) -> dict[str, Any]:
+    def run_json(run: RunInfo) -> dict[str, object]:
         latest = db.ranking(run.name)
         return {
             "name": run.name,

@@ -29,6 +29,7 @@ import numpy as np
 from pbrl.data import PreferenceDataset, Queries
 from pbrl.envs.spec import EnvSpec
 from pbrl.errors import require_extra
+from pbrl.rewards.base import RewardModel
 from pbrl.store import LabelStore, StoreError, check_writable
 from pbrl.teachers.base import Teacher
 from pbrl.teachers.scripted import TeacherConfigError
@@ -146,7 +147,7 @@ class HumanTeacher(Teacher):
             eval_video_at=time.time(),
         )
 
-    def set_reward_model(self, model: Any) -> None:
+    def set_reward_model(self, model: RewardModel | None) -> None:
         """A latent reward (``reward=vpl``) is saved beside the store and announced (meta
         ``latent_reward``): the page shows each annotator how sure it is about their z
         (:mod:`pbrl.gui.latent`). Other reward models are not announced."""
