@@ -580,7 +580,7 @@ def serve(
 
 
 class BackgroundServer:
-    """The page served from a daemon thread of this process (tests, ``teacher.serve=true``)."""
+    """The page served from a daemon thread of this process (tests, and a run with ``label_page.serve=true``)."""
 
     def __init__(
         self,

@@ -381,7 +381,7 @@ def _ask_triplets(ctx: RunContext, settings: EpisodicSettings) -> PreferenceData
         raise ConfigError(
             f"none of the {n} triplets was ranked: nothing to learn a reward from (the rankings "
             f"asked are kept in {saved}). With teacher=human, rank them on the labeling page "
-            "(teacher.serve=true, or python -m pbrl.label serve --store ...) and raise "
+            "(label_page.serve=true, or python -m pbrl.label serve --store ...) and raise "
             "wait.timeout_s (null: wait until all are ranked), then resume"
         )
     return prefs
