@@ -576,6 +576,39 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
         run_config(cfg, tmp_path / "run2")
 
 
+def test_a_routing_teacher_ranks_a_rapl_runs_triplets(tmp_path, backbone_file):
+    """teacher=vlm_then_human in the episodic recipe, as in online and offline runs: the mock
+    VLM labels the triplets' pairs it can decide; those it is unsure about go to the label
+    store (nobody answers here: skipped after the wait) and the run aligns on the rest."""
+    pytest.importorskip("fastapi", reason="the web stack is not installed: pip install -e .[gui]")
+    pytest.importorskip("openai")
+    from support.vlm import RecordingMockVLM
+
+    from pbrl.recipes import run as run_config
+    from pbrl.store import LabelStore
+
+    store = tmp_path / "labels.sqlite"
+    with RecordingMockVLM(score_rendered=True, malformed=0.3, seed=1) as vlm:
+        cfg = compose_cfg("rapl_sweep", [
+            "total_timesteps=50", "n_envs=1", "max_feedback=4", "episodic.pool_episodes=6",
+            "episodic.heldout_episodes=3", "episodic.n_demos=1",
+            f"reward.backbone_weights={backbone_file}", "reward.image_size=64",
+            "episodic.frame_stride=25", "reward.epochs=2", "algo.kwargs.n_steps=50",
+            "algo.kwargs.batch_size=50", "algo.kwargs.n_epochs=1", "eval.n_episodes=1",
+            "eval.random_episodes=1", "video.enabled=false", "progress_bar=false",
+            "teacher=vlm_then_human", f"teacher.vlm.base_url={vlm.base_url}",
+            f"teacher.vlm.model={vlm.model}", "teacher.vlm.api_key_env=null",
+            f"teacher.vlm.cache={tmp_path}/vlm.sqlite", "teacher.vlm.size=64",
+            f"teacher.human.store={store}", "wait.timeout_s=5", "wait.poll_s=0.05",
+        ])  # fmt: skip
+        summary = run_config(cfg, tmp_path / "run")
+    assert summary["teacher"]["_target_"] == "pbrl.teachers.vlm_human.VLMThenHuman"
+    routed = summary["teacher"]["routed_to_people"]
+    assert summary["num_queries"] == 12 and 0 < routed < 12  # 4 triplets = 12 pairs
+    assert summary["num_labels"] == summary["teacher"]["labels_from_vlm"] > 0
+    assert LabelStore(store, readonly=True).counts()["total"] == routed
+
+
 def test_rapl_exp_settings_are_checked_before_any_work(backbone_file):
     from pbrl.train import validate
 
