@@ -57,6 +57,20 @@ def apply_camera(renderer: StateRenderer, camera: Mapping[str, object] | None) -
             setattr(cam, key, value)
 
 
+def reached_states(
+    segments: Segments, env_id: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``rows, steps`` of every valid step of ``segments`` and the state it reached
+    (``qpos[rows, steps + 1]``, ``qvel[...]``): what a frame reward renders. Segments without
+    simulator states, or of another env than ``env_id``, are a ValueError."""
+    if segments.qpos is None or segments.qvel is None:
+        raise ValueError("segments carry no qpos/qvel: a frame reward renders them")
+    if segments.env_id and segments.env_id != env_id:
+        raise ValueError(f"segments are from {segments.env_id}, frames are of {env_id}")
+    rows, steps = np.nonzero(segments.mask)
+    return rows, steps, segments.qpos[rows, steps + 1], segments.qvel[rows, steps + 1]
+
+
 class FrameCache:
     """Frames ``[S, S, 3]`` uint8 of one environment's states, rendered on demand, LRU-kept.
 
@@ -196,13 +210,7 @@ class FrameCache:
         row of ``frames`` showing the state after step ``t`` (``qpos[:, t + 1]``), -1 on
         padded steps.
         """
-        if segments.qpos is None or segments.qvel is None:
-            raise ValueError("segments carry no qpos/qvel: a frame reward renders them")
-        if segments.env_id and segments.env_id != self.env_id:
-            raise ValueError(f"segments are from {segments.env_id}, frames are of {self.env_id}")
-        rows, steps = np.nonzero(segments.mask)
-        qpos = segments.qpos[rows, steps + 1]
-        qvel = segments.qvel[rows, steps + 1]
+        rows, steps, qpos, qvel = reached_states(segments, self.env_id)
         states = np.ascontiguousarray(np.concatenate([qpos, qvel], axis=1), dtype=np.float64)
         # one row per distinct state: overlapping windows share their frames
         _, first, inverse = np.unique(states, axis=0, return_index=True, return_inverse=True)

@@ -50,7 +50,7 @@ from torch import nn
 
 from pbrl.data import PreferenceDataset, Segments
 from pbrl.data.offline import OfflineDataset
-from pbrl.envs.render import FrameCache, shared_frames
+from pbrl.envs.render import FrameCache, reached_states, shared_frames
 from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import (
@@ -303,13 +303,7 @@ class ImageRewardEnsemble(FrameReward, nn.Module):
     @torch.no_grad()
     def segment_rewards(self, segments: Segments) -> torch.Tensor:
         """Per-member reward ``[E, N, T]`` of the state reached by each step (0 where padded)."""
-        if segments.qpos is None or segments.qvel is None:
-            raise ValueError("segments carry no qpos/qvel: a frame reward renders them")
-        if segments.env_id and segments.env_id != self.env_id:
-            raise ValueError(f"segments are from {segments.env_id}, frames are of {self.env_id}")
-        rows, steps = np.nonzero(segments.mask)
-        qpos = segments.qpos[rows, steps + 1]
-        qvel = segments.qvel[rows, steps + 1]
+        rows, steps, qpos, qvel = reached_states(segments, self.env_id)
         per_step = torch.as_tensor(self.state_members(qpos, qvel), device=self.device)
         out = torch.zeros(len(self.nets), *segments.mask.shape, device=self.device)
         out[:, torch.as_tensor(rows), torch.as_tensor(steps)] = per_step
