@@ -15,9 +15,12 @@ when a script runs).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -63,3 +66,17 @@ def clear(*paths: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
+
+
+def make_dataset() -> ModuleType:
+    """``scripts/make_dataset.py`` as a module (its ``parse_args`` and ``build``), for the
+    benchmarks that build their datasets on first use."""
+    if "make_dataset" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "make_dataset", Path(__file__).resolve().parent / "make_dataset.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["make_dataset"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["make_dataset"]

@@ -25,7 +25,6 @@ no expert).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -37,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench beside it
+import _bench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("iql_oracle", "bc", "iql", "pt_iql", "cpl", "oppo", "dtr")
@@ -116,13 +118,7 @@ def tiny_dataset(out: Path) -> None:
     os.environ["MINARI_DATASETS_PATH"] = str(store)  # the runs inherit it
     if (store / "pbrl-tiny" / "hopper" / "medium-replay-v0").exists():
         return
-    spec = importlib.util.spec_from_file_location(
-        "make_dataset", Path(__file__).resolve().parent / "make_dataset.py"
-    )
-    assert spec is not None and spec.loader is not None
-    make = importlib.util.module_from_spec(spec)
-    sys.modules["make_dataset"] = make
-    spec.loader.exec_module(make)
+    make = _bench.make_dataset()
     cfg = make.parse_args(
         ["--preset", "tiny", "--namespace", "pbrl-tiny", "--env", "hopper"]
         + ["--kinds", "medium-replay"]

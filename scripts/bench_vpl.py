@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -42,6 +41,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _bench beside it
+import _bench  # noqa: E402
 
 from pbrl.data import PreferenceDataset  # noqa: E402
 from pbrl.data.offline import OfflineDataset, load_dataset  # noqa: E402
@@ -101,13 +102,7 @@ def dataset(out: Path, s: Settings) -> OfflineDataset:
     os.environ["MINARI_DATASETS_PATH"] = str(out / "minari")
     did = f"bench/twogoal/goals-v{s.dataset_size}"
     if not (out / "minari" / "bench" / "twogoal" / f"goals-v{s.dataset_size}").exists():
-        spec = importlib.util.spec_from_file_location(
-            "make_dataset", Path(__file__).resolve().parent / "make_dataset.py"
-        )
-        assert spec is not None and spec.loader is not None
-        make = importlib.util.module_from_spec(spec)
-        sys.modules["make_dataset"] = make
-        spec.loader.exec_module(make)
+        make = _bench.make_dataset()
         cfg = make.parse_args(
             ["--env", "twogoal", "--kinds", "goals", "--namespace", "bench"]
             + ["--version", str(s.dataset_size), "--size", str(s.dataset_size), "--overwrite"]
