@@ -200,33 +200,25 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
                 f"vs {bt['goal rate']:.2f} -> "
                 + ("not shown (neither reaches the flag)" if tie else "met" if ok else "NOT met")
             )
-        if heron and true:
-            target = 0.8 * true["goal rate"]
-            ok = heron["goal rate"] >= target and true["goal rate"] > 0
-            out.append(
-                f"- HERON goal rate >= 0.8x the true reward's: {heron['goal rate']:.2f} vs "
-                f"{target:.2f} -> {'met' if ok else 'NOT met'}"
-            )
-        if rev:
-            ok = rev["goal rate"] <= 0.1
-            out.append(
-                f"- reversed ranking stays in the valley (goal rate <= 0.1): "
-                f"{rev['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
-            )
         costs, costs_rev = means.get(COSTS, {}), means.get(COSTS_REVERSED, {})
-        if costs and true:
-            target = 0.8 * true["goal rate"]
-            ok = costs["goal rate"] >= target and true["goal rate"] > 0
-            out.append(
-                f"- {COSTS} goal rate >= 0.8x the true reward's: {costs['goal rate']:.2f} vs "
-                f"{target:.2f} -> {'met' if ok else 'NOT met'}"
-            )
-        if costs_rev:
-            ok = costs_rev["goal rate"] <= 0.1
-            out.append(
-                f"- {COSTS_REVERSED} stays in the valley (goal rate <= 0.1): "
-                f"{costs_rev['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
-            )
+        # each reward setup: ranked near the true reward's goal rate, reversed in the valley
+        for name, ranked, rev_name, reversed_ in (
+            ("HERON", heron, "reversed ranking", rev),
+            (COSTS, costs, COSTS_REVERSED, costs_rev),
+        ):
+            if ranked and true:
+                target = 0.8 * true["goal rate"]
+                ok = ranked["goal rate"] >= target and true["goal rate"] > 0
+                out.append(
+                    f"- {name} goal rate >= 0.8x the true reward's: {ranked['goal rate']:.2f} vs "
+                    f"{target:.2f} -> {'met' if ok else 'NOT met'}"
+                )
+            if reversed_:
+                ok = reversed_["goal rate"] <= 0.1
+                out.append(
+                    f"- {rev_name} stays in the valley (goal rate <= 0.1): "
+                    f"{reversed_['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
+                )
     elif table == "hopper":
         true = means.get("true reward", {}).get("true return")
         for name in ("HERON (paper: reward drives the policy)", "HERON (code: value target only)"):
