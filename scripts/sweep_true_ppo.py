@@ -8,7 +8,8 @@ policies (``python -m pbrl.train +exp=rapl_sweep``) are compared with it.
     python scripts/sweep_true_ppo.py --steps 100000 --seed 0
 
 Prints the deterministic policy's success rate and true return on 20 evaluation episodes
-(reset seeds 10000..10019) every ``--every`` steps, and the wall time.
+(reset seeds 10000..10019) every ``--every`` steps, and the wall time (``--out F.json``: also
+written to F).
 """
 
 from __future__ import annotations
@@ -89,9 +90,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-objects", type=int, default=1)
     p.add_argument("--every", type=int, default=50_000)
+    p.add_argument("--out", type=Path, default=None, help="write the evaluations here (JSON)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    train(args.steps, args.seed, args.n_objects, args.every)
+    rows = train(args.steps, args.seed, args.n_objects, args.every)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"seed": args.seed, "evaluations": rows}, indent=1))
 
 
 if __name__ == "__main__":
