@@ -653,7 +653,7 @@ def test_aligned_encoder_ranks_held_out_sweep_videos_better_than_the_unaligned_o
 
 
 def test_a_run_that_pretrains_the_backbone_learns_what_a_run_that_finds_it_does(tmp_path):
-    """Pre-training the backbone (no file yet) leaves the global RNGs as they were: the same
+    """Pre-training the backbone (no file yet) leaves torch's global RNG as it was: the same
     seed gives the same triplets, reward and policy whether the backbone was made by this run
     or found from an earlier one (the first bench run of a machine used to differ)."""
     from pbrl.recipes import run as run_config

@@ -247,15 +247,13 @@ class VideoEncoder:
             self.env.id,
             cfg.pretrain_steps,
         )
-        # the global RNGs are left as they were: a run that pre-trains the backbone draws the
-        # same pool, triplets and policy as one that finds the file from an earlier run
-        state = np.random.get_state()
+        # torch's global RNG is left as it was (pre-training seeds it): a run that pre-trains
+        # the backbone draws the same triplets and policy as one that finds the file
         with torch.random.fork_rng():
             frames = self.rollout_frames(cfg.pretrain_episodes, cfg.pretrain_seed)
             net, info = pretrain_backbone(
                 frames, cfg.pretrain_steps, cfg.pretrain_batch_size, seed=cfg.pretrain_seed
             )
-        np.random.set_state(state)
         info["env_id"] = self.env.id
         save_backbone(net, info, path)
         _, loaded = load_backbone(path)  # the record of the saved file (path, digest)
