@@ -49,6 +49,21 @@ BT_TRANSITIONS = ["teacher=oracle", "reward=small", "reward.max_epochs=1"]
 REVERSED = ["teacher.ranking=[action,goal]", "teacher.sigma=[1.0,0.0]"]
 COSTS = "HERON, steps cost (pbrl variant)"
 COSTS_REVERSED = "HERON, steps cost, reversed"
+# the paper compares trajectories: HERON's labels on the 400 segment pairs BT gets
+SEGMENTS = "HERON, 400 segment labels (paper: trajectories)"
+SEGMENTS_REVERSED = "HERON, 400 segment labels, reversed"
+SEGMENT_LABELS = [
+    "feedback.pairs=segments",
+    "max_feedback=400",
+    "feedback.every=2000",
+    "feedback.queries_per_round=50",
+]
+SEGMENT_PAIRS = [
+    "teacher=heron_mountaincar_segments",
+    "teacher.sigma=[0.0,1.0]",
+    "reward=small",
+    *SEGMENT_LABELS,
+]
 
 
 def variants(table: str) -> dict[str, tuple[str, list[str]]]:
@@ -60,18 +75,13 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
             "BT, same comparisons": ("heron_mountaincar", BT_TRANSITIONS),
             "BT, 400 segment labels": (
                 "heron_mountaincar",
-                [
-                    "teacher=oracle",
-                    "reward=small",
-                    "feedback.pairs=segments",
-                    "max_feedback=400",
-                    "feedback.every=2000",
-                    "feedback.queries_per_round=50",
-                ],
+                ["teacher=oracle", "reward=small", *SEGMENT_LABELS],
             ),
             "HERON reversed (action > goal)": ("heron_mountaincar", REVERSED),
             COSTS: ("heron_mountaincar_costs", []),
             COSTS_REVERSED: ("heron_mountaincar_costs", REVERSED),
+            SEGMENTS: ("heron_mountaincar", SEGMENT_PAIRS),
+            SEGMENTS_REVERSED: ("heron_mountaincar", [*SEGMENT_PAIRS, *REVERSED]),
         }
     if table == "hopper":
         return {
@@ -205,6 +215,12 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
         for name, ranked, rev_name, reversed_ in (
             ("HERON", heron, "reversed ranking", rev),
             (COSTS, costs, COSTS_REVERSED, costs_rev),
+            (
+                SEGMENTS,
+                means.get(SEGMENTS, {}),
+                SEGMENTS_REVERSED,
+                means.get(SEGMENTS_REVERSED, {}),
+            ),
         ):
             if ranked and true:
                 target = 0.8 * true["goal rate"]
