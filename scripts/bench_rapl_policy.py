@@ -1,10 +1,10 @@
 """RAPL's policy table: PPO on each learned visual reward against PPO on the true reward.
 
-    python scripts/bench_rapl_policy.py [--seeds 0 1 2] [--steps 50000] [--out DIR]
-    python scripts/bench_rapl_policy.py --quick          # seed 0, 20k steps: the same table
+    python scripts/bench_rapl_policy.py [--seeds 0 1 2] [--steps 150000] [--out DIR]
+    python scripts/bench_rapl_policy.py --quick          # seed 0, 60k steps: the same table
 
 The one-block sweep task (``env=sweep``), the RAPL run's PPO settings for every row
-(``algo=rapl``: 4 envs, n_steps 200, batch 100; the true-reward row is
+(``algo=rapl``: 16 envs, n_steps 200, batch 100; the true-reward row is
 ``scripts/sweep_true_ppo.py``, the same PPO on the env's reward). The learned rewards come
 from the same ``max_feedback`` oracle-ranked triplets per seed (``+exp=rapl_sweep``):
 
@@ -127,13 +127,13 @@ def fmt(v: float | None) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=None, help="PPO steps per run (50k; quick 20k)")
-    p.add_argument("--quick", action="store_true", help="seed 0, 20k steps")
+    p.add_argument("--steps", type=int, default=None, help="PPO steps per run (150k; quick 60k)")
+    p.add_argument("--quick", action="store_true", help="seed 0, 60k steps")
     p.add_argument("--only", nargs="*", default=None, help="variant names to run")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_rapl_policy")
     args = p.parse_args()
     seeds = [0] if args.quick else args.seeds
-    steps = args.steps or (20_000 if args.quick else 50_000)
+    steps = args.steps or (60_000 if args.quick else 150_000)
     chosen = [n for n in VARIANTS if not args.only or n in args.only]
     done = {(n, s): run(n, s, steps, args.out) for s in seeds for n in chosen}  # seed by seed
     rows = {n: [(s, done[n, s]) for s in seeds] for n in chosen}

@@ -1,11 +1,11 @@
 """PPO on the sweep task's true reward, with the RAPL run's PPO settings: the task check.
 
-The RAPL exps' policy learner is PPO (``conf/algo/rapl.yaml``: 4 envs, ``n_steps`` 200,
-batch 100, 10 epochs, lr 3e-4, a [64, 64] net, observations normalized). Trained here on the
+The RAPL exps' policy learner is PPO (``conf/algo/rapl.yaml`` with ``rapl_sweep``'s 16 envs,
+``n_steps`` 200, batch 100, 10 epochs, lr 3e-4, a [64, 64] net, observations normalized). Trained here on the
 env's own reward, it shows the task can be solved at that budget; the learned rewards'
 policies (``python -m pbrl.train +exp=rapl_sweep``) are compared with it.
 
-    python scripts/sweep_true_ppo.py --steps 100000 --seed 0
+    python scripts/sweep_true_ppo.py --steps 150000 --seed 0
 
 Prints the deterministic policy's success rate and true return on 20 evaluation episodes
 (reset seeds 10000..10019) every ``--every`` steps, and the wall time (``--out F.json``: also
@@ -32,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pbrl.envs  # noqa: E402,F401  (registers pbrl/Sweep-v0)
 
 
-def train(steps: int, seed: int, n_objects: int = 1, every: int = 50_000) -> list[dict[str, Any]]:
+def train(
+    steps: int, seed: int, n_objects: int = 1, every: int = 50_000, n_envs: int = 16
+) -> list[dict[str, Any]]:
     """PPO on the true reward; the evaluation after every ``every`` steps."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -40,7 +42,7 @@ def train(steps: int, seed: int, n_objects: int = 1, every: int = 50_000) -> lis
 
     kwargs = {"n_objects": n_objects}
     venv = VecNormalize(
-        make_vec_env("pbrl/Sweep-v0", 4, seed=seed, env_kwargs=kwargs),
+        make_vec_env("pbrl/Sweep-v0", n_envs, seed=seed, env_kwargs=kwargs),
         norm_obs=True,
         norm_reward=False,
     )
@@ -90,10 +92,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-objects", type=int, default=1)
     p.add_argument("--every", type=int, default=50_000)
+    p.add_argument("--n-envs", type=int, default=16, help="as +exp=rapl_sweep")
     p.add_argument("--out", type=Path, default=None, help="write the evaluations here (JSON)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    rows = train(args.steps, args.seed, args.n_objects, args.every)
+    rows = train(args.steps, args.seed, args.n_objects, args.every, args.n_envs)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"seed": args.seed, "evaluations": rows}, indent=1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -136,11 +137,48 @@ def test_rlhf_linear_is_a_frame_reward_and_training_leaves_the_backbone_frozen(
 
 # -- a task PPO solves on its true reward ------------------------------------------------------
 @pytest.mark.slow
-def test_ppo_on_the_true_reward_solves_the_one_block_sweep_task():
-    """The RAPL exps' PPO settings on the env's reward: >= 80% of 20 episodes within 100k
-    steps (measured: 100% after 50k, about a minute on two loaded cores)."""
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ppo_on_the_true_reward_solves_the_one_block_sweep_task(seed):
+    """The RAPL exps' PPO settings (16 envs) on the env's reward: >= 80% of 20 episodes
+    after 150k steps, every seed (measured 2026-12-06: 1.00 for seeds 0-2, about a minute
+    each; with 4 envs only seed 0 got there, seed 2 had 0.05 after 200k)."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from sweep_true_ppo import train
 
-    rows = train(100_000, seed=0, n_objects=1, every=50_000)
-    assert max(r["success"] for r in rows) >= 0.8
+    rows = train(150_000, seed=seed, n_objects=1, every=150_000)
+    assert rows[-1]["success"] >= 0.8
+
+
+@pytest.mark.slow
+def test_the_episodic_relabel_loop_with_the_true_reward_solves_the_task(monkeypatch):
+    """RAPL's policy loop (rewards written into PPO's rollout buffer at each rollout's end,
+    normalized, GAE recomputed) given the true per-step reward from the recorded states: it
+    must solve the task as plain PPO on the env's reward does (1.00 at 150k, seed 0). A loop
+    that misaligns steps or rewards fails here, whatever the learned reward is worth."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    import pbrl.online.episodic as episodic
+    from pbrl.envs.sweep import sweep_reward_from_qpos
+    from pbrl.sim import make_vec_env
+
+    torch.set_num_threads(1)
+    monkeypatch.setattr(
+        episodic, "episode_rewards", lambda _model, qpos, _qvel: sweep_reward_from_qpos(qpos[:, 1:])
+    )
+    recorder = episodic.EpisodeRecorder(
+        make_vec_env("gymnasium", "pbrl/Sweep-v0", 16, 0, n_objects=1)
+    )
+    venv = VecNormalize(recorder, norm_obs=True, norm_reward=False)
+    model = PPO("MlpPolicy", venv, seed=0, verbose=0, n_steps=200, batch_size=100,
+                policy_kwargs={"net_arch": [64, 64]})  # fmt: skip
+    model.learn(150_000, callback=episodic.EpisodicRelabel(recorder, cast(Any, None), True))
+    env, wins = gym.make("pbrl/Sweep-v0", n_objects=1), 0.0
+    for k in range(20):
+        obs, _ = env.reset(seed=10_000 + k)
+        for _ in range(50):
+            act, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+            obs, _, _, _, info = env.step(act)
+        wins += float(info["success"])
+    assert wins / 20 >= 0.8

@@ -266,7 +266,7 @@ class EpisodicRelabel(BaseCallback):
         learned = episode_rewards(self.reward, qpos, qvel)  # [episodes, L]
         if self.normalize:
             self.scale.update(learned.reshape(-1))
-            learned = learned / np.sqrt(self.scale.var + 1e-8)
+            learned = (learned - self.scale.mean) / np.sqrt(self.scale.var + 1e-8)
         for e, rows in by_env.items():
             buffer.rewards[:, e] += np.concatenate([learned[i] for i in rows])
         loc = self.locals
