@@ -49,7 +49,7 @@ BT_TRANSITIONS = ["teacher=oracle", "reward=small", "reward.max_epochs=1"]
 REVERSED = ["teacher.ranking=[action,goal]", "teacher.sigma=[1.0,0.0]"]
 COSTS = "HERON, steps cost (pbrl variant)"
 COSTS_REVERSED = "HERON, steps cost, reversed"
-# the paper compares trajectories: HERON's labels on the 400 segment pairs BT gets
+# the paper compares trajectories: HERON's labels on 400 segment pairs, as BT gets
 SEGMENTS = "HERON, 400 segment labels (paper: trajectories)"
 SEGMENTS_REVERSED = "HERON, 400 segment labels, reversed"
 SEGMENT_LABELS = [
@@ -57,12 +57,6 @@ SEGMENT_LABELS = [
     "max_feedback=400",
     "feedback.every=2000",
     "feedback.queries_per_round=50",
-]
-SEGMENT_PAIRS = [
-    "teacher=heron_mountaincar_segments",
-    "teacher.sigma=[0.0,1.0]",
-    "reward=small",
-    *SEGMENT_LABELS,
 ]
 
 
@@ -80,8 +74,8 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
             "HERON reversed (action > goal)": ("heron_mountaincar", REVERSED),
             COSTS: ("heron_mountaincar_costs", []),
             COSTS_REVERSED: ("heron_mountaincar_costs", REVERSED),
-            SEGMENTS: ("heron_mountaincar", SEGMENT_PAIRS),
-            SEGMENTS_REVERSED: ("heron_mountaincar", [*SEGMENT_PAIRS, *REVERSED]),
+            SEGMENTS: ("heron_mountaincar_segments", []),
+            SEGMENTS_REVERSED: ("heron_mountaincar_segments", REVERSED),
         }
     if table == "hopper":
         return {
