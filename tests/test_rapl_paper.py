@@ -133,6 +133,18 @@ def test_rlhf_linear_is_a_frame_reward_and_training_leaves_the_backbone_frozen(
     linear.save(tmp_path / "linear.pt")
     again = LinearHeadReward.load(tmp_path / "linear.pt")
     assert torch.allclose(again.segment_returns(pool[:3]), returns)
+    # in the episodic recipe it scores the frames RAPL sees, each spread over its steps
+    from pbrl.rewards.dispatch import episode_rewards
+
+    qpos, qvel = pool.qpos[:2], pool.qvel[:2]  # [2, T + 1, ...]
+    t = qpos.shape[1] - 1
+    every = episode_rewards(linear, qpos, qvel)  # every frame: a step earns its frame's reward
+    assert every.shape == (2, t)
+    strided = episode_rewards(linear, qpos, qvel, (10, 0))
+    kept = np.arange(t - 1, -1, -10)[::-1]  # the steps whose frames count, ending at the last
+    assert np.allclose(strided.sum(1), every[:, kept].sum(1), atol=1e-5)  # returns: kept frames'
+    assert np.allclose(strided[:, kept[0]], every[:, kept[0]] / (kept[0] + 1), atol=1e-6)
+    assert np.allclose(strided[:, kept[-1]], every[:, kept[-1]] / 10, atol=1e-6)
 
 
 # -- a task PPO solves on its true reward ------------------------------------------------------
@@ -165,7 +177,9 @@ def test_the_episodic_relabel_loop_with_the_true_reward_solves_the_task(monkeypa
 
     torch.set_num_threads(1)
     monkeypatch.setattr(
-        episodic, "episode_rewards", lambda _model, qpos, _qvel: sweep_reward_from_qpos(qpos[:, 1:])
+        episodic,
+        "episode_rewards",
+        lambda _model, qpos, _qvel, _frames: sweep_reward_from_qpos(qpos[:, 1:]),
     )
     recorder = episodic.EpisodeRecorder(
         make_vec_env("gymnasium", "pbrl/Sweep-v0", 16, 0, n_objects=1)

@@ -223,10 +223,15 @@ class EpisodicRelabel(BaseCallback):
     rollout buffer, then returns and advantages recomputed."""
 
     def __init__(
-        self, recorder: EpisodeRecorder, reward: RewardModel, normalize: bool = True
+        self,
+        recorder: EpisodeRecorder,
+        reward: RewardModel,
+        normalize: bool = True,
+        frames: tuple[int, int] = (1, 0),
     ) -> None:
         super().__init__()
         self.recorder, self.reward, self.normalize = recorder, reward, normalize
+        self.frames = frames  # (frame_stride, n_frames): which frames a frame reward scores
         self.scale = RunningMeanStd(shape=())
         self.relabel_s = 0.0
 
@@ -263,7 +268,7 @@ class EpisodicRelabel(BaseCallback):
             )
         qpos = np.stack([d[1] for d in done])
         qvel = np.stack([d[2] for d in done])
-        learned = episode_rewards(self.reward, qpos, qvel)  # [episodes, L]
+        learned = episode_rewards(self.reward, qpos, qvel, self.frames)  # [episodes, L]
         if self.normalize:
             self.scale.update(learned.reshape(-1))
             learned = (learned - self.scale.mean) / np.sqrt(self.scale.var + 1e-8)
@@ -397,6 +402,7 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
     checkpoint = ctx.checkpoint
     state: dict[str, Any] = checkpoint.read_state() if checkpoint.complete() else {}
     prefs = _ask_triplets(ctx, episodic)
+    frames = (episodic.frame_stride, episodic.n_frames)  # the frames every reward sees
 
     # --- the reward: demonstrations, alignment, held-out correlation ---------------------------
     if state:  # aligned before the kill: the checkpoint holds it
@@ -427,7 +433,7 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
         # the paper's metric: learned vs true per-step rewards within each held-out video
         assert heldout.qpos is not None and heldout.qvel is not None
         w = within_spearman(
-            episode_rewards(reward_model, heldout.qpos, heldout.qvel), heldout.true_reward
+            episode_rewards(reward_model, heldout.qpos, heldout.qvel, frames), heldout.true_reward
         )
         within = {"mean": w.mean, "constant": w.constant, "counted": w.counted}
         log.info(
@@ -452,7 +458,7 @@ def run(ctx: RunContext, settings: tuple[EpisodicAlgo, EpisodicSettings]) -> dic
         model = PPO("MlpPolicy", policy_env, seed=seed, device=device, verbose=0, **algo.kwargs)
     tb_dir = ctx.run_dir / "tb"
     model.set_logger(run_logger(tb_dir, int(state["num_timesteps"]) if state else None))
-    relabel = EpisodicRelabel(recorder, reward_model, algo.normalize_reward)
+    relabel = EpisodicRelabel(recorder, reward_model, algo.normalize_reward, frames)
     if state:
         relabel.load_state_dict(state["relabel"])
 

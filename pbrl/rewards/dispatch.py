@@ -25,6 +25,7 @@ from pbrl.rewards.base import (
     ZeroShot,
     kind_of,
 )
+from pbrl.rewards.frames import kept_steps, spread_to_steps
 
 if TYPE_CHECKING:
     from pbrl.data.offline import OfflineDataset
@@ -198,28 +199,37 @@ def relabel_dataset(model: RewardModel, data: OfflineDataset, length: int) -> np
 
 
 class _FrameEpisodes:
-    """A frame reward as an episode reward: each step earns the reward of the frame it reached."""
+    """A frame reward as an episode reward: the frames of the ``frames`` rule
+    (``(frame_stride, n_frames)``, :func:`pbrl.rewards.frames.kept_steps`) are scored, each
+    spread over the steps it stands for; with every frame kept, each step earns the reward of
+    the frame it reached."""
 
-    def __init__(self, model: FrameReward) -> None:
-        self.model = model
+    def __init__(self, model: FrameReward, frames: tuple[int, int] = (1, 0)) -> None:
+        self.model, self.frames = model, frames
 
     def episode_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
         b, t1, _ = qpos.shape
+        kept = kept_steps(t1 - 1, *self.frames)
+        n = b * len(kept)
         steps = Steps(
-            np.zeros((b * (t1 - 1), 0)),
-            np.zeros((b * (t1 - 1), 0)),
-            qpos[:, 1:].reshape(b * (t1 - 1), -1),
-            qvel[:, 1:].reshape(b * (t1 - 1), -1),
+            np.zeros((n, 0)),
+            np.zeros((n, 0)),
+            qpos[:, kept + 1].reshape(n, -1),
+            qvel[:, kept + 1].reshape(n, -1),
         )
-        return score_steps(self.model, steps).reshape(b, t1 - 1)
+        return spread_to_steps(score_steps(self.model, steps).reshape(b, len(kept)), kept, t1 - 1)
 
 
-def episode_rewards(model: RewardModel, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-    """Per-step rewards ``[B, T]`` of whole episodes with states ``[B, T + 1, ...]``."""
+def episode_rewards(
+    model: RewardModel, qpos: np.ndarray, qvel: np.ndarray, frames: tuple[int, int] = (1, 0)
+) -> np.ndarray:
+    """Per-step rewards ``[B, T]`` of whole episodes with states ``[B, T + 1, ...]``. A frame
+    reward scores the frames ``frames = (frame_stride, n_frames)`` keeps (an episode reward
+    applies its own rule, the same settings)."""
     if isinstance(model, EpisodeReward):
         return model.episode_rewards(qpos, qvel)
     if isinstance(model, FrameReward):
-        return _FrameEpisodes(model).episode_rewards(qpos, qvel)
+        return _FrameEpisodes(model, frames).episode_rewards(qpos, qvel)
     raise ConfigError(
         f"{type(model).__name__} cannot score recorded episodes: use reward=rapl, reward=ot or "
         "reward=image"

@@ -69,6 +69,7 @@ from pbrl.envs.render import FrameCache, shared_frames
 from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import NOTHING_TO_FIT, EpisodeReward, save_atomically
+from pbrl.rewards.frames import kept_steps, spread_to_steps
 from pbrl.rewards.ot import COSTS, ot_similarity, ot_step_rewards
 from pbrl.rewards.resnet import (
     FEATURE_DIM,
@@ -332,10 +333,7 @@ class VideoEncoder:
     def kept_steps(self, length: int) -> np.ndarray:
         """The steps of a ``length``-step video whose frames the reward sees, ending at the
         last step: ``n_frames`` evenly spaced ones, or else every ``frame_stride``-th one."""
-        n = self.config.n_frames
-        if n:
-            return np.unique(np.linspace(length - 1, 0, min(n, length)).round().astype(int))
-        return np.arange(length - 1, -1, -self.config.frame_stride)[::-1]
+        return kept_steps(length, self.config.frame_stride, self.config.n_frames)
 
     def video_features(self, segments: Segments) -> torch.Tensor:
         """Features ``[N, T', 512]`` of the states each segment reaches (``qpos[:, 1:]``;
@@ -450,10 +448,7 @@ class RAPLReward(EpisodeReward, nn.Module):
         feats = self.encoder.state_features(
             qpos[:, kept + 1].reshape(-1, nq), qvel[:, kept + 1].reshape(-1, qvel.shape[-1])
         ).reshape(b, len(kept), FEATURE_DIM)
-        r = self.video_rewards(feats).cpu().numpy()  # [B, K]
-        block = np.searchsorted(kept, np.arange(t))  # the kept frame at or after each step
-        counts = np.bincount(block, minlength=len(kept))
-        return (r / counts)[:, block]
+        return spread_to_steps(self.video_rewards(feats).cpu().numpy(), kept, t)
 
     def video_reward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Per-frame rewards ``[T']`` of one video given as frames ``[T, S, S, 3]`` uint8."""
