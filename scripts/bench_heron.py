@@ -204,6 +204,13 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
                 f"vs {bt['goal rate']:.2f} -> "
                 + ("not shown (neither reaches the flag)" if tie else "met" if ok else "NOT met")
             )
+        seg, bt400 = means.get(SEGMENTS, {}), means.get("BT, 400 segment labels", {})
+        if seg and bt400:
+            ok = seg["goal rate"] >= bt400["goal rate"]
+            out.append(
+                f"- HERON's goal rate on segments >= BT's with the same 400 segment labels: "
+                f"{seg['goal rate']:.2f} vs {bt400['goal rate']:.2f} -> {'met' if ok else 'NOT met'}"
+            )
         costs, costs_rev = means.get(COSTS, {}), means.get(COSTS_REVERSED, {})
         # each reward setup: ranked near the true reward's goal rate, reversed in the valley
         for name, ranked, rev_name, reversed_ in (
