@@ -89,6 +89,10 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
                 "heron_hopper",
                 [*PPO, "teacher=oracle", "reward=small", "feedback.pairs=segments"],
             ),
+            "HERON, 1000 segment labels (paper: trajectories)": (
+                "heron_hopper",
+                [*PPO, "teacher=heron_hopper_segments", "reward=small", "feedback.pairs=segments"],
+            ),
         }
     if table == "steer":
         return {
@@ -238,7 +242,11 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
                 )
     elif table == "hopper":
         true = means.get("true reward", {}).get("true return")
-        for name in ("HERON (paper: reward drives the policy)", "HERON (code: value target only)"):
+        for name in (
+            "HERON (paper: reward drives the policy)",
+            "HERON (code: value target only)",
+            "HERON, 1000 segment labels (paper: trajectories)",
+        ):
             h = means.get(name, {}).get("true return")
             if true and h is not None:
                 out.append(
