@@ -91,7 +91,14 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
             ),
             "HERON, 1000 segment labels (paper: trajectories)": (
                 "heron_hopper",
-                [*PPO, "teacher=heron_hopper_segments", "reward=small", "feedback.pairs=segments"],
+                [
+                    *PPO,
+                    "teacher=heron_hopper_segments",
+                    "teacher.ranking=[forward,survive,ctrl]",  # the official ranking and margins
+                    "teacher.sigma=[0.1,0.2,0.5]",
+                    "reward=small",
+                    "feedback.pairs=segments",
+                ],
             ),
         }
     if table == "steer":
