@@ -15,7 +15,9 @@ from the same ``max_feedback`` oracle-ranked triplets per seed (``+exp=rapl_swee
   (``reward=image`` with the benchmark's settings).
 
 Columns: success rate and true return of the deterministic policy over 20 evaluation
-episodes, the reward's within-trajectory and across-video Spearman on the run's held-out
+episodes, the fraction of those episodes that end with the agent itself in the goal zone
+(learned rewards only: a reward that pays for the agent going up shows here), the reward's
+within-trajectory and across-video Spearman on the run's held-out
 videos, wall time. Every run is one process; a finished run (its ``summary.json``) is reused
 when the bench is rerun, so a table can be completed in parts. The table is printed and
 written to ``<out>/policy.md``, the per-seed rows and means to ``<out>/policy.json``.
@@ -52,7 +54,39 @@ VARIANTS: dict[str, list[str] | None] = {
     "RLHF linear": ["reward=rlhf_linear"],
     "RLHF CNN": IMAGE,
 }
-COLUMNS = ("success", "true return", "within Spearman", "across Spearman", "wall s")
+COLUMNS = (
+    "success",
+    "true return",
+    "agent in zone",
+    "within Spearman",
+    "across Spearman",
+    "wall s",
+)
+
+
+def agent_in_zone(run_dir: Path, episodes: int = 20) -> float:
+    """Fraction of evaluation episodes (reset seeds 10000..) whose final state has the *agent*
+    in the goal zone: a reward that learned "the agent goes up" instead of "the block goes
+    up" shows here, where success does not."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    sys.path.insert(0, str(ROOT))
+    import pbrl.envs  # noqa: F401  (registers pbrl/Sweep-v0)
+    from pbrl.envs.sweep import ZONE_Y
+
+    model = PPO.load(run_dir / "checkpoint" / "model.zip", device="cpu")
+    make = lambda: gym.make("pbrl/Sweep-v0", n_objects=1)  # noqa: E731
+    norm = VecNormalize.load(str(run_dir / "checkpoint" / "vecnormalize.pkl"), DummyVecEnv([make]))
+    env, inside = make(), 0
+    for k in range(episodes):
+        obs, _ = env.reset(seed=10_000 + k)
+        for _ in range(50):
+            act, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
+            obs, *_ = env.step(act)
+        inside += int(env.unwrapped.agent_xy[1] >= ZONE_Y)  # type: ignore[attr-defined]
+    return inside / episodes
 
 
 def slug(name: str) -> str:
@@ -107,6 +141,7 @@ def run(name: str, seed: int, steps: int, out: Path) -> dict[str, float | None]:
         return {
             "success": last["success"],
             "true return": last["true_return"],
+            "agent in zone": None,
             "within Spearman": None,
             "across Spearman": None,
             "wall s": r["wall_time_s"],
@@ -114,6 +149,7 @@ def run(name: str, seed: int, steps: int, out: Path) -> dict[str, float | None]:
     return {
         "success": r.get("eval_success_rate"),
         "true return": r["eval_true_return_mean"],
+        "agent in zone": agent_in_zone(run_dir),
         "within Spearman": r.get("heldout_within_spearman"),
         "across Spearman": r.get("heldout_spearman"),
         "wall s": r["wall_time_s"],
