@@ -89,17 +89,7 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
                 "heron_hopper",
                 [*PPO, "teacher=oracle", "reward=small", "feedback.pairs=segments"],
             ),
-            "HERON, 1000 segment labels (paper: trajectories)": (
-                "heron_hopper",
-                [
-                    *PPO,
-                    "teacher=heron_hopper_segments",
-                    "teacher.ranking=[forward,survive,ctrl]",  # the official ranking and margins
-                    "teacher.sigma=[0.1,0.2,0.5]",
-                    "reward=small",
-                    "feedback.pairs=segments",
-                ],
-            ),
+            "HERON, 1000 segment labels (paper: trajectories)": ("heron_hopper_segments", PPO),
         }
     if table == "steer":
         return {
