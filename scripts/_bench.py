@@ -28,6 +28,11 @@ class SettingsChanged(SystemExit):
     """A finished run made with other settings sits where this one would go."""
 
 
+def slug(name: str) -> str:
+    """A variant's name as a folder name: letters and digits kept, the rest ``_``."""
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
 def read_json(path: Path) -> Any | None:
     """``path``'s JSON, or None when it is missing or not whole."""
     try:

@@ -42,6 +42,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+
 STEPS = {"mountaincar": 50_000, "hopper": 300_000, "steer": 300_000}
 QUICK_STEPS = {"mountaincar": 20_000, "hopper": 50_000, "steer": 50_000}
 PPO = ["n_envs=8"]
@@ -102,15 +105,11 @@ def variants(table: str) -> dict[str, tuple[str, list[str]]]:
     raise SystemExit(f"unknown table {table!r}: use mountaincar, hopper or steer")
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
 def run(
     table: str, name: str, exp: str, overrides: list[str], seed: int, steps: int, out: Path
 ) -> dict[str, Any]:
     task = "mountaincar" if table == "mountaincar" else "hopper"
-    run_dir = out / "runs" / f"{task}_{steps}_{slug(name)}_seed{seed}"
+    run_dir = out / "runs" / f"{task}_{steps}_{_bench.slug(name)}_seed{seed}"
     summary = run_dir / "summary.json"
     if summary.exists():
         return dict(json.loads(summary.read_text()))
@@ -217,12 +216,7 @@ def verdict(table: str, means: dict[str, dict[str, float]]) -> list[str]:
         for name, ranked, rev_name, reversed_ in (
             ("HERON", heron, "reversed ranking", rev),
             (COSTS, costs, COSTS_REVERSED, costs_rev),
-            (
-                SEGMENTS,
-                means.get(SEGMENTS, {}),
-                SEGMENTS_REVERSED,
-                means.get(SEGMENTS_REVERSED, {}),
-            ),
+            (SEGMENTS, seg, SEGMENTS_REVERSED, means.get(SEGMENTS_REVERSED, {})),
         ):
             if ranked and true:
                 target = 0.8 * true["goal rate"]

@@ -64,38 +64,25 @@ COLUMNS = (
 )
 
 
-def agent_in_zone(run_dir: Path, episodes: int = 20) -> float:
-    """Fraction of evaluation episodes (reset seeds 10000..) whose final state has the *agent*
-    in the goal zone: a reward that learned "the agent goes up" instead of "the block goes
-    up" shows here, where success does not."""
+def agent_in_zone(run_dir: Path) -> float:
+    """Of the run's final policy (its checkpoint), the fraction of evaluation episodes that
+    end with the *agent* in the goal zone (``sweep_true_ppo.evaluate``)."""
     import gymnasium as gym
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    sys.path.insert(0, str(ROOT))
-    import pbrl.envs  # noqa: F401  (registers pbrl/Sweep-v0)
-    from pbrl.envs.sweep import ZONE_Y
+    from sweep_true_ppo import evaluate
 
     model = PPO.load(run_dir / "checkpoint" / "model.zip", device="cpu")
-    make = lambda: gym.make("pbrl/Sweep-v0", n_objects=1)  # noqa: E731
-    norm = VecNormalize.load(str(run_dir / "checkpoint" / "vecnormalize.pkl"), DummyVecEnv([make]))
-    env, inside = make(), 0
-    for k in range(episodes):
-        obs, _ = env.reset(seed=10_000 + k)
-        for _ in range(50):
-            act, _ = model.predict(norm.normalize_obs(obs), deterministic=True)
-            obs, *_ = env.step(act)
-        inside += int(env.unwrapped.agent_xy[1] >= ZONE_Y)  # type: ignore[attr-defined]
-    return inside / episodes
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    norm = VecNormalize.load(
+        str(run_dir / "checkpoint" / "vecnormalize.pkl"),
+        DummyVecEnv([lambda: gym.make("pbrl/Sweep-v0", n_objects=1)]),
+    )
+    return evaluate(model, norm)["agent_in_zone"]
 
 
 def run(name: str, seed: int, steps: int, out: Path) -> dict[str, float | None]:
     """One run's row, from its result file (the run is made first when it is missing)."""
-    run_dir = out / "runs" / f"{slug(name)}_{steps}_seed{seed}"
+    run_dir = out / "runs" / f"{_bench.slug(name)}_{steps}_seed{seed}"
     overrides = VARIANTS[name]
     result = run_dir / ("true.json" if overrides is None else "summary.json")
     if _bench.read_json(result) is None:
@@ -179,16 +166,13 @@ def main() -> None:
     for name, runs in rows.items():
         for seed, row in runs:
             lines.append(f"| {name} | {seed} | " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |")
-        means[name] = {
-            c: float(np.mean(vals))
-            for c in COLUMNS
-            if (vals := [v for _, row in runs if (v := row[c]) is not None])
-        }
+        values = {c: [v for _, row in runs if (v := row[c]) is not None] for c in COLUMNS}
+        means[name] = {c: float(np.mean(vals)) for c, vals in values.items() if vals}
         if len(runs) > 1:
-            cells = []
-            for c in COLUMNS:
-                vals = [v for _, row in runs if (v := row[c]) is not None]
-                cells.append(f"{np.mean(vals):.2f} ± {np.std(vals):.2f}" if vals else "-")
+            cells = [
+                f"{np.mean(vals):.2f} ± {np.std(vals):.2f}" if vals else "-"
+                for vals in values.values()
+            ]
             lines.append(f"| **{name}** | mean ± std | " + " | ".join(cells) + " |")
     checks = []
     true, rapl, lin = (means.get(n, {}) for n in ("true reward", "RAPL", "RLHF linear"))

@@ -519,6 +519,25 @@ def test_tiny_rapl_exp_runs(exp, reward, tmp_path, backbone_file):
         assert summary["backbone"] is None and summary["reward_kind"] == "image"
 
 
+# a whole +exp=rapl_sweep run in seconds: one env, 50 steps, one PPO update, 64 px frames
+TINY_RAPL_RUN = [
+    "total_timesteps=50",
+    "n_envs=1",
+    "episodic.heldout_episodes=3",
+    "episodic.n_demos=1",
+    "reward.image_size=64",
+    "episodic.frame_stride=25",
+    "reward.epochs=2",
+    "algo.kwargs.n_steps=50",
+    "algo.kwargs.batch_size=50",
+    "algo.kwargs.n_epochs=1",
+    "eval.n_episodes=1",
+    "eval.random_episodes=1",
+    "video.enabled=false",
+    "progress_bar=false",
+]
+
+
 def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbone_file):
     """teacher=human: the run puts its triplets in the label store and waits; a scripted
     person ranks each (three clips) through the page's API; the run aligns on the rankings.
@@ -533,23 +552,10 @@ def test_people_rank_a_rapl_runs_triplets_on_the_labeling_page(tmp_path, backbon
     store = tmp_path / "labels.sqlite"
     LabelStore(store)
     tiny = [
-        "total_timesteps=50",
-        "n_envs=1",
+        *TINY_RAPL_RUN,
         "max_feedback=3",
         "episodic.pool_episodes=5",
-        "episodic.heldout_episodes=3",
-        "episodic.n_demos=1",
         f"reward.backbone_weights={backbone_file}",
-        "reward.image_size=64",
-        "episodic.frame_stride=25",
-        "reward.epochs=2",
-        "algo.kwargs.n_steps=50",
-        "algo.kwargs.batch_size=50",
-        "algo.kwargs.n_epochs=1",
-        "eval.n_episodes=1",
-        "eval.random_episodes=1",
-        "video.enabled=false",
-        "progress_bar=false",
         "teacher=human",
         f"teacher.store={store}",
         "wait.poll_s=0.05",
@@ -659,25 +665,12 @@ def test_a_run_that_pretrains_the_backbone_learns_what_a_run_that_finds_it_does(
     from pbrl.recipes import run as run_config
 
     tiny = [
-        "total_timesteps=50",
-        "n_envs=1",
+        *TINY_RAPL_RUN,
         "max_feedback=2",
         "episodic.pool_episodes=4",
-        "episodic.heldout_episodes=3",
-        "episodic.n_demos=1",
         f"reward.pretrain_dir={tmp_path / 'backbones'}",
         "reward.pretrain_episodes=1",
         "reward.pretrain_steps=2",
-        "reward.image_size=64",
-        "episodic.frame_stride=25",
-        "reward.epochs=2",
-        "algo.kwargs.n_steps=50",
-        "algo.kwargs.batch_size=50",
-        "algo.kwargs.n_epochs=1",
-        "eval.n_episodes=1",
-        "eval.random_episodes=1",
-        "video.enabled=false",
-        "progress_bar=false",
     ]
     first = run_config(compose_cfg("rapl_sweep", tiny), tmp_path / "made")
     second = run_config(compose_cfg("rapl_sweep", tiny), tmp_path / "found")
