@@ -53,6 +53,8 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         "PEBBLE-mistake0.1": [*pebble, "teacher=mistake"],
         # before the faster default: B-Pref's 3 x 256 reward ensemble
         "PEBBLE-oracle-bpref-net": [*pebble, "teacher=oracle", "reward=ensemble"],
+        # per-step rewards without B-Pref's tanh (which saturates beyond the labeled speeds)
+        "PEBBLE-oracle-linear": [*pebble, "teacher=oracle", "reward.output=linear"],
     }
 
 

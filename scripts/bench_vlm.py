@@ -242,6 +242,9 @@ def clip_weights(out: Path) -> tuple[Path | None, str]:
     """A randomly initialized open_clip ViT-B-32 saved under ``out`` (no download), or None
     and why not."""
     try:
+        from pbrl.rewards.resnet import import_torchvision
+
+        import_torchvision("open_clip needs torchvision: pip install 'pbrl[clip]'")
         import open_clip
     except Exception as exc:  # ImportError, or its torchvision operators failing to load
         return None, f"not measured: open_clip does not import here ({type(exc).__name__}: {exc})"

@@ -709,6 +709,9 @@ def test_sac_learns_what_the_goal_prompt_describes():
 
 def _open_clip():
     try:
+        from pbrl.rewards.resnet import import_torchvision
+
+        import_torchvision()  # torchvision's compiled ops may not load beside this torch
         import open_clip
     except Exception as exc:  # ImportError, or torchvision's operators failing to load
         pytest.skip(f"open_clip does not import here ({type(exc).__name__}: {str(exc)[:120]})")

@@ -34,6 +34,7 @@ from pbrl.envs.render import FrameCache, shared_frames
 from pbrl.envs.spec import EnvSpec, saved_env
 from pbrl.errors import ConfigError
 from pbrl.rewards.base import NOTHING_TO_FIT, FrameReward, ZeroShot, save_atomically
+from pbrl.rewards.resnet import import_torchvision
 
 # The normalisation of OpenAI's CLIP, which open_clip uses for its LAION models too; an
 # encoder that says otherwise (open_clip's ``visual.preprocess_cfg``) wins.
@@ -249,6 +250,7 @@ def load_open_clip(
     if not path.is_file():
         raise ConfigError(f"reward.checkpoint={checkpoint}: no such file; {WEIGHTS_HINT}")
     try:
+        import_torchvision("reward=clip needs open_clip: pip install 'pbrl[clip]'")
         import open_clip  # the optional clip extra
     except Exception as exc:  # ImportError, or torchvision failing to load its operators
         raise ConfigError(

@@ -52,20 +52,21 @@ FEATURE_DIM = 512
 _OPS_STUB: list[torch.library.Library] = []  # keeps the stub op library below alive
 
 
-def _torchvision() -> ModuleType:
-    """``import torchvision``, or one error line saying how to install it.
+def import_torchvision(
+    hint: str = "RAPL's backbone is torchvision's ResNet-18: pip install -e '.[rapl]' "
+    "(torchvision matching your torch)",
+) -> ModuleType:
+    """``import torchvision``, or a ConfigError with ``hint`` (how to install it).
 
     A torchvision wheel whose compiled ops do not load beside the installed torch (say the
     CUDA wheel beside a CPU-only torch of the same release) fails on import at two op
-    registrations that torchvision does not guard (``nms``, ``qnms``). ResNet-18 uses none of
-    its compiled ops, so their schemas are declared here and the import tried once more."""
+    registrations that torchvision does not guard (``nms``, ``qnms``). Neither ResNet-18 nor
+    open_clip's models use its compiled ops, so their schemas are declared here and the
+    import tried once more."""
     try:
         import torchvision
     except ImportError:
-        raise ConfigError(
-            "RAPL's backbone is torchvision's ResNet-18: pip install -e '.[rapl]' (torchvision "
-            "matching your torch)"
-        ) from None
+        raise ConfigError(hint) from None
     except RuntimeError as exc:
         if "torchvision::nms" not in str(exc):
             raise
@@ -75,7 +76,7 @@ def _torchvision() -> ModuleType:
         for op in ("nms", "qnms"):
             lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         _OPS_STUB.append(lib)
-        log.debug("torchvision's compiled ops do not load beside this torch; ResNet-18 needs none")
+        log.debug("torchvision's compiled ops do not load beside this torch; its models need none")
         import torchvision
     return torchvision
 
@@ -83,7 +84,7 @@ def _torchvision() -> ModuleType:
 def resnet18() -> nn.Module:
     """``torchvision.models.resnet18()`` with torchvision's random initialization (``fc``, the
     ImageNet classifier, still in place: checkpoints carry it)."""
-    return cast(nn.Module, _torchvision().models.resnet18(weights=None))
+    return cast(nn.Module, import_torchvision().models.resnet18(weights=None))
 
 
 class _ResNetLayers(Protocol):
