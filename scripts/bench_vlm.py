@@ -292,7 +292,9 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
         clip = why
     else:
         cfg = timing_config(steps, args.seed, [
-            "algo=sac_zero_shot", "reward=clip", "max_feedback=0", "reward.model=ViT-B-32",
+            # the exp's image-reward setting (max_updates) is no CLIP key
+            "algo=sac_zero_shot", "reward=clip", "~reward.max_updates", "max_feedback=0",
+            "reward.model=ViT-B-32",
             f"reward.checkpoint={weights}", "reward.image_size=224",
             "reward.goal_prompts=[a robot arm whose tip touches the red dot]",
             "reward.baseline_prompts=[a robot arm and a red dot]",

@@ -331,12 +331,18 @@ def test_tiny_online_run_with_the_vlm_teacher(tmp_path, monkeypatch):
     with open(run / "checkpoint" / "replay_buffer.pkl", "rb") as fh:
         buffer = pickle.load(fh)
     assert isinstance(buffer, EntropyReplayBuffer) and buffer.pos == 300
+    assert buffer.pending == 0  # frames scored 64 steps at a time; the rest before saving
     qpos, qvel = buffer.step_fields["qpos"], buffer.step_fields["qvel"]
     expected = score_states(model, qpos[:300, 0], qvel[:300, 0])
     np.testing.assert_allclose(buffer.rewards[:300, 0], expected, rtol=1e-4, atol=1e-5)
     rows = list(csv.DictReader((run / "tb" / "progress.csv").open()))
     fps = [float(r["time/reward_steps_per_s"]) for r in rows if r.get("time/reward_steps_per_s")]
     assert fps and all(f > 0 for f in fps)
+    # the batches' scores come back as training episodes' learned returns (Reacher: 50 steps)
+    learned = [
+        r["rollout/ep_learned_rew_mean"] for r in rows if r.get("rollout/ep_learned_rew_mean")
+    ]
+    assert learned and all(math.isfinite(float(x)) for x in learned)
     corr = [float(r["reward_model/true_reward_corr"]) for r in rows
             if r.get("reward_model/true_reward_corr")]  # fmt: skip
     assert corr and all(math.isfinite(c) for c in corr)

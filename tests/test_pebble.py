@@ -4,6 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from fake_rewards import FirstObsReward
 from stable_baselines3 import SAC
 
 from pbrl.online.pebble import EntropyReplayBuffer, knn_distance, reset_critic
@@ -62,3 +63,77 @@ def test_knn_matches_bruteforce(k):
     x = torch.randn(50, 3, generator=torch.Generator().manual_seed(k))
     d = torch.cdist(x, x).sort(dim=1).values[:, k]
     torch.testing.assert_close(knn_distance(x, x, k, chunk=7), d)
+
+
+class DoublingScorer:
+    """Stands in for PreferenceVecEnv(defer=True): reward = 2 x the step's qpos, batches kept."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.reported: list[np.ndarray] = []
+
+    def score(self, steps) -> np.ndarray:  # type: ignore[no-untyped-def]
+        self.batches.append(len(steps.obs))
+        return 2.0 * steps.qpos[:, 0]
+
+    def add_scored(self, rewards: np.ndarray, dones: np.ndarray, infos=None) -> None:  # type: ignore[no-untyped-def]
+        self.reported.append(np.array(rewards, dtype=float))
+
+
+def deferred_buffer(size: int, every: int) -> tuple[EntropyReplayBuffer, DoublingScorer]:
+    box = gym.spaces.Box(-np.inf, np.inf, (1,))
+    buf = EntropyReplayBuffer(
+        size, box, gym.spaces.Box(-1, 1, (1,)), device="cpu", step_fields={"qpos": 1, "qvel": 1}
+    )
+    scorer = DoublingScorer()
+    buf.defer_scoring(scorer, every)  # type: ignore[arg-type]
+    return buf, scorer
+
+
+def add_steps(buf: EntropyReplayBuffer, values) -> None:  # type: ignore[no-untyped-def]
+    for x in values:
+        info = {"step_qpos": np.array([x]), "step_qvel": np.array([0.0])}
+        buf.add(np.array([[x]]), np.array([[x]]), np.zeros((1, 1)), np.zeros(1),
+                np.array([False]), [info])  # fmt: skip
+
+
+def test_deferred_scoring_scores_in_batches_and_never_samples_unscored_steps():
+    buf, scorer = deferred_buffer(size=100, every=4)
+    add_steps(buf, [1.0, 2.0, 3.0])
+    assert scorer.batches == [] and buf.pending == 3
+    add_steps(buf, [4.0])  # the fourth step completes the batch: one call for four steps
+    assert scorer.batches == [4] and buf.pending == 0
+    np.testing.assert_array_equal(buf.rewards[:4, 0], [2.0, 4.0, 6.0, 8.0])
+    np.testing.assert_array_equal(scorer.reported[0][:, 0], [2.0, 4.0, 6.0, 8.0])
+    add_steps(buf, [5.0, 6.0])  # pending: stored with a placeholder, never drawn
+    np.random.seed(0)  # noqa: NPY002 (SB3 samples from the global RNG)
+    drawn = buf.sample(2000).observations.flatten().numpy()
+    assert set(drawn.tolist()) == {1.0, 2.0, 3.0, 4.0}
+    assert buf.rewards[4, 0] == 0.0 and buf.pending == 2
+    buf.score_pending()  # e.g. before a checkpoint
+    np.testing.assert_array_equal(buf.rewards[:6, 0], [2.0, 4.0, 6.0, 8.0, 10.0, 12.0])
+    assert scorer.batches == [4, 2]
+
+
+def test_deferred_scoring_after_the_buffer_wrapped_around():
+    buf, scorer = deferred_buffer(size=6, every=3)
+    add_steps(buf, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])  # 7, 8 overwrite 1, 2; 7, 8 pending
+    assert buf.full and buf.pos == 2 and buf.pending == 2
+    np.random.seed(1)  # noqa: NPY002
+    drawn = set(buf.sample(2000).observations.flatten().tolist())
+    assert drawn == {3.0, 4.0, 5.0, 6.0}
+    add_steps(buf, [9.0])  # overwrites 3: batch 7, 8, 9 scored across the wrap
+    assert scorer.batches == [3, 3, 3] and buf.pending == 0
+    np.testing.assert_array_equal(buf.rewards[:, 0], [14.0, 16.0, 18.0, 8.0, 10.0, 12.0])
+
+
+def test_deferred_steps_stay_unscored_under_the_entropy_reward_until_relabeled():
+    buf, scorer = deferred_buffer(size=50, every=2)
+    buf.intrinsic = True  # PEBBLE's pre-training: the stored reward is never read
+    add_steps(buf, [1.0, 2.0])
+    assert scorer.batches == [] and np.isnan(scorer.reported[0]).all()
+
+    add_steps(buf, [3.0])  # pending when the first reward update relabels the buffer
+    buf.relabel(FirstObsReward())  # reward = the observation
+    np.testing.assert_allclose(buf.rewards[:3, 0], [1.0, 2.0, 3.0])
+    assert buf.pending == 0 and scorer.reported[-1][:, 0].tolist() == [3.0]

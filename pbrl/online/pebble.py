@@ -5,6 +5,10 @@
   the buffer, divided by its running std — computed at sample time, as in PEBBLE.
 * After each reward-model update the whole buffer is relabeled with the new reward.
 * After pre-training the critic is re-initialized (the actor keeps its exploration skill).
+* A frame reward's steps can be scored in batches (:meth:`EntropyReplayBuffer.defer_scoring`):
+  the buffer stores a placeholder and scores the newest steps ``every`` at a time (their frames
+  rendered and scored in one batch instead of one forward pass per step); until then SAC does
+  not sample them. PEBBLE's relabeling scores them with the rest.
 
 :class:`PebbleCallback` does the last two after every reward-model update of a
 :class:`~pbrl.online.feedback.FeedbackCallback` (place it after that one in a ``CallbackList``).
@@ -25,6 +29,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
 from pbrl.online.feedback import FeedbackCallback
+from pbrl.online.wrappers import PreferenceVecEnv
 from pbrl.rewards.base import RewardModel
 from pbrl.rewards.dispatch import Steps, score_steps
 
@@ -80,6 +85,9 @@ class EntropyReplayBuffer(ReplayBuffer):
             handle_timeout_termination,
         )
         self.intrinsic = False
+        self.scorer: PreferenceVecEnv | None = None  # set by defer_scoring; not pickled
+        self.score_every = 1
+        self.pending = 0  # the newest positions stored with a placeholder reward
         self.entropy_k = entropy_k
         self.entropy_stats = RunningMeanStd(shape=())
         self.step_fields = {
@@ -105,23 +113,80 @@ class EntropyReplayBuffer(ReplayBuffer):
                 )
             column[self.pos] = np.stack([info[key] for info in infos])
         super().add(obs, next_obs, action, reward, done, infos)
+        if self.scorer is not None:
+            self.pending = min(self.pending + 1, self.buffer_size)
+            if self.pending >= self.score_every:
+                self.score_pending()
+
+    # -- scoring a frame reward's steps in batches --------------------------------------------
+    def defer_scoring(self, scorer: PreferenceVecEnv, every: int) -> None:
+        """Score the steps stored from now on ``every`` positions at a time, through
+        ``scorer`` (the ``PreferenceVecEnv(defer=True)`` that stepped them: it times the
+        scoring and keeps the learned episode returns). Call again after loading a saved
+        buffer: the scorer is not saved with it."""
+        self.scorer, self.score_every = scorer, max(1, int(every))
+
+    def _positions(self, count: int) -> np.ndarray:
+        """The newest ``count`` positions, oldest first."""
+        return np.arange(self.pos - count, self.pos) % self.buffer_size
+
+    def _steps(self, rows: np.ndarray | slice, count: int) -> Steps:
+        """What a reward reads of the ``count`` transitions at positions ``rows`` (every env,
+        flat; a slice reads without copying)."""
+        n = count * self.n_envs
+        fields = {
+            k: v[rows].reshape(n, -1) for k, v in self.step_fields.items() if k in SCORED_FIELDS
+        }
+        return Steps(
+            self.observations[rows].reshape(n, -1), self.actions[rows].reshape(n, -1), **fields
+        )
+
+    def score_pending(self) -> None:
+        """Score the steps stored with a placeholder. While the state-entropy reward is on,
+        nothing reads them (the first reward update relabels every step): they stay
+        unscored, and their episodes' learned returns unknown."""
+        if not self.pending or self.scorer is None:
+            return
+        rows = self._positions(self.pending)
+        self.pending = 0
+        if self.intrinsic:
+            nan = np.full((len(rows), self.n_envs), np.nan)
+            self.scorer.add_scored(nan, self.dones[rows].astype(bool))
+            return
+        scores = self.scorer.score(self._steps(rows, len(rows))).reshape(len(rows), self.n_envs)
+        self.rewards[rows] = scores
+        self.scorer.add_scored(scores, self.dones[rows].astype(bool))
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        """SB3's uniform sample over the scored positions (the newest ``pending`` steps wait
+        for their batch to be scored)."""
+        stored = self.buffer_size if self.full else self.pos
+        if not self.pending or self.optimize_memory_usage:
+            return super().sample(batch_size, env)
+        if self.pending >= stored:
+            self.score_pending()
+            return super().sample(batch_size, env)
+        rows = np.random.randint(0, stored - self.pending, size=batch_size)  # noqa: NPY002 (SB3 draws from the global RNG its seed sets)
+        if self.full:
+            rows = (self.pos + rows) % self.buffer_size  # oldest first, the pending left out
+        return self._get_samples(rows, env)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["scorer"] = None  # the env wrapper stays with its run; defer_scoring reattaches
+        return state
 
     def relabel(self, model: RewardModel) -> None:
         """Replace every stored reward with the reward model's reward of that transition."""
         n = self.buffer_size if self.full else self.pos
         if n == 0:
             return
-        flat = {
-            k: v[:n].reshape(n * self.n_envs, -1)
-            for k, v in self.step_fields.items()
-            if k in SCORED_FIELDS  # what a reward reads; others (true_reward) are kept for HERON
-        }
-        steps = Steps(
-            self.observations[:n].reshape(n * self.n_envs, -1),
-            self.actions[:n].reshape(n * self.n_envs, -1),
-            **flat,
-        )
-        self.rewards[:n] = score_steps(model, steps).reshape(n, self.n_envs)
+        # what a reward reads (SCORED_FIELDS); others (true_reward) are kept for HERON
+        self.rewards[:n] = score_steps(model, self._steps(slice(0, n), n)).reshape(n, self.n_envs)
+        if self.pending and self.scorer is not None:  # scored with the rest just now
+            rows = self._positions(self.pending)
+            self.scorer.add_scored(self.rewards[rows], self.dones[rows].astype(bool))
+        self.pending = 0
 
     def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from omegaconf import DictConfig
@@ -68,6 +68,10 @@ class OnlineAlgo:
     normalize_reward: bool = False  # SB3 VecNormalize on the (learned) reward (PrefPPO)
     normalize_obs: bool = False  # SB3 VecNormalize on the policy's observations (the reward
     # model and the trajectory pool always see raw observations)
+    # SAC with a frame reward (reward=image, clip, ...): the frames of the steps taken are
+    # scored this many steps at a time, in one batch (1: each step as it is taken); SAC does
+    # not sample the newest, unscored steps until their batch is scored
+    frame_score_every: int = 64
     learned_reward: str = "policy"  # policy | value_target: PPO's value target only, the
     # advantages from the true reward (HERON's official robotics code; pbrl.online.heron)
     kwargs: dict[str, Any] = field(default_factory=dict)  # the SB3 algorithm's arguments
@@ -78,6 +82,11 @@ class OnlineAlgo:
         if self.learned_reward not in ("policy", "value_target"):
             raise ConfigError(
                 f"algo.learned_reward={self.learned_reward!r}: use policy or value_target"
+            )
+        if int(self.frame_score_every) < 1:
+            raise ConfigError(
+                f"algo.frame_score_every={self.frame_score_every} must be >= 1 (1: score each "
+                "step as it is taken)"
             )
         if self.learned_reward == "value_target" and self.sb3 != "ppo":
             raise ConfigError("algo.learned_reward=value_target needs PPO (algo.sb3=ppo)")
@@ -213,7 +222,16 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
     # transition pairs from SAC's buffer: it keeps each step's factors and true reward
     transitions = algo.preference and schedule.pairs == "transitions"
     kept = KEPT_FIELDS if transitions and ALGOS[algo.sb3] is SAC else ()
-    wrapper = PreferenceVecEnv(venv, pool, reward_model, keep=kept)
+    # SAC's buffer scores a frame reward's steps in batches (not PPO: its rollout needs each
+    # step's reward; not on a device batch: scored where it lives, already batched)
+    defer = (
+        ALGOS[algo.sb3] is SAC
+        and reward_model is not None
+        and "qpos" in step_fields(reward_model)
+        and algo.frame_score_every > 1
+        and sim_device == "cpu"
+    )
+    wrapper = PreferenceVecEnv(venv, pool, reward_model, keep=kept, defer=defer)
     learned_fn = state_reward_fn(reward_model)  # evaluation's learned return, where it has one
     env: VecEnv = wrapper
     if algo.normalize_reward or algo.normalize_obs:
@@ -253,6 +271,9 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
         )
         if isinstance(model, SAC) and isinstance(model.replay_buffer, EntropyReplayBuffer):
             model.replay_buffer.intrinsic = algo.preference and algo.unsupervised_steps > 0
+    if defer:
+        assert isinstance(model, SAC) and isinstance(model.replay_buffer, EntropyReplayBuffer)
+        model.replay_buffer.defer_scoring(wrapper, algo.frame_score_every)
     tb_dir = run_dir / "tb"
     model.set_logger(run_logger(tb_dir, int(saved["num_timesteps"]) if resumed else None))
 
@@ -329,6 +350,8 @@ def run(ctx: RunContext, settings: tuple[OnlineAlgo, FeedbackSchedule]) -> dict[
             "label_rows": feedback.label_rows if feedback else 0,  # what the model was fit on
             "eval": eval_callback.state_dict(),
         }
+        if defer:  # the saved buffer holds every step's reward
+            cast(EntropyReplayBuffer, cast(SAC, model).replay_buffer).score_pending()
         checkpoint.save(model, pool, reward_model, state)
 
     callbacks += [

@@ -109,10 +109,17 @@ class PreferenceVecEnv(VecEnvWrapper):
         pool: TrajectoryPool | None,
         reward_model: RewardModel | None,
         keep: tuple[str, ...] = (),
+        defer: bool = False,
     ) -> None:
         """``keep``: step fields reported beyond what the reward reads (HERON's transition
-        pairs keep ``factors`` and ``true_reward`` in SAC's buffer whatever the reward)."""
+        pairs keep ``factors`` and ``true_reward`` in SAC's buffer whatever the reward).
+
+        ``defer``: hand the agent a placeholder reward (0) and leave the scoring to whoever
+        stores the steps (SAC's replay buffer scores a frame reward's steps in batches:
+        :class:`~pbrl.online.pebble.EntropyReplayBuffer`), which reports them back through
+        :meth:`score` and :meth:`add_scored`."""
         super().__init__(venv)
+        self.defer = defer and reward_model is not None
         self.pool, self.reward_model = pool, reward_model
         fields = step_fields(reward_model) if reward_model is not None else ()
         self.fields = fields + tuple(k for k in keep if k not in fields)
@@ -162,7 +169,10 @@ class PreferenceVecEnv(VecEnvWrapper):
             self.state = sim_state(self.venv)
         reward = true_reward
         if self.reward_model is not None:
-            reward = self._score(prev_obs, actions, reached, factors)
+            if self.defer:
+                reward = np.zeros(self.num_envs, dtype=np.float32)
+            else:
+                reward = self._score(prev_obs, actions, reached, factors)
             extra = {
                 "qpos": None,
                 "qvel": None,
@@ -174,15 +184,38 @@ class PreferenceVecEnv(VecEnvWrapper):
             for name in self.fields:
                 for j, info in enumerate(infos):
                     info[f"step_{name}"] = extra[name][j]  # type: ignore[index]
-        self.learned_return += reward
-        for i in np.flatnonzero(dones):
-            infos[i]["learned_return"] = float(self.learned_return[i])
-            self.learned_episode_returns.append(float(self.learned_return[i]))
-            self.learned_return[i] = 0.0
+        if not self.defer:
+            self.add_scored(reward[None], dones[None], infos)
         for j, info in enumerate(infos):
             info["true_reward"] = float(true_reward[j])
         self.last_obs = obs
         return obs, reward, dones, infos
+
+    def add_scored(
+        self, rewards: np.ndarray, dones: np.ndarray, infos: list[dict] | None = None
+    ) -> None:
+        """Learned rewards ``[T, n_envs]`` of the next ``T`` steps of every env in order, and
+        where episodes ended: episode returns under the learned reward (``infos``: this
+        step's, to carry the finished episodes' ``learned_return``). A NaN reward (a step left
+        unscored) makes its episode's return unknown: it is not reported."""
+        for reward, done in zip(rewards, dones, strict=True):
+            self.learned_return += reward
+            for i in np.flatnonzero(done):
+                total = float(self.learned_return[i])
+                if not np.isnan(total):
+                    self.learned_episode_returns.append(total)
+                    if infos is not None:
+                        infos[i]["learned_return"] = total
+                self.learned_return[i] = 0.0
+
+    def score(self, steps: Steps) -> np.ndarray:
+        """The learned reward of ``steps`` (timed and counted as scoring while stepping)."""
+        assert self.reward_model is not None
+        t0 = time.perf_counter()
+        reward = score_steps(self.reward_model, steps)
+        self.reward_s += time.perf_counter() - t0
+        self.scored += len(reward)
+        return reward
 
     def _score(
         self,
@@ -192,19 +225,17 @@ class PreferenceVecEnv(VecEnvWrapper):
         factors: np.ndarray | None,
     ) -> np.ndarray:
         assert self.reward_model is not None
-        t0 = time.perf_counter()
-        on_device = None
         if self.obs_torch is not None:  # the batch lives on a device (MuJoCo Warp)
+            t0 = time.perf_counter()
             act_t = torch.as_tensor(act, device=self.obs_torch.device)
             on_device = score_steps_on_device(self.reward_model, self.obs_torch, act_t)
-        if on_device is not None:
-            reward = on_device.cpu().numpy()
-        else:
-            qpos, qvel = reached if reached is not None else (None, None)
-            reward = score_steps(self.reward_model, Steps(obs, act, qpos, qvel, factors))
-        self.reward_s += time.perf_counter() - t0
-        self.scored += len(reward)
-        return reward
+            if on_device is not None:
+                reward = on_device.cpu().numpy()
+                self.reward_s += time.perf_counter() - t0
+                self.scored += len(reward)
+                return reward
+        qpos, qvel = reached if reached is not None else (None, None)
+        return self.score(Steps(obs, act, qpos, qvel, factors))
 
     def _reached(
         self, dones: np.ndarray, infos: list[dict]
