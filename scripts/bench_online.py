@@ -55,6 +55,11 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         "PEBBLE-oracle-bpref-net": [*pebble, "teacher=oracle", "reward=ensemble"],
         # per-step rewards without B-Pref's tanh (which saturates beyond the labeled speeds)
         "PEBBLE-oracle-linear": [*pebble, "teacher=oracle", "reward.output=linear"],
+        # PEBBLE's SAC starts its entropy temperature at 0.1 (SB3's "auto" starts at 1.0)
+        "PEBBLE-oracle-temp0.1": [*pebble, "teacher=oracle", "+algo.kwargs.ent_coef=auto_0.1"],
+        "PEBBLE-oracle-linear-temp0.1": [
+            *pebble, "teacher=oracle", "reward.output=linear", "+algo.kwargs.ent_coef=auto_0.1"
+        ],
     }
 
 

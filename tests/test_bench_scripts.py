@@ -80,3 +80,40 @@ def test_bench_online_reuses_finished_runs(tmp_path: Path, capsys) -> None:  # t
     assert run["seed"] == 0 and run["curve"] == {"300": run["eval_true_return_mean"]}
     with pytest.raises(SystemExit, match="other settings"):
         bench.main([*args, "--labels", "10", "--eval-every", "100"])
+
+
+def test_replay_image_rounds_scores_each_setting(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/replay_image_rounds.py",
+            "--rounds",
+            "2",
+            "--per-round",
+            "40",
+            "--report",
+            "1",
+            "2",
+            "--pool-steps",
+            "1500",
+            "--set",
+            "cap2:max_updates=2",
+            "px64:image_size=64,max_updates=1",
+            "--out",
+            str(tmp_path),
+        ],  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "replay_image_rounds.json").read_text())["results"]
+    assert set(results) == {"cap2", "px64"}
+    for name, cap in (("cap2", 2), ("px64", 1)):
+        rows = results[name]
+        assert [r["labels"] for r in rows] == [40, 80]
+        assert 0 < rows[0]["updates"] <= cap and rows[1]["updates"] <= 2 * cap
+        for r in rows:
+            assert 0.0 <= r["held_out_accuracy"] <= 1.0 and -1 <= r["near_target_spearman"] <= 1
+    assert "| cap2 |" in proc.stdout and "| px64 |" in proc.stdout
