@@ -3,7 +3,8 @@
 Every run goes through ``python -m pbrl.train`` (one child process each, run one after the
 other so they do not compete for cores) and is read back from its ``summary.json``.
 
-    python scripts/bench_online.py --steps 50000 --seeds 0 1 [--labels 1000] [--env HalfCheetah-v5]
+    python scripts/bench_online.py [--steps 50000] [--seeds 0 1 2] [--labels 1000] [--env HalfCheetah-v5]
+    python scripts/bench_online.py --quick     # seed 0, 20k steps, SAC-true and PEBBLE-oracle
 
 Prints a markdown table: final true return (mean ± std over seeds), its ratio to SAC-true
 measured from a random policy's return (``(R - R_random) / (R_SAC - R_random)``, so negative
@@ -58,7 +59,10 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         # PEBBLE's SAC starts its entropy temperature at 0.1 (SB3's "auto" starts at 1.0)
         "PEBBLE-oracle-temp0.1": [*pebble, "teacher=oracle", "+algo.kwargs.ent_coef=auto_0.1"],
         "PEBBLE-oracle-linear-temp0.1": [
-            *pebble, "teacher=oracle", "reward.output=linear", "+algo.kwargs.ent_coef=auto_0.1"
+            *pebble,
+            "teacher=oracle",
+            "reward.output=linear",
+            "+algo.kwargs.ent_coef=auto_0.1",
         ],
     }
 
@@ -124,8 +128,14 @@ def curve(run_dir: Path, every: int, summary: dict) -> dict[int, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=50_000, help="env steps per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=None, help="env steps per run (50k; quick 20k)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="seed 0, 20k steps, SAC-true and PEBBLE-oracle unless --only says otherwise "
+        "(~10 min on one core): the same tables",
+    )
     p.add_argument("--labels", type=int, default=1000, help="max_feedback for PEBBLE")
     p.add_argument("--env", default="HalfCheetah-v5")
     p.add_argument("--only", nargs="*", help="subset of variants to run")
@@ -138,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         "default steps // 5",
     )
     args = p.parse_args(argv)
+    args.steps = args.steps or (20_000 if args.quick else 50_000)
+    args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    if args.quick and not args.only:
+        args.only = ["SAC-true", "PEBBLE-oracle"]
     eval_every = args.eval_every if args.eval_every is not None else args.steps // 5
 
     results: dict[str, list[dict]] = {}

@@ -1,8 +1,11 @@
 """Side by side with the best peer: pbrl's PrefPPO against imitation's preference comparisons,
 each against plain PPO on the true reward, in one run.
 
-    python scripts/bench_peers.py --seeds 1 2 3 [--steps 200000] [--comparisons 1000]
-        [--imitation-python PATH | --venv DIR] [--out bench_peers] [--prefppo-set K=V ...]
+    python scripts/bench_peers.py [--seeds 0 1 2 3 4 | --quick] [--steps 200000]
+        [--comparisons 1000] [--imitation-python PATH | --venv DIR] [--out bench_peers]
+        [--prefppo-set K=V ...]
+
+writes ``<out>/table.md`` and ``<out>/results.json`` (every run's record).
 
 Per seed, four runs, interleaved so machine load falls on all alike, each timed as a whole
 process (start-up and evaluation included):
@@ -271,9 +274,12 @@ def table(records: list[dict], seeds: list[int]) -> str:
         vals = [by[(v, s)]["return"] for s in seeds if (v, s) in by]
         if not vals:
             return ""
-        return " / ".join(f"{x:.0f}" for x in vals) + f" (mean {np.mean(vals):.0f})"
+        return (
+            " / ".join(f"{x:.0f}" for x in vals)
+            + f" (mean {np.mean(vals):.0f}, median {np.median(vals):.0f})"
+        )
 
-    row("final true return (per seed, mean)", returns)
+    row("final true return (per seed; mean, median)", returns)
 
     def pbrl_only(key: str, fmt: str) -> Callable[[str], str]:
         def cell(v: str) -> str:
@@ -289,7 +295,10 @@ def table(records: list[dict], seeds: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0-4 (quick: 0)")
+    p.add_argument(
+        "--quick", action="store_true", help="seed 0 only (~7 min on one core): the same table"
+    )
     p.add_argument("--steps", type=int, default=200_000, help="env steps per run")
     p.add_argument("--comparisons", type=int, default=1000, help="labels for both PbRL methods")
     p.add_argument("--only", nargs="*", choices=VARIANTS, help="a subset of the four")
@@ -308,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", default="bench_peers")
     args = p.parse_args(argv)
+    args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     variants = args.only or list(VARIANTS)
@@ -318,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             records.append(run_one(variant, seed, args, out, py_imitation))
     text = table(records, args.seeds)
     (out / "table.md").write_text(text + "\n")
+    _bench.write_json(out / "results.json", {"seeds": args.seeds, "runs": records})
     print(text)
 
 

@@ -56,6 +56,10 @@ def test_bench_peers_reuses_finished_runs(tmp_path: Path, capsys) -> None:  # ty
     assert result.stat().st_mtime_ns == stamp
     assert f"reusing {result}" in capsys.readouterr().out
     assert f"{record['wall_s']:.0f}" in (tmp_path / "table.md").read_text()
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["variant"], r["seed"], r["wall_s"]) for r in runs] == [
+        ("SB3 PPO-true", 0, record["wall_s"])
+    ]
     with pytest.raises(SystemExit, match="other settings"):  # never mixed into one table
         bench.main([*args[:-4], "--steps", "512", "--out", str(tmp_path)])
     assert result.stat().st_mtime_ns == stamp
