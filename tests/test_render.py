@@ -155,3 +155,10 @@ def test_random_shift_is_the_gather_it_replaces():
     expected = gather(x, 4)
     torch.manual_seed(3)
     torch.testing.assert_close(random_shift(x, 4), expected, rtol=0, atol=0)
+    # frames as stored ([B, S, S, 3] bytes), shifted before they become floats: the same draw
+    frames = (x * 255).to(torch.uint8)  # [B, 3, S, S]
+    torch.manual_seed(3)
+    expected = gather(frames.float(), 4)
+    torch.manual_seed(3)
+    shifted = random_shift(frames.permute(0, 2, 3, 1).contiguous(), 4, channels_last=True)
+    torch.testing.assert_close(shifted.permute(0, 3, 1, 2).float(), expected, rtol=0, atol=0)
