@@ -37,17 +37,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def variants(steps: int, labels: int) -> dict[str, list[str]]:
-    unsup = min(9000, steps // 10)
-    rounds = 10
-    every = max(1000, (steps - unsup) // (rounds + 1))
-    pebble = [
-        "algo=pebble",
-        f"max_feedback={labels}",
-        f"algo.unsupervised_steps={unsup}",
-        f"feedback.every={every}",
-        f"feedback.queries_per_round={max(1, labels // rounds)}",
-        f"feedback.first_at={unsup}",
-    ]
+    def pebble_with(unsup: int, rounds: int = 10) -> list[str]:
+        every = max(1000, (steps - unsup) // (rounds + 1))
+        return [
+            "algo=pebble",
+            f"max_feedback={labels}",
+            f"algo.unsupervised_steps={unsup}",
+            f"feedback.every={every}",
+            f"feedback.queries_per_round={max(1, labels // rounds)}",
+            f"feedback.first_at={unsup}",
+        ]
+
+    pebble = pebble_with(min(9000, steps // 10))
     return {
         "SAC-true": ["algo=sac", "max_feedback=0"],
         "PEBBLE-oracle": [*pebble, "teacher=oracle"],
@@ -58,6 +59,12 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         "PEBBLE-oracle-linear": [*pebble, "teacher=oracle", "reward.output=linear"],
         # PEBBLE's SAC starts its entropy temperature at 0.1 (SB3's "auto" starts at 1.0)
         "PEBBLE-oracle-temp0.1": [*pebble, "teacher=oracle", "+algo.kwargs.ent_coef=auto_0.1"],
+        # a shorter state-entropy phase: B-Pref's 9k steps are ~1% of its 1M-step runs
+        "PEBBLE-oracle-linear-unsup2k": [
+            *pebble_with(min(2000, steps // 10)),
+            "teacher=oracle",
+            "reward.output=linear",
+        ],
         "PEBBLE-oracle-linear-temp0.1": [
             *pebble,
             "teacher=oracle",
