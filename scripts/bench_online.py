@@ -65,6 +65,13 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
             "teacher=oracle",
             "reward.output=linear",
         ],
+        # queries cut from the last 20k steps only (B-Pref keeps its last 100 episodes: 100k)
+        "PEBBLE-oracle-linear-pool20k": [
+            *pebble,
+            "teacher=oracle",
+            "reward.output=linear",
+            "feedback.pool_size=20000",
+        ],
         "PEBBLE-oracle-linear-temp0.1": [
             *pebble,
             "teacher=oracle",
