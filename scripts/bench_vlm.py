@@ -302,6 +302,7 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
         cfg = timing_config(clip_steps, args.seed, [
             # the exp's image-reward setting (max_updates) is no CLIP key
             "algo=sac_zero_shot", "reward=clip", "~reward.max_updates", "max_feedback=0",
+            "algo.unsupervised_steps=0",  # the exp's PEBBLE pre-training; CLIP needs none
             "reward.model=ViT-B-32",
             f"reward.checkpoint={weights}", "reward.image_size=224",
             "reward.goal_prompts=[a robot arm whose tip touches the red dot]",

@@ -609,6 +609,20 @@ def test_a_label_budget_for_a_zero_shot_reward_is_one_error(tmp_path, monkeypatc
         check_config(cfg)
 
 
+def test_pretraining_before_a_zero_shot_reward_is_one_error(monkeypatch):
+    """PEBBLE's state-entropy phase ends at the first reward update, which a zero-shot reward
+    never has: the policy would train on the entropy bonus to the end (an exp written for
+    algo=pebble sets unsupervised_steps; switching to sac_zero_shot keeps it)."""
+    from pbrl.errors import ConfigError
+    from pbrl.recipes import check as check_config
+
+    monkeypatch.setitem(REWARD_MODELS, "clip", (InjectedClip, ClipRewardConfig))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY_ONLINE, "algo.unsupervised_steps=100"])
+    with pytest.raises(ConfigError, match="zero-shot.*algo.unsupervised_steps=0"):
+        check_config(cfg)
+
+
 def test_zero_shot_online_run_asks_for_no_labels(tmp_path, monkeypatch):
     """The exp as written: max_feedback=0, no teacher asked."""
     summary = run_tiny(tmp_path, monkeypatch, [])

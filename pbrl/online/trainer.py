@@ -137,6 +137,13 @@ def check(cfg: DictConfig) -> tuple[OnlineAlgo, FeedbackSchedule]:
                 f"reward.kind={kind} is zero-shot and learns nothing from labels: set "
                 "max_feedback=0 (e.g. algo=sac_zero_shot max_feedback=0)"
             )
+        if algo.unsupervised_steps > 0:  # PEBBLE's first reward update ends it: none comes
+            raise ConfigError(
+                f"reward.kind={kind} is zero-shot, but algo.unsupervised_steps="
+                f"{algo.unsupervised_steps} asks for state-entropy pre-training, which only a "
+                "reward update ends: the policy would never see the reward. Set "
+                "algo.unsupervised_steps=0 (an exp may set it for algo=pebble)"
+            )
         return algo, schedule
     if schedule.pairs == "transitions":  # HERON's official pairs: no label budget applies
         check_transitions(schedule, int(cfg.total_timesteps))
