@@ -72,12 +72,6 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
             "reward.output=linear",
             "feedback.pool_size=20000",
         ],
-        "PEBBLE-oracle-linear-temp0.1": [
-            *pebble,
-            "teacher=oracle",
-            "reward.output=linear",
-            "+algo.kwargs.ent_coef=auto_0.1",
-        ],
     }
 
 
