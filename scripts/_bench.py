@@ -9,7 +9,7 @@ it is either whole or absent. On a rerun of a benchmark:
 * it was made with other settings: the benchmark stops with one line, rather than mixing
   settings in one table or overwriting a finished run (give those settings another --out).
 
-Imported by ``scripts/bench_*.py`` as ``_bench`` (the scripts' folder is on ``sys.path``
+Imported by ``scripts/bench_*.py`` and ``scripts/replay_*.py`` as ``_bench`` (the scripts' folder is on ``sys.path``
 when a script runs).
 """
 
@@ -31,6 +31,17 @@ class SettingsChanged(SystemExit):
 def slug(name: str) -> str:
     """A variant's name as a folder name: letters and digits kept, the rest ``_``."""
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,key=value`` (a replay script's ``--set``) as the name and the values:
+    ints, floats (with a dot) and ``null`` (None)."""
+    name, _, spec = text.partition(":")
+    values: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        values[key] = None if value == "null" else float(value) if "." in value else int(value)
+    return name, values
 
 
 def read_json(path: Path) -> Any | None:

@@ -39,6 +39,8 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _bench import parse_setting  # noqa: E402
+
 from pbrl.data import PreferenceDataset, Queries, Segments  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.envs.spec import EnvSpec  # noqa: E402
@@ -46,15 +48,6 @@ from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble  # noqa: E402
 
 ENV = "Reacher-v5"
-
-
-def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
-    name, _, spec = text.partition(":")
-    values: dict[str, Any] = {}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        values[key] = None if value == "null" else float(value) if "." in value else int(value)
-    return name, values
 
 
 def distance_reward(segments: Segments) -> Segments:
@@ -91,11 +84,11 @@ def main() -> None:
     train = pairs(pool, args.rounds * args.per_round, rng)
     labels = oracle_labels(train)
     test = pairs(pool, 500, rng)
-    test_y = oracle_labels(test)
-    decided = test_y != 0.5
+    held_out = PreferenceDataset(test, oracle_labels(test))
     near = distance_reward(pool.sample_segments(4000, 1, rng))
     near = near[np.flatnonzero(-near.true_reward[:, 0] < 0.1)]
-    print(f"{len(near)} near-target states, {int(decided.sum())} decided test pairs", flush=True)
+    decided = int(np.isin(held_out.labels, (0.0, 1.0)).sum())
+    print(f"{len(near)} near-target states, {decided} decided test pairs", flush=True)
 
     results: dict[str, list[dict[str, float]]] = {}
     for text in args.set:
@@ -115,16 +108,9 @@ def main() -> None:
             updates += int(info["updates"])
             if r not in args.report:
                 continue
+            acc = model.accuracy(held_out)  # ties left out
             with torch.no_grad():
-                ret = np.stack(
-                    [
-                        model.segment_returns(s).mean(0).cpu().numpy()
-                        for s in (test.first, test.second)
-                    ],
-                    1,
-                )  # [N, 2]
                 score = model.state_rewards(near.qpos[:, 1], near.qvel[:, 1])
-            acc = float(((ret[decided, 1] > ret[decided, 0]) == (test_y[decided] == 1)).mean())
             rho = float(spearmanr(score, near.true_reward[:, 0]).statistic)
             rows.append({"round": r, "labels": k, "held_out_accuracy": acc,
                          "near_target_spearman": rho, "fit_s": fit_s, "updates": updates})  # fmt: skip

@@ -21,20 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import parse_setting
 
 from pbrl.data import PreferenceDataset
 from pbrl.rewards.ensemble import RewardEnsemble, RewardModelConfig
 
 BASE = {"hidden": 64, "n_layers": 2}
-
-
-def parse_setting(text: str) -> tuple[str, dict]:
-    name, _, spec = text.partition(":")
-    values: dict = {}
-    for item in filter(None, spec.split(",")):
-        key, _, value = item.partition("=")
-        values[key] = float(value) if "." in value else int(value)
-    return name, values
 
 
 def main() -> None:
