@@ -37,15 +37,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def variants(steps: int, labels: int) -> dict[str, list[str]]:
-    def pebble_with(unsup: int, rounds: int = 10) -> list[str]:
-        every = max(1000, (steps - unsup) // (rounds + 1))
+    def pebble_with(unsup: int, rounds: int = 10, first_at: int | None = None) -> list[str]:
+        first_at = unsup if first_at is None else first_at
+        every = max(1000, (steps - first_at) // (rounds + 1))
         return [
             "algo=pebble",
             f"max_feedback={labels}",
             f"algo.unsupervised_steps={unsup}",
             f"feedback.every={every}",
             f"feedback.queries_per_round={max(1, labels // rounds)}",
-            f"feedback.first_at={unsup}",
+            f"feedback.first_at={first_at}",
         ]
 
     pebble = pebble_with(min(9000, steps // 10))
@@ -57,6 +58,19 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
         "PEBBLE-oracle-bpref-net": [*pebble, "teacher=oracle", "reward=ensemble"],
         # per-step rewards without B-Pref's tanh (which saturates beyond the labeled speeds)
         "PEBBLE-oracle-linear": [*pebble, "teacher=oracle", "reward.output=linear"],
+        # linear, no state-entropy phase (so no critic reset): the first query at SAC's
+        # learning_starts; B-Pref's 9k unsupervised steps are ~1% of its 1M-step runs, 10% here
+        "PEBBLE-oracle-linear-unsup0": [
+            *pebble_with(0, first_at=1000),
+            "teacher=oracle",
+            "reward.output=linear",
+        ],
+        # the same in 20 rounds of 50 labels (the reward follows the policy's new states sooner)
+        "PEBBLE-oracle-linear-unsup0-rounds20": [
+            *pebble_with(0, rounds=20, first_at=1000),
+            "teacher=oracle",
+            "reward.output=linear",
+        ],
         # PEBBLE's SAC starts its entropy temperature at 0.1 (SB3's "auto" starts at 1.0)
         "PEBBLE-oracle-temp0.1": [*pebble, "teacher=oracle", "+algo.kwargs.ent_coef=auto_0.1"],
         # a shorter state-entropy phase: B-Pref's 9k steps are ~1% of its 1M-step runs

@@ -145,6 +145,21 @@ def test_segment_returns_sum_valid_steps_only(pool):
     torch.testing.assert_close(model.frame_reward(f), members.mean(0))
 
 
+def test_a_state_asked_for_twice_in_one_call_is_scored_once(pool):
+    """A sample drawn with replacement (e.g. the per-round reward correlation) repeats
+    states: each is rendered and scored once, and every occurrence gets its scores."""
+    model = make_model()
+    seg = pool.sample_segments(1, 4, np.random.default_rng(0))
+    assert seg.qpos is not None and seg.qvel is not None
+    order = [0, 1, 0, 2, 1, 1]
+    qpos, qvel = seg.qpos[0, order], seg.qvel[0, order]
+    got = model.state_members(qpos, qvel)
+    assert got.shape == (3, 6) and model.memo.scored == 3
+    with torch.no_grad():
+        direct = model.members(model.frame_cache.frames(qpos, qvel)).numpy()
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-6)
+
+
 def test_frames_are_rendered_once_per_state(pool):
     """Overlapping segments, repeated scoring, training and query scoring render each distinct
     state once; a full cache evicts the least recently used frame."""
@@ -160,9 +175,10 @@ def test_frames_are_rendered_once_per_state(pool):
     renders = cache.renders  # the process's cache of this view: others may have used it
     model.segment_returns(both)
     assert cache.renders - renders == len(states) and len(cache) >= len(states)
-    assert model.memo.scored == len(both.mask.nonzero()[0])  # scored in one batch
+    assert len(states) < len(both.mask.nonzero()[0])  # segments overlap: states repeat
+    assert model.memo.scored == len(states)  # each distinct state scored once
     model.preference_probs(q.first, q.second)  # the same version: scores from the memo
-    assert model.memo.scored == len(both.mask.nonzero()[0]) and model.memo.hits > 0
+    assert model.memo.scored == len(states) and model.memo.hits > 0
     hits = cache.hits
     model.fit(PreferenceDataset(q, oracle_labels(q)), rng)
     model.accuracy(PreferenceDataset(q, oracle_labels(q)))  # a new version: scored again

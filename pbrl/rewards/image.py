@@ -288,7 +288,12 @@ class ImageRewardEnsemble(FrameReward, nn.Module):
         keys = [qpos[k].tobytes() + qvel[k].tobytes() for k in range(len(qpos))]
         got, n_missing = self.memo.lookup(self.version, keys)
         if n_missing:
-            todo = [k for k, g in enumerate(got) if g is None]
+            # each state once, however often it is asked for (a sample drawn with replacement)
+            first: dict[bytes, int] = {}
+            for k, g in enumerate(got):
+                if g is None:
+                    first.setdefault(keys[k], k)
+            todo = list(first.values())
             step = self.config.score_batch
             self.eval()
             for i in range(0, len(todo), step):
@@ -296,11 +301,11 @@ class ImageRewardEnsemble(FrameReward, nn.Module):
                 frames = self.frame_cache.frames(qpos[rows], qvel[rows])
                 scores = self.members(frames).float().cpu().numpy()  # [E, B]
                 for j, k in enumerate(rows):
-                    got[k] = self.memo.scores[keys[k]] = scores[:, j]
-            self.memo.scored += n_missing
+                    self.memo.scores[keys[k]] = scores[:, j]
+            self.memo.scored += len(todo)
         out = np.empty((len(self.nets), len(keys)), dtype=np.float32)
         for k, g in enumerate(got):
-            out[:, k] = g  # type: ignore[assignment]
+            out[:, k] = self.memo.scores[keys[k]] if g is None else g
         return out
 
     def state_rewards(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
