@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -65,11 +65,14 @@ def make_pool(
     )
 
 
-def random_rollout_pool(env_id: str, steps: int, seed: int = 0) -> TrajectoryPool:
+def random_rollout_pool(
+    env_id: str, steps: int, seed: int = 0, env_kwargs: dict[str, Any] | None = None
+) -> TrajectoryPool:
     """A pool of ``steps`` random-action steps in one env (MuJoCo state recorded, so the
-    segments re-render): query material for tests and benchmarks."""
-    pool = make_pool(env_id, 1, steps)
-    env = gym.make(env_id)
+    segments re-render; ``env_kwargs`` as a run's ``env.kwargs``): query material for tests
+    and benchmarks."""
+    pool = make_pool(env_id, 1, steps, env_kwargs)
+    env = gym.make(env_id, **(env_kwargs or {}))
     obs, _ = env.reset(seed=seed)
     env.action_space.seed(seed)
     data = getattr(env.unwrapped, "data", None)  # a MuJoCo env's state, else None
