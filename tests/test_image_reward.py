@@ -462,10 +462,10 @@ def test_pebble_learns_from_the_image_reward_with_noisy_vlm_labels(tmp_path, mon
     The run's own held-out figure (``reward_model_test_accuracy``: pairs from its pool) moves
     with the policy: the closer the policy keeps the fingertip to the target, the more of its
     pairs are near-ties. The same model scored 0.743 on its pool's pairs and 0.809 on random
-    states, with the same accuracy within each band of distance gaps (docs/image_reward.md),
-    so the pool's figure is only checked to be well above chance here. Measured 2026-12-06:
-    random-state pairs 0.82 (this test's pairs), pool 0.75, policy -4.4 against random -8.6,
-    7 min (earlier runs of this code: pool 0.73-0.78, policy -4.2 to -5.3)."""
+    states (docs/image_reward.md), so the pool's figure is only checked to be above chance
+    here. Measured 2026-12-06 (batch 32 pairs, the exp's): random-state pairs 0.834, pool
+    0.804, policy -4.8 against random -8.6, 6 min alone on a core; with batch 64 in two runs
+    0.828 / 0.833, pool 0.698 / 0.656, policy -5.0 / -5.5."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     with RecordingMockVLM(noise=0.1, score_rendered=True, seed=1) as server:
@@ -486,4 +486,4 @@ def test_pebble_learns_from_the_image_reward_with_noisy_vlm_labels(tmp_path, mon
     )  # the exp's env: the reward is the distance term alone
     q = states.sample_queries(2000, 1, np.random.default_rng(0))
     assert model.accuracy(PreferenceDataset(q, oracle_labels(q))) >= 0.75  # chance: 0.5
-    assert summary["reward_model_test_accuracy"] >= 0.65
+    assert summary["reward_model_test_accuracy"] >= 0.6  # 500 pairs: +-0.02 from sampling
