@@ -9,8 +9,8 @@ it is either whole or absent. On a rerun of a benchmark:
 * it was made with other settings: the benchmark stops with one line, rather than mixing
   settings in one table or overwriting a finished run (give those settings another --out).
 
-Imported by ``scripts/bench_*.py`` and ``scripts/replay_*.py`` as ``_bench`` (the scripts' folder is on ``sys.path``
-when a script runs).
+Imported by ``scripts/bench_*.py`` and ``scripts/replay_*.py`` as ``_bench`` (the scripts'
+folder is on ``sys.path`` when a script runs).
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -41,25 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 from _bench import parse_setting  # noqa: E402
 
-from pbrl.data import PreferenceDataset, Queries, Segments  # noqa: E402
+from pbrl.data import PreferenceDataset  # noqa: E402
 from pbrl.data.preferences import oracle_labels  # noqa: E402
 from pbrl.envs.spec import EnvSpec  # noqa: E402
 from pbrl.online.wrappers import random_rollout_pool  # noqa: E402
 from pbrl.rewards.image import ImageRewardConfig, ImageRewardEnsemble  # noqa: E402
 
 ENV = "Reacher-v5"
-
-
-def distance_reward(segments: Segments) -> Segments:
-    """The segments with the reached state's distance cost as their true reward (Reacher's
-    observation ends with the fingertip-minus-target vector)."""
-    segments.true_reward = -np.linalg.norm(segments.final_obs[:, None, 8:10], axis=-1)
-    return segments
-
-
-def pairs(pool: Any, n: int, rng: np.random.Generator) -> Queries:
-    q = pool.sample_queries(n, 1, rng)
-    return Queries(distance_reward(q.first), distance_reward(q.second))
 
 
 def main() -> None:
@@ -80,12 +67,13 @@ def main() -> None:
     camera = yaml.safe_load((ROOT / "conf" / "env" / "reacher.yaml").read_text()).get("camera")
     spec = EnvSpec(ENV, {"reward_control_weight": 0.0}, camera or {})
     rng = np.random.default_rng(args.seed)
-    pool = random_rollout_pool(ENV, args.pool_steps, args.seed)
-    train = pairs(pool, args.rounds * args.per_round, rng)
+    # the pool's true reward is the distance term alone: the env's control cost is off
+    pool = random_rollout_pool(ENV, args.pool_steps, args.seed, spec.kwargs)
+    train = pool.sample_queries(args.rounds * args.per_round, 1, rng)
     labels = oracle_labels(train)
-    test = pairs(pool, 500, rng)
+    test = pool.sample_queries(500, 1, rng)
     held_out = PreferenceDataset(test, oracle_labels(test))
-    near = distance_reward(pool.sample_segments(4000, 1, rng))
+    near = pool.sample_segments(4000, 1, rng)
     near = near[np.flatnonzero(-near.true_reward[:, 0] < 0.1)]
     decided = int(np.isin(held_out.labels, (0.0, 1.0)).sum())
     print(f"{len(near)} near-target states, {decided} decided test pairs", flush=True)
