@@ -71,6 +71,16 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
             "teacher=oracle",
             "reward.output=linear",
         ],
+        # no pre-training, the reward standardized after each round (reward.normalize): the
+        # raw scale grows ~10x over the rounds, so SAC's entropy term outweighs it early
+        "PEBBLE-oracle-linear-unsup0-norm": [
+            *pebble_with(0, first_at=1000),
+            "teacher=oracle",
+            "reward.output=linear",
+            "reward.normalize=true",
+        ],
+        # B-Pref's settings (tanh output, 5k state-entropy steps, critic reset) + normalize
+        "PEBBLE-oracle-norm": [*pebble, "teacher=oracle", "reward.normalize=true"],
         # PEBBLE's SAC starts its entropy temperature at 0.1 (SB3's "auto" starts at 1.0)
         "PEBBLE-oracle-temp0.1": [*pebble, "teacher=oracle", "+algo.kwargs.ent_coef=auto_0.1"],
         # a shorter state-entropy phase: B-Pref's 9k steps are ~1% of its 1M-step runs

@@ -88,6 +88,49 @@ def test_save_load_round_trip(tmp_path):
     assert back.config == model.config
 
 
+def test_normalize_standardizes_the_reward_not_the_fit(tmp_path):
+    """With ``normalize`` the per-step reward of the labeled steps has mean 0 and std
+    ``normalize_to``; the fitted model (segment returns, so accuracy) is the raw one, and a
+    saved model keeps the scale. A model saved before the option loads as raw."""
+    data = labeled(100, seed=4)
+    q = data.queries
+    steps = Segments.concatenate([q.first, q.second])
+    obs, act = steps.obs[steps.mask], steps.act[steps.mask]
+
+    def fitted(**kw):
+        torch.manual_seed(0)
+        cfg = RewardModelConfig(n_members=2, hidden=16, n_layers=1, output="linear", **kw)
+        model = RewardEnsemble(4, 2, cfg)
+        model.fit(data, np.random.default_rng(0))
+        return model
+
+    raw, norm = fitted(), fitted(normalize=True, normalize_to=2.0)
+    r = norm.predict(obs, act)
+    assert r.mean() == pytest.approx(0.0, abs=1e-4) and r.std(ddof=1) == pytest.approx(
+        2.0, rel=1e-4
+    )
+    torch.testing.assert_close(norm.segment_returns(q.first), raw.segment_returns(q.first))
+    expected = (raw.predict(obs, act) - float(norm.shift)) / float(norm.scale)
+    np.testing.assert_allclose(r, expected, rtol=1e-5, atol=1e-5)
+    assert abs(raw.predict(obs, act).std() - 2.0) > 0.2  # the raw scale is not the target
+
+    norm.save(tmp_path / "rm.pt")
+    np.testing.assert_allclose(RewardEnsemble.load(tmp_path / "rm.pt").predict(obs, act), r)
+    blob = torch.load(tmp_path / "rm.pt", weights_only=False)
+    for name in ("shift", "scale"):
+        del blob["state"][name]
+    blob["config"].pop("normalize"), blob["config"].pop("normalize_to")
+    torch.save(blob, tmp_path / "old.pt")
+    np.testing.assert_allclose(
+        RewardEnsemble.load(tmp_path / "old.pt").predict(obs, act),
+        raw.predict(obs, act),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="normalize_to"):
+        RewardModelConfig(normalize_to=0.0)
+
+
 def test_disagreement_and_entropy_scores_by_hand():
     probs = np.array([[0.5, 0.9, 0.1], [0.5, 0.1, 0.1]])  # [E=2, N=3]
     np.testing.assert_allclose(disagreement_scores(probs), [0.0, 0.4, 0.0])

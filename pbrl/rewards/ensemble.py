@@ -53,6 +53,17 @@ class RewardModelConfig:
     acc_threshold: float = 0.97  # stop a round once train accuracy exceeds this
     max_updates: int | None = None  # cap on gradient steps per round (None: B-Pref, no cap)
     weight_decay: float = 0.0
+    # standardize the per-step reward handed to RL (reward / predict; not the Bradley-Terry
+    # fit): after each round, subtract the mean and divide by the std of the labeled steps'
+    # rewards, times normalize_to. A round's fit sets the raw scale (about 0.1 after the first
+    # 100 labels on HalfCheetah, 1.4 after 1000): SAC's entropy term is then 10x too strong
+    # early (docs/performance.md). Off: B-Pref's unscaled reward.
+    normalize: bool = False
+    normalize_to: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.normalize_to <= 0:
+            raise ValueError(f"reward.normalize_to={self.normalize_to}: use a value > 0")
 
 
 class RewardEnsemble(StateReward, nn.Module):
@@ -60,6 +71,8 @@ class RewardEnsemble(StateReward, nn.Module):
 
     in_mean: torch.Tensor  # input standardization (buffers)
     in_std: torch.Tensor
+    shift: torch.Tensor  # reward() = (member mean - shift) / scale (normalize; else 0 and 1)
+    scale: torch.Tensor
 
     def __init__(
         self,
@@ -85,6 +98,8 @@ class RewardEnsemble(StateReward, nn.Module):
         self.net = nn.Sequential(*layers)
         self.register_buffer("in_mean", torch.zeros(n_in))
         self.register_buffer("in_std", torch.ones(n_in))
+        self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("scale", torch.ones(()))
         self.device = torch.device(device)
         self.to(self.device)
         self.optimizer = torch.optim.Adam(
@@ -108,8 +123,10 @@ class RewardEnsemble(StateReward, nn.Module):
         return r.reshape(self.config.n_members, *batch_shape)
 
     def reward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Ensemble-mean reward, on the model's device (no numpy round trip)."""
-        return self.members(obs, act).mean(0)
+        """Ensemble-mean reward (standardized with ``normalize``), on the model's device (no
+        numpy round trip). ``members`` and ``segment_returns`` stay raw: the fitted model."""
+        r = self.members(obs, act).mean(0)
+        return (r - self.shift) / self.scale if self.config.normalize else r
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 65536) -> np.ndarray:
@@ -153,7 +170,7 @@ class RewardEnsemble(StateReward, nn.Module):
         }  # each [N, 2, T, ...]
         y = torch.as_tensor(data.labels, device=self.device, dtype=torch.float32)
         n, e = len(y), cfg.n_members
-        return fit_epochs(
+        metrics = fit_epochs(
             n,
             cfg.batch_size,
             cfg.max_epochs,
@@ -162,6 +179,18 @@ class RewardEnsemble(StateReward, nn.Module):
             step=lambda rows: self._step(tensors, y, torch.as_tensor(rows, device=self.device)),
             max_updates=cfg.max_updates,
         )
+        if cfg.normalize:
+            self._fit_output_scale(tensors)
+        return metrics
+
+    @torch.no_grad()
+    def _fit_output_scale(self, t: dict[str, torch.Tensor]) -> None:
+        """``shift``/``scale`` from the ensemble-mean rewards of every labeled step."""
+        valid = t["mask"].bool()
+        r = self.members(t["obs"][valid], t["act"][valid]).mean(0)
+        self.shift.copy_(r.mean())
+        if len(r) > 1:
+            self.scale.copy_(r.std().clamp_min(1e-6) / self.config.normalize_to)
 
     def _step(
         self, t: dict[str, torch.Tensor], y: torch.Tensor, bi: torch.Tensor
@@ -205,6 +234,9 @@ class RewardEnsemble(StateReward, nn.Module):
     ) -> RewardEnsemble:
         blob: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
         model = cls(blob["obs_dim"], blob["act_dim"], RewardModelConfig(**blob["config"]), device)
-        model.load_state_dict(blob["state"])
+        state = blob["state"]
+        for name in ("shift", "scale"):  # saved before normalize existed: raw rewards
+            state.setdefault(name, getattr(model, name))
+        model.load_state_dict(state)
         model.optimizer.load_state_dict(blob["optimizer"])
         return model
