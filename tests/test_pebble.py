@@ -137,3 +137,40 @@ def test_deferred_steps_stay_unscored_under_the_entropy_reward_until_relabeled()
     buf.relabel(FirstObsReward())  # reward = the observation
     np.testing.assert_allclose(buf.rewards[:3, 0], [1.0, 2.0, 3.0])
     assert buf.pending == 0 and scorer.reported[-1][:, 0].tolist() == [3.0]
+
+
+def test_pebble_relabels_with_the_standardized_reward(tmp_path, monkeypatch):
+    """``pebble_halfcheetah_50k`` (``reward.normalize``) end to end on a cheaper env: SAC's
+    buffer holds the reward as handed to RL (standardized) of the actions the env took
+    (InvertedPendulum's are in [-3, 3]; SAC stores them in [-1, 1]), both for the steps
+    relabeled after the last round and those scored as taken; the labeled steps' rewards
+    have mean 0 and std 1 under the final model; each round logs the reward's scale."""
+    import csv
+    import pickle
+
+    from conftest import compose_exp
+
+    from pbrl.data import PreferenceDataset, Segments
+    from pbrl.recipes import run as run_config
+    from pbrl.rewards import RewardEnsemble
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_exp(
+        "pebble_halfcheetah_50k", ["env.id=InvertedPendulum-v5", "algo.unsupervised_steps=0"]
+    )
+    run_config(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint"
+    model = RewardEnsemble.load(ckpt / "reward_model.pt")
+    assert model.config.normalize and float(model.scale) != 1.0
+    with open(ckpt / "replay_buffer.pkl", "rb") as f:
+        buffer = pickle.load(f)
+    n = buffer.buffer_size if buffer.full else buffer.pos
+    obs, act = buffer.observations[:n, 0], 3.0 * buffer.actions[:n, 0]
+    np.testing.assert_allclose(buffer.rewards[:n, 0], model.predict(obs, act), rtol=1e-4, atol=1e-5)
+    q = PreferenceDataset.load(ckpt / "preferences.npz").queries
+    steps = Segments.concatenate([q.first, q.second])
+    r = model.predict(steps.obs[steps.mask], steps.act[steps.mask])
+    assert abs(r.mean()) < 1e-3 and r.std(ddof=1) == pytest.approx(1.0, rel=1e-3)
+    rows = list(csv.DictReader((tmp_path / "run" / "tb" / "progress.csv").open()))
+    stds = [float(x["reward_model/reward_std"]) for x in rows if x.get("reward_model/reward_std")]
+    assert stds and all(0.0 < s < 10.0 for s in stds)

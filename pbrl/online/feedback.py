@@ -258,24 +258,30 @@ class FeedbackCallback(BaseCallback):
         log("reward_model/loss", metrics["loss"])
         log("reward_model/train_accuracy", metrics["train_accuracy"])
         log("reward_model/epochs", metrics["epochs"])
-        log("reward_model/true_reward_corr", self.reward_correlation())
+        for key, value in self.reward_stats().items():
+            log(f"reward_model/{key}", value)
         spent = time.time() - t0
         self.reward_learning_s += spent
         log("time/reward_learning_s", spent)
         log("time/reward_learning_total_s", self.reward_learning_s)
 
-    def reward_correlation(self, n: int = 4096) -> float:
-        """Pearson correlation of learned and true per-step reward on recent data."""
+    def reward_stats(self, n: int = 4096) -> dict[str, float]:
+        """On up to ``n`` recent steps: the Pearson correlation of the learned per-step reward
+        (as handed to RL) with the true one, and both rewards' std (the learned reward's
+        scale moves from round to round unless the model standardizes it)."""
         held = min(self.pool.num_steps, n)
         length = self.schedule.segment_length
         if held < 2 or held < length:
-            return float("nan")
+            return {"true_reward_corr": float("nan")}
         segs = self.pool.sample_segments(max(1, held // length), length, self.rng)
         pred = score_steps(self.reward_model, Steps.of_segments(segs))
         true = segs.true_reward[segs.mask]
-        if true.std() > 0 and pred.std() > 0:
-            return float(np.corrcoef(pred, true)[0, 1])
-        return 0.0
+        corr = float(np.corrcoef(pred, true)[0, 1]) if true.std() > 0 and pred.std() > 0 else 0.0
+        return {
+            "true_reward_corr": corr,
+            "reward_std": float(pred.std()),
+            "true_reward_std": float(true.std()),
+        }
 
     def state_dict(self) -> dict[str, object]:
         return asdict(self.state)

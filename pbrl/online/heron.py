@@ -103,7 +103,7 @@ def replay_buffer_transitions(buffer: EntropyReplayBuffer) -> Transitions:
     terminated = buffer.dones[:n] * (1 - buffer.timeouts[:n])
     return Transitions(
         flat(buffer.observations),
-        flat(buffer.actions),
+        buffer.env_actions(slice(0, n)).reshape(m, -1),  # as the env took them (pool's too)
         next_obs,
         flat(buffer.step_fields["true_reward"])[:, 0],
         flat(buffer.step_fields["factors"]),

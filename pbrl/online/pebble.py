@@ -138,8 +138,19 @@ class EntropyReplayBuffer(ReplayBuffer):
             k: v[rows].reshape(n, -1) for k, v in self.step_fields.items() if k in SCORED_FIELDS
         }
         return Steps(
-            self.observations[rows].reshape(n, -1), self.actions[rows].reshape(n, -1), **fields
+            self.observations[rows].reshape(n, -1), self.env_actions(rows).reshape(n, -1), **fields
         )
+
+    def env_actions(self, rows: np.ndarray | slice) -> np.ndarray:
+        """The actions at ``rows`` as the env received them. SB3's SAC stores a box action
+        rescaled to [-1, 1]; the reward model was fit on the pool's segments, which hold the
+        env's action (InvertedPendulum's is in [-3, 3]), so a relabel reads it unscaled."""
+        act = self.actions[rows]
+        space = self.action_space
+        if not isinstance(space, spaces.Box) or not np.isfinite([space.low, space.high]).all():
+            return act  # SB3 stores these as taken
+        low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+        return (low + 0.5 * (act + 1.0) * (high - low)).astype(np.float32)
 
     def score_pending(self) -> None:
         """Score the steps stored with a placeholder. While the state-entropy reward is on,
