@@ -131,6 +131,45 @@ def test_normalize_standardizes_the_reward_not_the_fit(tmp_path):
         RewardModelConfig(normalize_to=0.0)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"output": "linear", "normalize": True}, {"use_action": False}, {"n_layers": 0}],
+)
+def test_a_few_rows_are_scored_in_numpy_as_torch_scores_them(settings):
+    """``predict`` on up to 64 rows (an agent's step) takes a numpy path over views of the
+    weights: it equals the torch reward before and after a fit, after ``load_state_dict`` and
+    in a deep copy (whose views must read the copy's weights)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = RewardEnsemble(4, 2, RewardModelConfig(n_members=3, hidden=16, **settings))
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(size=(64, 4)), rng.normal(size=(64, 2)).astype(np.float32)
+
+    def check(m):
+        slow = m.reward(torch.as_tensor(obs), torch.as_tensor(act)).detach().numpy()
+        fast = m.predict(obs, act)
+        assert fast.dtype == np.float32 and fast.shape == (64,)
+        np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m.predict(obs[:1], act[:1]), slow[:1], rtol=1e-5, atol=1e-6)
+
+    check(model)
+    before = model.predict(obs, act)
+    model.fit(labeled(50, seed=2), rng)  # the optimizer writes the weights in place
+    assert not np.allclose(model.predict(obs, act), before)
+    check(model)
+    other = RewardEnsemble(4, 2, model.config)
+    other.predict(obs, act)  # its views made before the load
+    other.load_state_dict(model.state_dict())
+    check(other)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    check(twin)
+    check(model)
+
+
 def test_disagreement_and_entropy_scores_by_hand():
     probs = np.array([[0.5, 0.9, 0.1], [0.5, 0.1, 0.1]])  # [E=2, N=3]
     np.testing.assert_allclose(disagreement_scores(probs), [0.0, 0.4, 0.0])

@@ -26,6 +26,9 @@ from pbrl.rewards.base import (
     trainable_pairs,
 )
 
+LEAKY_SLOPE = np.float32(0.01)  # torch's default
+SMALL_BATCH = 64  # predict() runs batches up to this size in numpy (on the CPU)
+
 
 class EnsembleLinear(nn.Module):
     """``E`` independent linear layers applied to an ``[E, B, in]`` batch."""
@@ -92,10 +95,11 @@ class RewardEnsemble(StateReward, nn.Module):
         for i in range(cfg.n_layers):
             layers += [
                 EnsembleLinear(cfg.n_members, n_in if i == 0 else cfg.hidden, cfg.hidden),
-                nn.LeakyReLU(),
+                nn.LeakyReLU(float(LEAKY_SLOPE)),
             ]
         layers.append(EnsembleLinear(cfg.n_members, cfg.hidden if cfg.n_layers else n_in, 1))
         self.net = nn.Sequential(*layers)
+        self._views: tuple | None = None  # numpy views for _predict_numpy, made on first use
         self.register_buffer("in_mean", torch.zeros(n_in))
         self.register_buffer("in_std", torch.ones(n_in))
         self.register_buffer("shift", torch.zeros(()))
@@ -128,15 +132,54 @@ class RewardEnsemble(StateReward, nn.Module):
         r = self.members(obs, act).mean(0)
         return (r - self.shift) / self.scale if self.config.normalize else r
 
-    @torch.no_grad()
     def predict(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """Numpy convenience: mean reward for ``obs [B, D]``, ``act [B, A]`` in chunks."""
-        out = []
-        for i in range(0, len(obs), batch_size):
-            o = torch.as_tensor(obs[i : i + batch_size], device=self.device)
-            a = torch.as_tensor(act[i : i + batch_size], device=self.device)
-            out.append(self.reward(o, a).cpu().numpy())
+        """Numpy convenience: mean reward for ``obs [B, D]``, ``act [B, A]`` in chunks. A few
+        rows on the CPU (an agent's step) go through numpy: torch's per-operation overhead
+        is most of a one-row call (~100 us against ~20)."""
+        if len(obs) <= SMALL_BATCH and self.device.type == "cpu":
+            return self._predict_numpy(np.asarray(obs), np.asarray(act))
+        with torch.no_grad():
+            out = []
+            for i in range(0, len(obs), batch_size):
+                o = torch.as_tensor(obs[i : i + batch_size], device=self.device)
+                a = torch.as_tensor(act[i : i + batch_size], device=self.device)
+                out.append(self.reward(o, a).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _predict_numpy(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        """:meth:`reward` in numpy, member by member, on views of the parameters and buffers
+        (the optimizer and ``load_state_dict`` write them in place, so the views stay current;
+        ``_apply``, behind ``.to()``, drops them)."""
+        if self._views is None:
+            linears = [m for m in self.net if isinstance(m, EnsembleLinear)]
+            self._views = (
+                [
+                    [(m.weight.detach()[e].numpy(), m.bias.detach()[e, 0].numpy()) for m in linears]
+                    for e in range(self.config.n_members)
+                ],
+                *(b.numpy() for b in (self.in_mean, self.in_std, self.shift, self.scale)),
+            )
+        members, mean, std, shift, scale = self._views
+        cfg = self.config
+        x = np.concatenate([obs, act], -1) if cfg.use_action else obs
+        x = (x.astype(np.float32) - mean) / std
+        r = np.zeros(len(x), np.float32)
+        for layers in members:
+            h = x
+            for i, (w, b) in enumerate(layers):
+                h = h @ w + b
+                if i < len(layers) - 1:
+                    h = np.maximum(h, LEAKY_SLOPE * h)  # LeakyReLU (slope < 1)
+            r += np.tanh(h[:, 0]) if cfg.output == "tanh" else h[:, 0]
+        r /= len(members)
+        return (r - shift) / scale if cfg.normalize else r
+
+    def _apply(self, *args: Any, **kwargs: Any) -> RewardEnsemble:
+        self._views = None  # .to() / .float() may replace the tensors the views read
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_views": None}  # a copy's views would read the original
 
     def segment_returns(self, segments: Segments) -> torch.Tensor:
         """Predicted returns ``[E, N]`` (masked sums)."""
