@@ -73,7 +73,7 @@ def variants(steps: int, labels: int) -> dict[str, list[str]]:
             "reward.output=linear",
         ],
         # no pre-training, the reward standardized after each round (reward.normalize): the
-        # raw scale grows ~10x over the rounds, so SAC's entropy term outweighs it early
+        # raw scale grows ~14x over the rounds, so SAC's entropy term outweighs it early
         "PEBBLE-oracle-linear-unsup0-norm": [
             *pebble_with(0, first_at=1000),
             "teacher=oracle",

@@ -59,8 +59,8 @@ class RewardModelConfig:
     # standardize the per-step reward handed to RL (reward / predict; not the Bradley-Terry
     # fit): after each round, subtract the mean and divide by the std of the labeled steps'
     # rewards, times normalize_to. A round's fit sets the raw scale (about 0.1 after the first
-    # 100 labels on HalfCheetah, 1.4 after 1000): SAC's entropy term is then 10x too strong
-    # early (docs/performance.md). Off: B-Pref's unscaled reward.
+    # 100 labels on HalfCheetah, 1.4 after 1000, the true reward's ~0.75): SAC's entropy
+    # bonus then outweighs it early (docs/performance.md). Off: B-Pref's unscaled reward.
     normalize: bool = False
     normalize_to: float = 1.0
 
