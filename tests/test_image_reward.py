@@ -463,8 +463,9 @@ def test_pebble_learns_from_the_image_reward_with_noisy_vlm_labels(tmp_path, mon
     with the policy: the closer the policy keeps the fingertip to the target, the more of its
     pairs are near-ties, and near the target the same gap is a smaller change in the
     picture. The same model scored 0.743 on its pool's pairs and 0.809 on random states
-    (docs/image_reward.md), so the pool's figure is only checked to be above chance here. Measured 2026-12-06 (batch 32 pairs, the exp's): random-state pairs 0.834, pool
-    0.804, policy -4.8 against random -8.6, 6 min alone on a core; with batch 64 in two runs
+    (docs/image_reward.md), so the pool's figure is only checked to be above chance here.
+    Measured 2026-12-06 (batch 32 pairs, the exp's): random-state pairs 0.834, pool 0.804,
+    policy -4.8 against random -8.6, 6 min alone on a core; with batch 64 in two runs
     0.828 / 0.833, pool 0.698 / 0.656, policy -5.0 / -5.5."""
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
